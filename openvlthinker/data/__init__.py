@@ -1,0 +1,6 @@
+"""Task records (OneThinker/EasyR1 JSON), loaders and image opening."""
+
+from .loading import load_records, open_image
+from .records import PROBLEM_TYPES, RecordError, TaskRecord, check_problem_type, strip_answer_tag
+
+__all__ = ["PROBLEM_TYPES", "RecordError", "TaskRecord", "check_problem_type", "load_records", "open_image", "strip_answer_tag"]
