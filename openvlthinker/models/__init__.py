@@ -1,0 +1,21 @@
+"""Load a model and processor from a local folder or hub id, offline-safe.
+
+Importing this package stays light: ``loading`` and ``lora`` import torch, transformers and
+peft inside their functions, and the processor class (which imports transformers) is
+resolved on first attribute access.
+"""
+
+from openvlthinker.models.loading import DEFAULT_MODEL, ModelNotFoundError, load, load_processor, resolve_model_path
+from openvlthinker.models.lora import LORA_TARGET_MODULES, LORA_TARGET_REGEX, lora_config
+
+__all__ = ["DEFAULT_MODEL", "LORA_TARGET_MODULES", "LORA_TARGET_REGEX", "ModelNotFoundError",
+           "Qwen3VLImageOnlyProcessor", "load", "load_processor", "lora_config", "resolve_model_path"]
+
+
+def __getattr__(name):
+    # The processor module imports transformers at import time; defer it until asked for.
+    if name == "Qwen3VLImageOnlyProcessor":
+        from openvlthinker.models.processor import Qwen3VLImageOnlyProcessor
+
+        return Qwen3VLImageOnlyProcessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
