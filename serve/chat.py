@@ -1,0 +1,296 @@
+"""ChatService: one chat completion from request to logged interaction.
+
+resolve the version (lease) -> build the prompt (images, plan, instruction) -> check the
+context -> fan out `n` engine requests -> split thinking from answer -> commit the interaction
+-> answer (or send the final stream chunks). The commit happens before the client sees the
+end of the response, so whatever was acknowledged is in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+
+from serve.engines.base import EngineError, EngineFailed, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, SamplingParams, TokenEvent
+
+from .adapters import AdapterRegistry, Lease
+from .config import ServeConfig
+from .errors import APIError, invalid, overloaded
+from .fanout import Fanout
+from .images import ImageLimits
+from .metrics import Metrics
+from .prompting import Prompt, build_prompt
+from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
+                       ChoiceLogprobs, ChunkChoice, CompletionTokensDetails, Delta, TokenLogprob, TopLogprob, Usage)
+from .reasoning_split import ReasoningSplitter, split_text
+from .store import Store
+
+log = logging.getLogger("serve.chat")
+# Any top_p below the largest token probability keeps exactly the top token; vocabularies are far
+# smaller than 1e6, so clamping here changes nothing but keeps denormal values out of the sampler.
+_MIN_TOP_P = 1e-6
+
+
+@dataclass
+class Call:
+    """Everything about one request that outlives its preparation."""
+
+    id: str
+    created: int
+    arrival: float
+    req: ChatCompletionRequest
+    lease: Lease
+    prompt: Prompt
+    max_tokens: int
+    fingerprint: str
+
+
+@dataclass
+class Stream:
+    """A streamed answer: SSE lines, and a cleanup that is safe to call twice (and needed if never iterated)."""
+
+    body: AsyncIterator[str]
+    close: Callable[[], Awaitable[None]]
+
+
+def engine_error(exc: Exception) -> APIError:
+    """Map an engine failure to the client-facing error."""
+    if isinstance(exc, EngineOverloaded):
+        return overloaded()
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, EngineUnavailable):
+        return APIError(503, "The engine is not running (starting or shutting down); retry later.",
+                        type="server_error", code="engine_unavailable", headers={"Retry-After": "5"})
+    if isinstance(exc, EngineFailed):
+        return APIError(500, f"Generation failed inside the engine: {exc}", type="server_error", code="engine_failed")
+    return invalid(f"The engine could not serve this request: {exc}", None, "engine_error")
+
+
+class ChatService:
+    """Serves /v1/chat/completions on top of an Engine, the adapter registry and the store."""
+
+    def __init__(self, engine: Any, registry: AdapterRegistry, store: Store, config: ServeConfig, metrics: Metrics):
+        self.engine, self.registry, self.store, self.config, self.metrics = engine, registry, store, config, metrics
+        self.limits = ImageLimits(config.max_image_bytes, config.max_image_pixels, config.max_images,
+                                  config.allow_remote_images, config.remote_timeout_s)
+
+    async def create(self, req: ChatCompletionRequest) -> ChatCompletion | Stream:
+        """A ChatCompletion, or for `stream=true` a Stream of SSE lines (errors before it are raised)."""
+        arrival, created = time.perf_counter(), int(time.time())
+        lease = self.registry.acquire(req.model)  # the version is fixed here, at arrival
+        self.metrics.in_flight.inc()
+        try:
+            if req.n > self.config.max_n:
+                raise invalid(f"n={req.n} is above this server's limit of {self.config.max_n}.", "n")
+            prompt = await build_prompt(req, self.limits)
+            try:
+                call = Call(f"chatcmpl-{uuid.uuid4().hex}", created, arrival, req, lease, prompt,
+                            self._max_tokens(req, prompt), self._fingerprint(lease))
+                fan = Fanout(self.engine, self._engine_requests(call))
+                await fan.start()
+            except EngineError as exc:
+                raise engine_error(exc) from None
+        except BaseException:
+            self._done(lease)
+            raise
+        if req.stream:
+            closed = False
+
+            async def close() -> None:
+                nonlocal closed
+                if not closed:
+                    closed = True
+                    self._done(lease)
+                    await fan.close()
+
+            return Stream(self._stream(call, fan, close), close)
+        try:
+            return await self._complete(call, fan)
+        finally:
+            await fan.close()
+            self._done(lease)
+
+    # ------------------------------------------------------------- preparing
+
+    def _max_tokens(self, req: ChatCompletionRequest, prompt: Prompt) -> int:
+        context = int(self.engine.max_context)
+        # Called on the event loop, as the engine contract asks (the tokenizer is not shared across threads).
+        prompt_tokens = self.engine.count_prompt_tokens(prompt.messages, prompt.plan.mode)
+        if prompt_tokens >= context:
+            raise invalid(f"The prompt is {prompt_tokens} tokens; the model's context is {context}.", "messages",
+                          "context_length_exceeded")
+        asked, param = ((req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens
+                        else (req.max_tokens, "max_tokens"))
+        if asked is None:
+            return min(self.config.default_max_tokens, context - prompt_tokens)
+        if prompt_tokens + asked > context:
+            raise invalid(f"{param}={asked} plus the prompt's {prompt_tokens} tokens exceeds the model's context of "
+                          f"{context} tokens; ask for at most {context - prompt_tokens}.", param,
+                          "context_length_exceeded")
+        return asked
+
+    def _engine_requests(self, call: Call) -> list[GenerationRequest]:
+        req = call.req
+        return [GenerationRequest(
+            request_id=f"{call.id}-{i}", messages=call.prompt.messages,
+            sampling=SamplingParams(max_tokens=call.max_tokens, temperature=req.temperature, top_p=max(req.top_p, _MIN_TOP_P),
+                                    stop=tuple(req.stop or ()), seed=None if req.seed is None else req.seed + i,
+                                    top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0),
+            mode=call.prompt.plan.mode, thinking_budget=call.prompt.plan.budget, adapter=call.lease.engine_name,
+        ) for i in range(req.n)]
+
+    def _fingerprint(self, lease: Lease) -> str:
+        key = f"{self.registry.base_name}|{lease.engine_name or 'base'}|{self.config.engine}"
+        return "fp_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+    def _done(self, lease: Lease) -> None:
+        lease.release()
+        self.metrics.in_flight.dec()
+
+    # ------------------------------------------------------------- answering
+
+    async def _complete(self, call: Call, fan: Fanout) -> ChatCompletion:
+        n = call.req.n
+        events: list[list[TokenEvent]] = [[] for _ in range(n)]
+        results: list[GenerationResult | None] = [None] * n
+        done_at = [0.0] * n
+        try:
+            async for i, item in fan.events():
+                if isinstance(item, GenerationResult):
+                    results[i], done_at[i] = item, time.perf_counter()
+                elif call.req.logprobs:
+                    events[i].append(item)
+        except (EngineError, APIError) as exc:
+            raise engine_error(exc) from None
+        finished = _check_results(results)
+        await self._log(call, finished, done_at, stream=False)
+        choices = []
+        for i, res in enumerate(finished):
+            thinking, answer = split_text(res.text, call.prompt.prefix)
+            choices.append(Choice(
+                index=i, finish_reason=res.finish_reason,
+                message=AssistantMessage(content=answer, reasoning_content=thinking or None, reasoning=thinking or None),
+                logprobs=ChoiceLogprobs(content=_token_logprobs(events[i], call.req)) if call.req.logprobs else None,
+            ))
+        return ChatCompletion(id=call.id, created=call.created, model=call.lease.model, choices=choices,
+                              usage=_usage(finished), system_fingerprint=call.fingerprint,
+                              adapter_version=call.lease.version)
+
+    async def _stream(self, call: Call, fan: Fanout, close: Callable[[], Awaitable[None]]) -> AsyncIterator[str]:
+        n, req = call.req.n, call.req
+        splitters = [ReasoningSplitter(call.prompt.prefix) for _ in range(n)]
+        results: list[GenerationResult | None] = [None] * n
+        done_at = [0.0] * n
+        try:
+            for i in range(n):
+                yield self._chunk(call, i, Delta(role="assistant", content=""))
+            async for i, item in fan.events():
+                if isinstance(item, GenerationResult):
+                    results[i], done_at[i] = item, time.perf_counter()
+                    deltas, logprobs = splitters[i].finish(), None
+                else:
+                    deltas = splitters[i].feed(item.text)
+                    logprobs = ChoiceLogprobs(content=_token_logprobs([item], req)) if req.logprobs else None
+                if logprobs is not None and not deltas:
+                    yield self._chunk(call, i, Delta(), logprobs=logprobs)
+                for kind, text in deltas:
+                    delta = Delta(content=text) if kind == "content" else Delta(reasoning_content=text, reasoning=text)
+                    yield self._chunk(call, i, delta, logprobs=logprobs)
+                    logprobs = None
+            finished = _check_results(results)
+            await self._log(call, finished, done_at, stream=True)  # committed before the final chunks
+            for i, res in enumerate(finished):
+                yield self._chunk(call, i, Delta(), finish_reason=res.finish_reason)
+            if req.stream_options and req.stream_options.include_usage:
+                yield _sse(self._chunk_obj(call, [], usage=_usage(finished)))
+            yield "data: [DONE]\n\n"
+        except (EngineError, APIError) as exc:
+            yield _sse(engine_error(exc).body())
+        except Exception as exc:  # noqa: BLE001 - the headers are sent: report in-band, keep serving
+            log.exception("stream %s failed", call.id)
+            yield _sse(APIError(500, f"Internal server error ({type(exc).__name__}).", type="server_error",
+                                code="internal_error").body())
+        finally:
+            with anyio.CancelScope(shield=True):  # a disconnect cancels us; still free the engine slots
+                await close()
+
+    def _chunk_obj(self, call: Call, choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=call.id, created=call.created, model=call.lease.model, choices=choices,
+                                   system_fingerprint=call.fingerprint, adapter_version=call.lease.version, usage=usage)
+
+    def _chunk(self, call: Call, index: int, delta: Delta, finish_reason: str | None = None,
+               logprobs: ChoiceLogprobs | None = None) -> str:
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)
+        return _sse(self._chunk_obj(call, [choice]))
+
+    # ---------------------------------------------------------------- logging
+
+    async def _log(self, call: Call, results: list[GenerationResult], done_at: list[float], stream: bool) -> None:
+        req, prompt = call.req, call.prompt
+        params = {"model": req.model, "temperature": req.temperature, "top_p": req.top_p, "n": req.n,
+                  "max_tokens": call.max_tokens, "stop": req.stop, "seed": req.seed, "logprobs": req.logprobs,
+                  "top_logprobs": req.top_logprobs, "reasoning_effort": req.reasoning_effort, "stream": stream,
+                  "user": req.user}
+        request = {"messages": prompt.stored, "params": params, "instruction": prompt.instruction}
+        rows = []
+        for i, res in enumerate(results):
+            thinking, answer = split_text(res.text, call.prompt.prefix)
+            rows.append(dict(
+                id=call.id, choice_index=i, created=time.time(), model=call.lease.model,
+                adapter_version=call.lease.version, effort=prompt.plan.effort, mode=prompt.plan.mode,
+                budget=prompt.plan.budget, budget_hit=res.budget_hit, request=request, meta=dict(req.metadata or {}),
+                problem_type=prompt.problem_type, task_type=prompt.task_type, has_reference=prompt.has_reference,
+                thinking=thinking, answer=answer, text=res.text, prompt_token_ids=list(res.prompt_token_ids),
+                completion_token_ids=list(res.completion_token_ids), logprobs=[float(x) for x in res.completion_logprobs],
+                finish_reason=res.finish_reason, prompt_tokens=len(res.prompt_token_ids),
+                completion_tokens=len(res.completion_token_ids), reasoning_tokens=res.thinking_tokens,
+                latency_s=done_at[i] - call.arrival, stream=stream,
+            ))
+        images = [img.data for img in prompt.images]
+        await run_in_threadpool(_write, self.store, images, rows)
+        usage = _usage(results)
+        self.metrics.record_completion(call.lease.version, usage.prompt_tokens, usage.completion_tokens,
+                                       usage.completion_tokens_details.reasoning_tokens,
+                                       [(r.finish_reason, prompt.plan.mode) for r in results])
+
+
+def _write(store: Store, images: list[bytes], rows: list[dict[str, Any]]) -> None:
+    for data in images:  # files first: a committed row never points at a missing image
+        store.blobs.put(data)
+    store.add_interactions(rows)
+
+
+def _check_results(results: list[GenerationResult | None]) -> list[GenerationResult]:
+    if any(r is None for r in results):
+        raise RuntimeError("the engine finished a request without a GenerationResult")
+    return results  # type: ignore[return-value]
+
+
+def _usage(results: list[GenerationResult]) -> Usage:
+    prompt = len(results[0].prompt_token_ids) if results else 0
+    completion = sum(len(r.completion_token_ids) for r in results)
+    reasoning = sum(r.thinking_tokens for r in results)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning))
+
+
+def _token_logprobs(events: list[TokenEvent], req: ChatCompletionRequest) -> list[TokenLogprob]:
+    k = req.top_logprobs or 0
+    return [TokenLogprob(token=e.text, logprob=e.logprob, bytes=list(e.text.encode()),
+                         top_logprobs=[TopLogprob(token=t, logprob=lp, bytes=list(t.encode()))
+                                       for t, lp in e.top_logprobs[:k]])
+            for e in events]
+
+
+def _sse(obj: Any) -> str:
+    data = obj.model_dump_json(exclude_none=True) if hasattr(obj, "model_dump_json") else json.dumps(obj)
+    return f"data: {data}\n\n"

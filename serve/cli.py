@@ -1,0 +1,110 @@
+"""`openvlthinker serve`: start the OpenAI-compatible gateway (FastAPI on uvicorn) on one engine.
+
+Precedence: ServeConfig defaults < `--config FILE.yaml` < flags given on the command line
+(flags default to None here, so only what the user typed overrides). Heavy imports (torch,
+transformers, FastAPI) happen inside `run`, keeping `openvlthinker --help` instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+# flag -> (ServeConfig field, type, help). Defaults live in ServeConfig only.
+_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--model", "model", str, "base model folder or hub id (default: the shipped tiny model)"),
+    ("--engine", "engine", str, "transformers (embedded, default) or vllm"),
+    ("--device", "device", str, "torch device for the transformers engine: cpu (default), cuda, auto"),
+    ("--host", "host", str, "interface to bind (default 127.0.0.1)"),
+    ("--port", "port", int, "port to bind (default 8000; 0 = any free port)"),
+    ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on every /v1 route"),
+    ("--admin-key", "admin_key", str, "key for adapter admin and the interaction export (off without it)"),
+    ("--run-dir", "run_dir", str, "folder for the store, images and adapter state (default runs/serve)"),
+    ("--store", "store", str, "SQLAlchemy URL of the interaction store (default: SQLite in the run dir)"),
+    ("--adapters-dir", "adapters_dir", str, "folder of policy-vNNNN/ adapter versions (default: RUN_DIR/adapters)"),
+    ("--served-name", "served_name", str, "alias clients use as `model` (default openvlthinker)"),
+    ("--max-batch", "max_batch", int, "sequences decoded together (default 8)"),
+    ("--max-queue", "max_queue", int, "waiting requests before answering 503 (default 64)"),
+    ("--max-n", "max_n", int, "largest n per request (default 8)"),
+    ("--max-images", "max_images", int, "images per request (default 8)"),
+    ("--max-image-bytes", "max_image_bytes", int, "encoded bytes per image (default 10 MiB)"),
+    ("--max-image-pixels", "max_image_pixels", int, "width*height per image (default 16e6)"),
+    ("--max-body-bytes", "max_body_bytes", int, "request body cap, 413 above (default: fits max-images images)"),
+    ("--default-max-tokens", "default_max_tokens", int, "completion cap when a request sets none (default 1024)"),
+    ("--threads", "threads", int, "torch threads of the engine (default 1)"),
+    ("--log-level", "log_level", str, "debug, info, warning (default info)"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML file of ServeConfig fields (flags override it)")
+    for flag, dest, kind, help_text in _FLAGS:
+        kwargs: dict[str, Any] = {"dest": dest, "type": kind, "default": None, "help": help_text}
+        if flag == "--engine":
+            kwargs["choices"] = ["transformers", "vllm"]
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--allow-remote-images", dest="allow_remote_images", action="store_const", const=True,
+                        default=None, help="also fetch http(s) image URLs (size and time limited)")
+
+
+def build_config(args: argparse.Namespace):
+    """ServeConfig from the YAML file (if any) overridden by the flags that were given."""
+    from .config import ServeConfig
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        import yaml
+
+        with open(args.config, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a mapping of serve options")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    dests = [dest for _, dest, _, _ in _FLAGS] + ["allow_remote_images"]
+    values.update({d: getattr(args, d) for d in dests if getattr(args, d, None) is not None})
+    return ServeConfig.from_mapping(values)
+
+
+def make_engine(config):
+    """The engine named by the config (vLLM arrives later: a clear message for now)."""
+    if config.engine == "vllm":
+        raise ValueError("the vLLM engine is not available yet in this version; use --engine transformers "
+                         "(the default), which serves the same models and adapters on CPU or GPU")
+    from openvlthinker.models import resolve_model_path
+    from serve.engines.transformers_engine import TransformersEngine
+
+    resolve_model_path(config.model)  # a missing folder or an offline hub id fails here, with a hint
+    return TransformersEngine(config.model, device=config.device, max_batch=config.max_batch,
+                              max_queue=config.max_queue, threads=config.threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    engine = make_engine(config)
+    import uvicorn
+
+    from .app import create_app
+
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config.run_path.mkdir(parents=True, exist_ok=True)
+    app = create_app(config, engine)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=10)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m serve.cli ...`: the same as `openvlthinker serve ...`."""
+    parser = argparse.ArgumentParser(prog="openvlthinker serve", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"openvlthinker serve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

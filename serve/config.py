@@ -1,0 +1,99 @@
+"""ServeConfig: every knob of the gateway, documented once, checked in `__post_init__`.
+
+Precedence is defaults (here) < YAML file (`--config`) < command-line flags; `serve.cli` only
+passes the values a user set, so no default is written twice.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENGINES = ("transformers", "vllm")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+
+
+def _default_model() -> str:
+    from openvlthinker.models import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+@dataclass
+class ServeConfig:
+    """Configuration of one gateway process."""
+
+    model: str = ""  # base model folder or hub id; "" = the shipped tiny model
+    engine: str = "transformers"  # transformers | vllm
+    device: str = "cpu"  # torch device for the transformers engine (cpu, cuda, auto)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # when set, every /v1 route needs `Authorization: Bearer <api_key>`
+    admin_key: str | None = None  # adapter admin, interaction export, images; admin routes are off without it
+    run_dir: str = "runs/serve"  # store, images and adapter state live here
+    store: str | None = None  # SQLAlchemy URL; None = SQLite file <run_dir>/serve.db (WAL)
+    adapters_dir: str | None = None  # folder of policy-vNNNN/ versions; None = <run_dir>/adapters
+    served_name: str = "openvlthinker"  # the alias clients use; `<served_name>@vNNNN` pins a version
+    max_batch: int = 8  # sequences the engine decodes together
+    max_queue: int = 64  # waiting requests before the engine answers 503
+    max_n: int = 8  # largest `n` (choices) per request
+    max_images: int = 8  # images per request
+    max_image_bytes: int = 10 * 1024 * 1024  # encoded size of one image
+    max_image_pixels: int = 16_000_000  # width*height of one image, checked before decoding
+    allow_remote_images: bool = False  # fetch http(s) image URLs (off: data: URLs only)
+    remote_timeout_s: float = 10.0  # total time allowed to fetch one remote image
+    max_body_bytes: int = 0  # request body cap (413 above it); 0 = room for max_images base64 images + 1 MiB
+    default_max_tokens: int = 1024  # completion cap when the request gives none (bounded by the context)
+    threads: int = 1  # torch intra-op threads (tiny tensors gain nothing from more)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; valid: {', '.join(ENGINES)}")
+        if not self.model:
+            self.model = _default_model()
+        if not _NAME.match(self.served_name) or "@" in self.served_name:
+            raise ValueError(f"served_name {self.served_name!r} must be letters, digits, '.', '_' or '-'")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not in 0..65535")
+        positive = ("max_batch", "max_queue", "max_n", "max_images", "max_image_bytes", "max_image_pixels",
+                    "default_max_tokens", "threads")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_body_bytes <= 0:
+            self.max_body_bytes = self.max_images * self.max_image_bytes * 4 // 3 + (1 << 20)
+        if self.remote_timeout_s <= 0:
+            raise ValueError("remote_timeout_s must be > 0")
+        for name in ("api_key", "admin_key"):
+            if getattr(self, name) == "":
+                setattr(self, name, None)
+        if self.api_key and self.admin_key and self.api_key == self.admin_key:
+            raise ValueError("admin_key must differ from api_key (otherwise every client is an admin)")
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{(self.run_path / 'serve.db').resolve()}"
+
+    @property
+    def adapters_path(self) -> Path:
+        return Path(self.adapters_dir) if self.adapters_dir else self.run_path / "adapters"
+
+    @property
+    def images_path(self) -> Path:
+        return self.run_path / "images"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "ServeConfig":
+        """Build from a dict (YAML file + flags); unknown keys are an error naming the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown serve option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**dict(values))

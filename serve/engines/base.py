@@ -1,0 +1,127 @@
+"""The engine contract: what the gateway asks of an engine and what it gets back.
+
+The gateway owns HTTP, validation, the reasoning plan, the store and the adapter alias;
+an engine only decodes. One GenerationRequest is one completion (the gateway fans out
+`n > 1` into n requests sharing a prompt). `Engine.generate` is an async iterator that
+yields a TokenEvent per new token and finally exactly one GenerationResult.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal, Protocol, runtime_checkable
+
+Mode = Literal["think", "direct"]
+
+
+class EngineError(RuntimeError):
+    """The engine cannot serve a request (bad adapter name, prompt too long, engine down)."""
+
+
+class EngineOverloaded(EngineError):
+    """The engine's bounded queue is full; the gateway answers 503 with Retry-After."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine is not running (starting, stopping or its worker died); not the client's fault."""
+
+
+class EngineFailed(EngineError):
+    """Decoding itself failed (a bug or a broken model), not the request; the gateway answers 500."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding knobs of one completion (OpenAI semantics; temperature 0 = greedy)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    top_logprobs: int = 0  # alternatives per token to report (0..20); chosen-token logprobs are always kept
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion to decode.
+
+    messages: chat messages in the HF content-part format, images as PIL objects in
+      `{"type": "image", "image": <PIL.Image>}` parts (the gateway decoded and checked them).
+    mode / thinking_budget: the reasoning plan; in "think" mode the engine enforces the hard
+      cap: after `thinking_budget` tokens inside the thinking block it closes the block
+      (emits `</thinking>`) and lets the model write the answer.
+    adapter: the adapter *version name* to decode with (None = the base model).
+    """
+
+    request_id: str
+    messages: list[dict[str, Any]]
+    sampling: SamplingParams
+    mode: Mode = "think"
+    thinking_budget: int = 0
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One new token: its id, the text it adds (may be empty mid-character), its logprob."""
+
+    token_id: int
+    text: str
+    logprob: float
+    top_logprobs: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The finished completion, with everything the interaction store keeps."""
+
+    text: str  # full completion text (thinking + answer, tags included), stop string excluded
+    prompt_token_ids: list[int]
+    completion_token_ids: list[int]
+    completion_logprobs: list[float]  # behaviour logprobs of the chosen tokens, for off-policy RL
+    finish_reason: Literal["stop", "length"]
+    thinking_tokens: int  # tokens from <thinking> through </thinking>
+    budget_hit: bool = False  # the thinking block was closed by the budget
+    adapter: str | None = None
+    top_logprobs: list[tuple[tuple[str, float], ...]] = field(default_factory=list)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine provides; methods are called from the gateway's event loop."""
+
+    model_name: str  # the base model's name or path
+    max_context: int  # prompt + completion tokens
+
+    async def start(self) -> None:
+        """Load the model / start workers; return when ready to serve."""
+
+    async def stop(self) -> None:
+        """Finish or cancel in-flight work and release resources."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent | GenerationResult]:
+        """Decode one completion: TokenEvents as tokens come, then one GenerationResult.
+
+        Errors surface on the first iteration: EngineOverloaded when the queue is full,
+        EngineUnavailable when not running, EngineFailed when decoding broke, and plain
+        EngineError for requests it cannot serve (unknown adapter, prompt longer than
+        max_context). Cancelling the iterator (client disconnect) frees the request's slot.
+        In think mode a thinking_budget <= 0 means no cap. Completion token ids include the
+        end-of-turn token and any matched stop string; the text excludes both.
+        """
+
+    def count_prompt_tokens(self, messages: list[dict[str, Any]], mode: Mode) -> int:
+        """Prompt length in tokens after the chat template and image expansion (for max_tokens checks)."""
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a PEFT LoRA folder under a new, never reused name; EngineError if invalid."""
+
+    async def unload_adapter(self, name: str) -> None:
+        """Unload a version once no in-flight request uses it (the gateway drains first)."""
+
+    def loaded_adapters(self) -> list[str]:
+        """Names of loaded adapter versions."""
+
+    def stats(self) -> dict[str, float]:
+        """Gauges for /metrics: at least queue_depth, running, last_batch_size."""

@@ -1,0 +1,86 @@
+"""From chat messages to model inputs: template, images, prompt length, the left-padded batch.
+
+Counting prompt tokens runs on the gateway's event loop for every request, so it must not
+preprocess pixels: the text is tokenized and each image placeholder is sized from the image
+dimensions alone (the processor's own `_get_num_multimodal_tokens`, which vLLM uses too).
+The pixels are processed later, in the engine's worker thread, for the whole batch at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import EngineError
+
+__all__ = ["IMAGE_PAD", "assistant_prefix", "collect_images", "count_tokens", "encode_batch", "render"]
+
+IMAGE_PAD = "<|image_pad|>"
+
+
+def collect_images(messages: list[dict[str, Any]]) -> list[Any]:
+    """PIL images of all image parts, in message and part order (the order of the placeholders)."""
+    from PIL import Image
+
+    images = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, dict) and (part.get("type") == "image" or "image" in part):
+                img = part.get("image")
+                if not isinstance(img, Image.Image):
+                    raise EngineError(f"image parts must carry a decoded PIL image, got {type(img).__name__}")
+                images.append(img)
+    return images
+
+
+def assistant_prefix(messages: list[dict[str, Any]]) -> str:
+    """Text of a trailing assistant message (a prefix the completion continues), else ''."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return ""
+    content = messages[-1].get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
+
+
+def render(processor, messages: list[dict[str, Any]]) -> str:
+    """The prompt text; a trailing assistant message is continued rather than closed."""
+    if not messages:
+        raise EngineError("messages must not be empty")
+    cont = messages[-1].get("role") == "assistant"
+    try:
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=not cont,
+                                             continue_final_message=cont)
+    except Exception as exc:  # noqa: BLE001 - template errors are request errors, not engine faults
+        raise EngineError(f"cannot apply the chat template to these messages: {exc}") from exc
+
+
+def count_tokens(tokenizer, processor, text: str, images: list[Any]) -> int:
+    """Prompt length after image expansion, without touching pixels (tokenizer: a private copy)."""
+    n_text = len(tokenizer(text)["input_ids"])  # same call (and special-token defaults) as the processor
+    placeholders = text.count(IMAGE_PAD)
+    if placeholders != len(images):
+        raise EngineError(f"the prompt has {placeholders} image placeholders but {len(images)} images")
+    if not images:
+        return n_text
+    sizes = [(img.height, img.width) for img in images]
+    try:
+        per_image = processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"]
+    except ValueError as exc:  # e.g. an aspect ratio the image processor refuses: the request's fault
+        raise EngineError(f"unsupported image size: {exc}") from exc
+    # Each placeholder is one token in `text` and expands to per_image[i] tokens.
+    return n_text + sum(n - 1 for n in per_image)
+
+
+def encode_batch(processor, texts: list[str], images: list[Any], device, dtype):
+    """Left-padded processor outputs for a batch (mm_token_type_ids included), on `device`."""
+    enc = processor(text=texts, images=images or None, return_tensors="pt", padding=True, padding_side="left")
+    enc = enc.to(device)
+    if "pixel_values" in enc and dtype is not None and enc["pixel_values"].dtype != dtype:
+        enc["pixel_values"] = enc["pixel_values"].to(dtype)
+    # Rows' real prompt ids (padding dropped), for the result's prompt_token_ids.
+    mask = enc["attention_mask"].bool()
+    prompt_ids = [row[m].tolist() for row, m in zip(enc["input_ids"], mask)]
+    return enc, prompt_ids

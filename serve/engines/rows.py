@@ -1,0 +1,183 @@
+"""Decode state of every row in a batch, driven from inside HF `generate`.
+
+`BatchDecoder` is both the logits processor and the stopping criterion passed to
+`model.generate`. At each step it picks every live row's token itself (forced by the thinking
+budget, greedy, or sampled with the row's own knobs, see `sampling`), records its raw
+logprob, masks the logits so HF's greedy step takes that token, and advances the row's
+`RowState`: text delta, thinking block, stop strings, max_tokens. Events go out the moment
+they exist, and a row's GenerationResult the moment that row ends, not when the batch does.
+(Streaming from here rather than from a `BaseStreamer`: this is where the token, its logprobs
+and the row's text are known together; a streamer would see the same token a call later.)
+HF keeps computing finished rows (padded) until the whole batch is done; their tokens are
+ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+from .base import GenerationRequest, GenerationResult, TokenEvent
+from .sampling import GREEDY_EPS, choose_tokens, make_generator, top_logprobs
+from .text import IncrementalDetokenizer, find_stop, partial_stop_len
+from .thinking import ThinkTracker, close_tag_suffix_ids
+
+__all__ = ["BatchDecoder", "DecodeContext", "RowState"]
+
+Emit = Callable[[list[tuple[Any, Any]]], None]  # [(job, TokenEvent | GenerationResult), ...]
+
+
+@dataclass
+class DecodeContext:
+    """Tokenizer-level facts shared by all rows: end-of-turn ids, close-tag ids, token strings."""
+
+    tokenizer: Any
+    eos_ids: frozenset[int]
+    pad_id: int
+    close_ids: dict[int, list[int]]
+    _token_text: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, extra_eos: Sequence[int] = ()) -> "DecodeContext":
+        """Build from a tokenizer; `<|im_end|>`, its eos and `extra_eos` all end a completion."""
+        eos = {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"), *extra_eos)
+               if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+        return cls(tokenizer, frozenset(eos), pad, close_tag_suffix_ids(tokenizer))
+
+    def token_text(self, token_id: int) -> str:
+        """Text of a single token (cached: top_logprobs ask for the same ids again and again)."""
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            self._token_text[token_id] = text
+        return text
+
+
+class RowState:
+    """One request's completion as it is decoded: ids, logprobs, text, thinking, finish."""
+
+    def __init__(self, job: Any, request: GenerationRequest, prompt_ids: list[int], ctx: DecodeContext,
+                 device: torch.device | str, prefix: str = ""):
+        s = request.sampling
+        self.job, self.request, self.prompt_ids, self.ctx = job, request, prompt_ids, ctx
+        self.temperature, self.top_p = float(s.temperature), float(s.top_p)
+        self.k = int(s.top_logprobs)
+        self.stops = tuple(x for x in s.stop if x)
+        self.max_tokens = int(s.max_tokens)
+        self.generator = make_generator(s.seed, device) if self.temperature > GREEDY_EPS else None
+        budget = request.thinking_budget if request.mode == "think" and request.thinking_budget > 0 else None
+        self.think = ThinkTracker(ctx.close_ids, budget=budget, prefix=prefix)
+        self.detok = IncrementalDetokenizer(ctx.tokenizer)
+        self.ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.tops: list[tuple[tuple[str, float], ...]] = []
+        self.text, self.offsets, self.emitted, self._stop_scan = "", [], 0, 0
+        self.finished = False
+
+    @property
+    def live(self) -> bool:
+        """Still decoding: neither finished nor abandoned by its client."""
+        return not self.finished and not getattr(self.job, "cancelled", False)
+
+    def forced_next(self) -> int | None:
+        """The token the thinking budget imposes next, if any."""
+        return self.think.forced_next(self.text, len(self.ids))
+
+    def advance(self, token: int, logprob: float, top: tuple[tuple[str, float], ...]) -> list[Any]:
+        """Take one token; return the TokenEvent (and the GenerationResult if this row ends here)."""
+        self.ids.append(token)
+        self.logprobs.append(logprob)
+        if self.k:
+            self.tops.append(top)
+        self.text += self.detok.push(token)
+        self.offsets.append(len(self.text))
+        self.think.observe(self.text, self.offsets)
+        reason, end = None, None
+        if token in self.ctx.eos_ids:
+            reason = "stop"
+        elif self.stops:
+            longest = max(map(len, self.stops))
+            pos = find_stop(self.text, self.stops, max(0, self._stop_scan - longest + 1))
+            self._stop_scan = len(self.text)
+            if pos >= 0:
+                reason, end = "stop", pos
+        if reason is None and len(self.ids) >= self.max_tokens:
+            reason = "length"
+        if reason is not None and end is None:
+            self.text += self.detok.flush()
+            end = len(self.text)
+        safe = end if end is not None else len(self.text) - partial_stop_len(self.text, self.stops)
+        delta = self.text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        out: list[Any] = [TokenEvent(token_id=token, text=delta, logprob=logprob, top_logprobs=top)]
+        if reason is not None:
+            self.finished = True
+            out.append(self._result(self.text[:end], reason))
+        return out
+
+    def close(self, reason: str) -> GenerationResult:
+        """End the row now (decoding stopped early); the held-back text is released into the result."""
+        self.text += self.detok.flush()
+        self.finished = True
+        return self._result(self.text, reason)
+
+    def _result(self, text: str, reason: str) -> GenerationResult:
+        return GenerationResult(
+            text=text, prompt_token_ids=list(self.prompt_ids), completion_token_ids=list(self.ids),
+            completion_logprobs=list(self.logprobs), finish_reason=reason,  # type: ignore[arg-type]
+            thinking_tokens=self.think.thinking_tokens(len(self.ids)), budget_hit=self.think.budget_hit,
+            adapter=self.request.adapter, top_logprobs=list(self.tops),
+        )
+
+
+class _RowsStop(StoppingCriteria):
+    """Per-row stop flags for HF; its eos_token_id attribute makes HF pad finished rows."""
+
+    def __init__(self, decoder: "BatchDecoder", eos_ids: frozenset[int]):
+        self.decoder, self.eos_token_id = decoder, sorted(eos_ids)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        abort = self.decoder.should_abort()
+        done = [abort or not row.live for row in self.decoder.rows]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class BatchDecoder(LogitsProcessor):
+    """Logits processor choosing every row's token; `.stopping` is the matching StoppingCriteria."""
+
+    def __init__(self, rows: list[RowState], emit: Emit, should_abort: Callable[[], bool] = lambda: False):
+        self.rows, self.emit, self.should_abort = rows, emit, should_abort
+        self.tokens = 0  # tokens produced by live rows (for stats)
+        self.stopping = _RowsStop(self, rows[0].ctx.eos_ids if rows else frozenset())
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        live = [i for i, row in enumerate(self.rows) if row.live]
+        pad = self.rows[0].ctx.pad_id if self.rows else 0
+        if not live or self.should_abort():
+            scores.fill_(float("-inf"))
+            scores[:, pad] = 0.0
+            return scores
+        rows = [self.rows[i] for i in live]
+        logits = scores[live]
+        forced = [row.forced_next() for row in rows]
+        chosen = choose_tokens(logits, [r.temperature for r in rows], [r.top_p for r in rows],
+                               [r.generator for r in rows], forced)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        chosen_lp = logp.gather(1, chosen[:, None])[:, 0].tolist()
+        tops = top_logprobs(logp, [r.k for r in rows])
+        out: list[tuple[Any, Any]] = []
+        for row, token, lp, (ids, vals) in zip(rows, chosen.tolist(), chosen_lp, tops):
+            top = tuple((row.ctx.token_text(t), v) for t, v in zip(ids, vals))
+            out.extend((row.job, item) for item in row.advance(token, lp, top))
+        self.tokens += len(rows)
+        # Leave exactly one finite logit per row so HF's argmax takes the chosen (or pad) token.
+        full = torch.full((scores.shape[0],), pad, dtype=torch.long, device=scores.device)
+        full[live] = chosen.to(scores.device)
+        scores.fill_(float("-inf"))
+        scores.scatter_(1, full[:, None], 0.0)
+        self.emit(out)
+        return scores

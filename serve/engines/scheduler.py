@@ -1,0 +1,146 @@
+"""The bounded request queue between the event loop(s) and the engine's single worker thread.
+
+Clients append jobs from their event loop; the worker blocks in `next_work` until it can take
+a batch (as many as `max_batch`, once the oldest job has waited `batch_wait` seconds for
+company) or a command (adapter load/unload), which always goes first. Results travel back
+with `loop.call_soon_threadsafe`, one callback per loop per decoding step, so the worker never
+touches asyncio objects and the event loop never touches torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .base import EngineError, EngineOverloaded, EngineUnavailable, GenerationRequest
+
+__all__ = ["Command", "Job", "Scheduler"]
+
+
+@dataclass(eq=False)
+class Job:
+    """One admitted request, its prompt rendered on the event loop, and where its output goes."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    prompt: str
+    images: list[Any]
+    prefix: str  # a continued assistant message, if any
+    n_prompt: int
+    arrival: float = field(default_factory=time.monotonic)
+    cancelled: bool = False  # set from the client side; the worker drops the row
+
+
+@dataclass(eq=False)
+class Command:
+    """Work other than decoding, run by the worker between batches."""
+
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+def _deliver(items: list[tuple[Job, Any]]) -> None:
+    """On a request's event loop: hand events, results or errors to its queue."""
+    for job, item in items:
+        job.queue.put_nowait(item)
+
+
+class Scheduler:
+    """Waiting jobs and commands, guarded by one condition variable."""
+
+    def __init__(self, max_batch: int, max_queue: int, batch_wait: float):
+        self.max_batch, self.max_queue, self.batch_wait = max_batch, max_queue, batch_wait
+        self._cond = threading.Condition()
+        self._pending: deque[Job] = deque()
+        self._commands: deque[Command] = deque()
+        self.closed = False
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting for a batch."""
+        return len(self._pending)
+
+    def check_room(self) -> None:
+        """EngineOverloaded when max_queue jobs are already waiting."""
+        if len(self._pending) >= self.max_queue:
+            raise EngineOverloaded(f"{len(self._pending)} requests are already waiting (max_queue {self.max_queue})")
+
+    def admit(self, job: Job) -> None:
+        """Queue a job, or raise EngineOverloaded / EngineError (closed)."""
+        with self._cond:
+            if self.closed:
+                raise EngineUnavailable("engine is not running")
+            self.check_room()
+            self._pending.append(job)
+            self._cond.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """Mark a job abandoned; a waiting one leaves the queue at once, a running row stops next step."""
+        with self._cond:
+            job.cancelled = True
+            try:
+                self._pending.remove(job)
+            except ValueError:
+                pass
+
+    def submit(self, command: Command) -> None:
+        """Queue a command for the worker."""
+        with self._cond:
+            if self.closed:
+                raise EngineUnavailable("engine is not running")
+            self._commands.append(command)
+            self._cond.notify_all()
+
+    def next_work(self) -> Command | list[Job] | None:
+        """Worker side: block until a command or a batch is ready; None once closed."""
+        with self._cond:
+            while not self.closed:
+                if self._commands:
+                    return self._commands.popleft()
+                if self._pending:
+                    wait = self._pending[0].arrival + self.batch_wait - time.monotonic()
+                    if len(self._pending) >= self.max_batch or wait <= 0:
+                        return [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait()
+        return None
+
+    def reopen(self) -> None:
+        """Accept work again (after close, for a restarted engine)."""
+        with self._cond:
+            self.closed = False
+
+    def close(self, error: EngineError) -> None:
+        """Stop accepting work; fail every waiting job and command with `error`."""
+        with self._cond:
+            self.closed = True
+            waiting, self._pending = list(self._pending), deque()
+            commands, self._commands = list(self._commands), deque()
+            self._cond.notify_all()
+        self.fail(waiting, error)
+        for command in commands:
+            command.future.set_exception(error)
+
+    @staticmethod
+    def emit(items: list[tuple[Job, Any]]) -> None:
+        """Push (job, event | result | error) pairs to their loops, one callback per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+        for job, item in items:
+            by_loop.setdefault(job.loop, []).append((job, item))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the client's loop is closed: nobody is listening any more
+                for job, _ in batch:
+                    job.cancelled = True
+
+    def fail(self, jobs: list[Job], error: EngineError) -> None:
+        """Deliver `error` to each job whose client is still there."""
+        self.emit([(job, error) for job in jobs if not job.cancelled])

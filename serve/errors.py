@@ -1,0 +1,111 @@
+"""One error shape for every failure: `{"error": {"message", "type", "param", "code"}}` (OpenAI's).
+
+Services raise `APIError` (or one of the helpers below); `install_handlers` maps it, FastAPI's
+validation errors, unknown routes and any unexpected exception to that shape, so a client never
+sees a bare 500 page and the server keeps serving after a bug in one request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("serve")
+
+
+class APIError(Exception):
+    """An error answered to the client as-is: HTTP status plus the OpenAI error body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def invalid(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
+    """400: the request is well-formed JSON but a value is not acceptable."""
+    return APIError(400, message, param=param, code=code)
+
+
+def not_found(message: str, param: str | None = None, code: str = "not_found") -> APIError:
+    return APIError(404, message, param=param, code=code)
+
+
+def conflict(message: str, param: str | None = None, code: str = "conflict") -> APIError:
+    return APIError(409, message, param=param, code=code)
+
+
+def overloaded(retry_after: int = 1) -> APIError:
+    return APIError(503, "The server is overloaded (queue full); retry later.", type="server_overloaded",
+                    code="overloaded", headers={"Retry-After": str(retry_after)})
+
+
+_BRANCH_LABELS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    """`("body", "messages", 0, "content")` -> `messages[0].content` (the OpenAI `param` style)."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif "[" in str(p) or str(p).startswith("function-") or p in _BRANCH_LABELS:
+            continue  # pydantic's union-branch labels ("list[...]", "function-after[...]") are noise to a client
+        else:
+            out += f".{p}" if out else str(p)
+    return out or None
+
+
+def _validation_message(err: dict[str, Any], param: str | None) -> str:
+    if err.get("type") == "json_invalid":
+        return f"The request body is not valid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
+    if err.get("type") == "extra_forbidden":
+        return f"Unsupported parameter: {param!r} is not accepted by this server."
+    if err.get("type") == "missing":
+        return f"Missing required parameter: {param!r}."
+    msg = err.get("msg", "invalid value")
+    return f"Invalid value for {param!r}: {msg}" if param else msg
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into the one error shape."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        # With unions (content: str | list[part]) pydantic reports one error per branch; the
+        # deepest location is the one that names what the client actually got wrong.
+        first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
+        param = _loc_to_param(tuple(first.get("loc", ())))
+        code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
+        if first.get("type") == "json_invalid":
+            param = None
+        return invalid(_validation_message(first, param), param, code).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code, "http_error")
+        return APIError(exc.status_code, str(exc.detail), code=kind, headers=dict(exc.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return APIError(500, f"Internal server error ({type(exc).__name__}); the server keeps serving.",
+                        type="server_error", code="internal_error").response()

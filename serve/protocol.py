@@ -1,0 +1,301 @@
+"""The OpenAI wire subset this server accepts and returns (pydantic models; they make /openapi.json).
+
+Served: chat completions with text and `image_url` parts, `n`, sampling knobs, `stop`, `seed`,
+`logprobs`/`top_logprobs`, `stream` (+ `stream_options.include_usage`), `reasoning_effort`,
+`metadata`; models list. Our additions: `message.reasoning_content`/`reasoning`, top-level
+`adapter_version`, feedback, adapter admin and the interaction export. Anything else (tools,
+response_format, audio, penalties, ...) is rejected with 400 naming the parameter, rather than
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Effort = Literal["none", "low", "medium", "high", "auto"]
+INT64 = 2**63
+
+
+def _utf8(text: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"); tokenizers cannot encode them, so refuse them here.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ----------------------------------------------------------------------------- requests
+
+class ImageURL(_Strict):
+    url: str = Field(min_length=1, description="data:image/...;base64,... (http(s) only with --allow-remote-images)")
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ContentPart(_Strict):
+    """`{"type": "text", "text": ...}` or `{"type": "image_url", "image_url": {"url": ...}}`.
+
+    One model rather than a tagged union, so validation errors point at `content[i].image_url.url`
+    without pydantic's branch labels in the way.
+    """
+
+    type: Literal["text", "image_url"]
+    text: Text | None = None
+    image_url: ImageURL | None = None
+
+    @model_validator(mode="after")
+    def _matches_type(self) -> "ContentPart":
+        if self.type == "text" and (self.text is None or self.image_url is not None):
+            raise ValueError("a text part needs 'text' (and no 'image_url')")
+        if self.type == "image_url" and (self.image_url is None or self.text is not None):
+            raise ValueError("an image_url part needs 'image_url': {'url': ...} (and no 'text')")
+        return self
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[ContentPart] | None = None
+    name: str | None = None
+    # Accepted on assistant turns so clients can send back what we returned; not shown to the model.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> "ChatMessage":
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Strict):
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    reasoning_effort: Effort = "auto"
+    metadata: dict[Text, Text] | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty")
+        return stops
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return None
+        if len(v) > 16:
+            raise ValueError("at most 16 metadata keys")
+        for key, value in v.items():
+            if not key or len(key) > 64:
+                raise ValueError(f"metadata key {key[:70]!r} must have 1..64 characters")
+            if len(value) > 8192:
+                raise ValueError(f"metadata value of {key!r} is longer than 8192 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs=true")
+        return self
+
+
+class FeedbackRequest(_Strict):
+    id: str = Field(min_length=1, description="the chat completion (interaction) id")
+    choice_index: int = Field(0, ge=0)
+    thumbs: Literal["up", "down"] | None = None
+    rating: int | None = Field(None, ge=1, le=5)
+    score: float | None = Field(None, ge=0.0, le=1.0)
+    correction: Text | None = Field(None, min_length=1, max_length=65536)
+    comment: Text | None = Field(None, max_length=65536)
+
+    @model_validator(mode="after")
+    def _one_signal(self) -> "FeedbackRequest":
+        if self.thumbs is None and self.rating is None and self.score is None and self.correction is None:
+            raise ValueError("give at least one of thumbs, rating, score or correction")
+        return self
+
+
+class LoadAdapterRequest(_Strict):
+    version: str | None = Field(None, description="vNNNN: loads <adapters-dir>/policy-vNNNN")
+    path: str | None = Field(None, description="a folder relative to --adapters-dir")
+
+    @model_validator(mode="after")
+    def _one(self) -> "LoadAdapterRequest":
+        if (self.version is None) == (self.path is None):
+            raise ValueError("give exactly one of version or path")
+        return self
+
+
+class VersionRequest(_Strict):
+    version: str = Field(min_length=1)
+
+
+# ---------------------------------------------------------------------------- responses
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    completion_tokens_details: CompletionTokensDetails = CompletionTokensDetails()
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    refusal: str | None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str
+    adapter_version: str | None = None
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    system_fingerprint: str
+    adapter_version: str | None = None
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "openvlthinker"
+    root: str | None = None  # the base model or the version an alias points at
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    object: Literal["feedback"] = "feedback"
+    interaction_id: str
+    choice_index: int
+    created: int
+
+
+class AdapterInfo(BaseModel):
+    version: str
+    name: str  # what clients pass as `model` to pin it
+    path: str  # relative to --adapters-dir
+    loaded: bool
+    promoted: bool
+    engine_name: str | None = None
+    in_flight: int = 0
+    parent: str | None = None
+    metrics: dict[str, Any] = {}
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    promoted: str | None
+    data: list[AdapterInfo]
+
+
+class InteractionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+    has_more: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok", "starting"]
+    engine_ready: bool
+    model: str
+    served_name: str
+    promoted: str | None

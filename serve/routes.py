@@ -1,0 +1,85 @@
+"""Public routes: chat completions, models, feedback (API key), health and metrics (open). Thin: they
+validate with the protocol models and hand over to the service objects on `app.state`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from .auth import require_api_key
+from .chat import Stream
+from .errors import not_found
+from .protocol import (ChatCompletion, ChatCompletionRequest, FeedbackRequest, FeedbackResponse, Health, ModelCard,
+                       ModelList)
+from .store import UnknownInteraction
+
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+open_routes = APIRouter()
+
+
+class EventStream(StreamingResponse):
+    """SSE response that always runs the stream's cleanup, even if the client left before the first chunk."""
+
+    def __init__(self, stream: Stream):
+        super().__init__(stream.body, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._close = stream.close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close()
+
+
+@api.post("/chat/completions", response_model=ChatCompletion,
+          responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream=true"}})
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    result = await request.app.state.chat.create(body)
+    return EventStream(result) if isinstance(result, Stream) else result
+
+
+@api.get("/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    registry = request.app.state.registry
+    now = int(request.app.state.started)
+    promoted = registry.model_name(registry.promoted) if registry.promoted else registry.base_name
+    cards = [ModelCard(id=registry.base_name, created=now, root=registry.base_name),
+             ModelCard(id=registry.served_name, created=now, root=promoted, parent=registry.base_name)]
+    cards += [ModelCard(id=registry.model_name(v), created=now, root=registry.model_name(v), parent=registry.base_name)
+              for v, entry in sorted(registry.loaded.items()) if not entry.draining]
+    return ModelList(data=cards)
+
+
+@api.post("/feedback", response_model=FeedbackResponse)
+async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+    store = request.app.state.store
+    fields = body.model_dump(exclude={"id", "choice_index"})
+    try:
+        fb_id = await run_in_threadpool(store.add_feedback, body.id, body.choice_index, **fields)
+    except UnknownInteraction as exc:
+        raise not_found(str(exc), "id", "interaction_not_found") from None
+    return FeedbackResponse(id=fb_id, interaction_id=body.id, choice_index=body.choice_index, created=int(time.time()))
+
+
+@open_routes.get("/health", response_model=Health)
+async def health(request: Request) -> Health:
+    state = request.app.state
+    ready = bool(getattr(state, "ready", False))
+    registry = getattr(state, "registry", None)
+    return Health(status="ok" if ready else "starting", engine_ready=ready, served_name=state.config.served_name,
+                  model=registry.base_name if registry else state.config.model,
+                  promoted=registry.promoted if registry else None)
+
+
+@open_routes.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    m = request.app.state.metrics
+    return Response(m.render(request.app.state.engine.stats()), media_type=m.content_type)

@@ -1,0 +1,155 @@
+"""The interaction store: SQLAlchemy 2 over any URL, SQLite in WAL mode by default.
+
+SQLite settings, and why:
+- `journal_mode=WAL`: readers (the RL loop paging interactions) never block the writer (the
+  gateway logging a response), and a commit is one sequential append to the log.
+- `synchronous=FULL`: the log is fsynced at every commit. NORMAL would already survive a killed
+  process, but may lose the last commits on power loss or an OS crash; we acknowledge an
+  interaction (return its id) only after its commit, so the commit must be durable. One fsync
+  per response is small next to a model forward pass.
+- `busy_timeout`: concurrent writers (threadpool, a second process) wait instead of failing.
+
+Methods are synchronous; the gateway calls them in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from sqlalchemy import create_engine, event, exists, func, or_, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from .blobs import BlobStore
+from .models import Base, Feedback, Interaction
+
+
+class UnknownInteraction(LookupError):
+    """Feedback names an interaction id (or choice) the store does not have."""
+
+
+class Store:
+    """Interactions, feedback and images of one deployment."""
+
+    def __init__(self, url: str, images_dir: str | Path):
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url, future=True)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.blobs = BlobStore(images_dir)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def pragma(self, name: str) -> Any:
+        """Read a SQLite PRAGMA (tests check WAL is on)."""
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+    # ------------------------------------------------------------------ writes
+
+    def add_interactions(self, rows: Iterable[dict[str, Any]]) -> list[int]:
+        """Insert the choices of one request in one transaction; returns their cursors (seq)."""
+        with self.sessions.begin() as session:
+            objs = [Interaction(**row) for row in rows]
+            session.add_all(objs)
+            session.flush()
+            return [o.seq for o in objs]
+
+    def add_feedback(self, interaction_id: str, choice_index: int = 0, **fields: Any) -> str:
+        """Attach feedback to one choice; returns the feedback id. Raises UnknownInteraction."""
+        with self.sessions.begin() as session:
+            row = session.scalar(select(Interaction).where(
+                Interaction.id == interaction_id, Interaction.choice_index == choice_index))
+            if row is None:
+                known = session.scalar(select(Interaction.seq).where(Interaction.id == interaction_id).limit(1))
+                what = f"choice_index {choice_index} of {interaction_id!r}" if known else repr(interaction_id)
+                raise UnknownInteraction(f"No interaction {what} in the store.")
+            fb_id = f"fb-{uuid.uuid4().hex}"
+            session.add(Feedback(id=fb_id, interaction_seq=row.seq, created=time.time(), **fields))
+            return fb_id
+
+    # ------------------------------------------------------------------- reads
+
+    def get_interaction(self, interaction_id: str) -> list[dict[str, Any]]:
+        """All choices of one completion id (empty if unknown)."""
+        with self.sessions() as session:
+            rows = session.scalars(select(Interaction).where(Interaction.id == interaction_id)
+                                   .order_by(Interaction.choice_index)).all()
+            return [to_dict(r) for r in rows]
+
+    def list_interactions(self, after: int = 0, limit: int = 100,
+                          gradable: bool | None = None) -> tuple[list[dict[str, Any]], int | None, bool]:
+        """Page by cursor: rows with seq > after, oldest first; returns (rows, next_cursor, has_more).
+
+        gradable=True keeps rows with a reference answer or at least one feedback row;
+        gradable=False the others.
+        """
+        has_feedback = exists().where(Feedback.interaction_seq == Interaction.seq)
+        query = select(Interaction).where(Interaction.seq > after).order_by(Interaction.seq).limit(limit + 1)
+        if gradable is True:
+            query = query.where(or_(Interaction.has_reference, has_feedback))
+        elif gradable is False:
+            query = query.where(~Interaction.has_reference, ~has_feedback)
+        with self.sessions() as session:
+            rows = session.scalars(query).all()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            items = [to_dict(r) for r in rows]
+        next_cursor = rows[-1].seq if rows else (after or None)
+        return items, next_cursor, more
+
+    def list_feedback(self, after: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int | None, bool]:
+        """Feedback rows with seq > after, oldest first, each with its interaction: how the RL loop
+        learns about feedback given long after the interaction itself was paged past."""
+        query = select(Feedback).where(Feedback.seq > after).order_by(Feedback.seq).limit(limit + 1)
+        with self.sessions() as session:
+            rows = session.scalars(query).all()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            items = [{**_feedback_dict(f), "cursor": str(f.seq), "interaction": to_dict(f.interaction)} for f in rows]
+        return items, (rows[-1].seq if rows else (after or None)), more
+
+    def count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count(Interaction.seq))) or 0)
+
+
+def to_dict(row: Interaction) -> dict[str, Any]:
+    """The JSON shape of one stored choice, with its feedback, as the export endpoint returns it."""
+    return {
+        "id": row.id, "choice_index": row.choice_index, "cursor": str(row.seq), "created": row.created,
+        "model": row.model, "adapter_version": row.adapter_version,
+        "effort": row.effort, "mode": row.mode, "budget": row.budget, "budget_hit": row.budget_hit,
+        "request": row.request, "metadata": row.meta or {},
+        "problem_type": row.problem_type, "task_type": row.task_type, "gradable": bool(row.has_reference or row.feedback),
+        "thinking": row.thinking, "answer": row.answer, "text": row.text,
+        "prompt_token_ids": row.prompt_token_ids, "completion_token_ids": row.completion_token_ids,
+        "logprobs": row.logprobs, "finish_reason": row.finish_reason,
+        "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+                  "reasoning_tokens": row.reasoning_tokens},
+        "latency_s": row.latency_s, "stream": row.stream,
+        "feedback": [_feedback_dict(f) for f in row.feedback],
+    }
+
+
+def _feedback_dict(f: Feedback) -> dict[str, Any]:
+    return {"id": f.id, "created": f.created, "thumbs": f.thumbs, "rating": f.rating, "score": f.score,
+            "correction": f.correction, "comment": f.comment}
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

@@ -1,0 +1,98 @@
+"""BatchDecoder/RowState driven by scripted logits: what a trained model does that a random one will not
+(open a thinking block itself, end its turn), plus streaming hold-back and per-row endings."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from serve.engines.base import GenerationRequest, GenerationResult, SamplingParams, TokenEvent
+from serve.engines.rows import BatchDecoder, DecodeContext, RowState
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_dir):
+    from openvlthinker.models import load_processor
+
+    return DecodeContext.from_tokenizer(load_processor(tiny_dir).tokenizer)
+
+
+def _ids(ctx, text):
+    return ctx.tokenizer.encode(text, add_special_tokens=False)
+
+
+def _run(ctx, scripts, requests, steps):
+    """Greedy-decode rows whose 'model' always prefers the next token of its script."""
+    jobs = [SimpleNamespace(cancelled=False, name=i) for i in range(len(scripts))]
+    rows = [RowState(job, req, [1, 2, 3], ctx, "cpu") for job, req in zip(jobs, requests)]
+    emitted = []
+    decoder = BatchDecoder(rows, emitted.extend)
+    vocab = len(ctx.tokenizer)
+    pos = [0] * len(rows)
+    for _ in range(steps):
+        scores = torch.randn(len(rows), vocab) * 0.1
+        wanted = [script[min(pos[i], len(script) - 1)] for i, script in enumerate(scripts)]
+        scores[torch.arange(len(rows)), wanted] = 5.0
+        live_before = [row.live for row in rows]
+        out = decoder(torch.zeros(len(rows), 1, dtype=torch.long), scores)
+        assert (out.isfinite().sum(-1) == 1).all()  # HF's greedy step can only take our token
+        for i, token in enumerate(out.argmax(-1).tolist()):
+            pos[i] += live_before[i] and token == wanted[i]  # a forced token leaves the script where it was
+        if decoder.stopping(torch.zeros(len(rows), 1), None).all():
+            break
+    per_job = {i: [item for job, item in emitted if job.name == i] for i in range(len(rows))}
+    return per_job, decoder
+
+
+def _req(max_tokens=40, **kw):
+    sampling = {k: kw.pop(k) for k in ("stop", "top_logprobs") if k in kw}
+    return GenerationRequest("r", [], SamplingParams(max_tokens=max_tokens, temperature=0.0, **sampling), **kw)
+
+
+def test_model_opened_thinking_is_closed_at_budget_then_eos_ends(ctx):
+    im_end = ctx.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    script = _ids(ctx, "Let me look. <thinking> I count the red circles one by one and then") + [im_end]
+    per_job, _ = _run(ctx, [script], [_req(mode="think", thinking_budget=3)], steps=60)
+    events, result = per_job[0][:-1], per_job[0][-1]
+    assert isinstance(result, GenerationResult) and all(isinstance(e, TokenEvent) for e in events)
+    ids = result.completion_token_ids
+    open_at = ids.index(ctx.tokenizer.convert_tokens_to_ids("<thinking>"))
+    assert ids[open_at + 4] == ctx.tokenizer.convert_tokens_to_ids("</thinking>")
+    assert result.budget_hit and result.thinking_tokens == 5
+    assert "".join(e.text for e in events) == result.text
+
+
+def test_eos_finishes_with_stop_and_is_kept_in_ids(ctx):
+    im_end = ctx.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    script = _ids(ctx, "<answer>3</answer>") + [im_end, 5, 6]
+    per_job, _ = _run(ctx, [script], [_req(top_logprobs=2)], steps=30)
+    result = per_job[0][-1]
+    assert result.finish_reason == "stop" and result.text == "<answer>3</answer>"
+    assert result.completion_token_ids[-1] == im_end and len(result.top_logprobs) == len(result.completion_token_ids)
+
+
+def test_stop_string_is_held_back_while_it_may_still_match(ctx):
+    script = _ids(ctx, "red circle</answer> and more text here")
+    per_job, _ = _run(ctx, [script], [_req(stop=("</answer>",))], steps=40)
+    events, result = per_job[0][:-1], per_job[0][-1]
+    assert result.finish_reason == "stop" and result.text == "red circle"
+    streamed = ""
+    for e in events:
+        streamed += e.text
+        assert "<" not in streamed  # the tag's beginning never reached the client
+    assert streamed == "red circle"
+
+
+def test_rows_end_independently_and_cancelled_rows_stop(ctx):
+    im_end = ctx.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    scripts = [_ids(ctx, "ab") + [im_end], _ids(ctx, "red circle blue square" * 4), _ids(ctx, "red square" * 9)]
+    per_job, decoder = _run(ctx, scripts, [_req(), _req(max_tokens=7), _req(max_tokens=30)], steps=8)
+    assert per_job[0][-1].finish_reason == "stop"
+    assert per_job[1][-1].finish_reason == "length" and len(per_job[1][-1].completion_token_ids) == 7
+    assert not any(isinstance(i, GenerationResult) for i in per_job[2])  # still running after 8 steps
+    # A cancelled row stops producing tokens at once and makes the stopping criterion fire.
+    decoder.rows[2].job.cancelled = True
+    before = len(decoder.rows[2].ids)
+    decoder(torch.zeros(3, 1, dtype=torch.long), torch.randn(3, len(ctx.tokenizer)))
+    assert len(decoder.rows[2].ids) == before
+    assert decoder.stopping(torch.zeros(3, 1), None).all()

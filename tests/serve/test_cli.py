@@ -1,0 +1,53 @@
+"""`openvlthinker serve` options: precedence defaults < YAML < flags, validation, the vLLM placeholder."""
+
+import argparse
+
+import pytest
+
+from openvlthinker.cli import build_parser
+from serve.cli import build_config, make_engine
+from serve.config import ServeConfig
+
+
+def parse(*argv):
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_defaults_yaml_then_flags(tmp_path):
+    cfg = build_config(parse())
+    assert cfg.engine == "transformers" and cfg.served_name == "openvlthinker" and cfg.threads == 1
+    assert cfg.model.endswith("weights/shapeworld-tiny") and cfg.store_url.endswith("runs/serve/serve.db")
+    assert cfg.adapters_path.as_posix() == "runs/serve/adapters"
+    yaml_file = tmp_path / "serve.yaml"
+    yaml_file.write_text("max-queue: 3\nport: 9000\nallow_remote_images: true\n")
+    cfg = build_config(parse("--config", str(yaml_file), "--port", "9100", "--max-image-pixels", "1000"))
+    assert (cfg.max_queue, cfg.port, cfg.max_image_pixels, cfg.allow_remote_images) == (3, 9100, 1000, True)
+
+
+def test_invalid_options_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="max_batch"):
+        build_config(parse("--max-batch", "0"))
+    with pytest.raises(ValueError, match="must differ"):
+        build_config(parse("--api-key", "k", "--admin-key", "k"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("colour: blue\n")
+    with pytest.raises(ValueError, match="unknown serve option"):
+        build_config(parse("--config", str(bad)))
+    with pytest.raises(SystemExit):
+        parse("--engine", "tgi")
+    with pytest.raises(ValueError, match="served_name"):
+        ServeConfig(served_name="a@b")
+
+
+def test_vllm_is_accepted_but_not_available_yet():
+    cfg = build_config(parse("--engine", "vllm"))
+    with pytest.raises(ValueError, match="vLLM engine is not available"):
+        make_engine(cfg)
+
+
+def test_missing_model_folder_fails_before_serving(tmp_path, capsys):
+    from openvlthinker.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert isinstance(parse(), argparse.Namespace)
