@@ -100,13 +100,22 @@ def test_model_not_found_is_a_value_error():
     assert issubclass(ModelNotFoundError, ValueError)
 
 
-def test_missing_default_model_says_how_to_get_it():
+def test_missing_default_model_says_how_to_get_it(monkeypatch, tmp_path):
+    from openvlthinker.models import loading
+
+    missing = str(tmp_path / "weights" / "shapeworld-tiny")  # as on a checkout without the weights
+    monkeypatch.setattr(loading, "DEFAULT_MODEL", missing)
+    with pytest.raises(ModelNotFoundError, match="tiny default"):
+        loading.load(missing)
+
+
+def test_shipped_checkpoint_loads():
     from pathlib import Path
 
-    if Path(DEFAULT_MODEL).exists():
-        pytest.skip("the tiny default checkpoint is present")
-    with pytest.raises(ModelNotFoundError, match="tiny default"):
-        load()
+    assert Path(DEFAULT_MODEL, "config.json").is_file(), "run `openvlthinker train-tiny` to produce it"
+    model, processor = load()
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
+    assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == model.config.image_token_id
 
 
 def test_uncached_hub_id_is_left_to_download_only_when_hub_reachable(monkeypatch):

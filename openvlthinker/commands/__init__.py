@@ -1,0 +1,1 @@
+"""Subcommands of the `openvlthinker` console script (one module each)."""
