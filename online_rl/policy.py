@@ -1,0 +1,172 @@
+"""The trainable policy: a LoRA adapter on the served base model, scored on rollout tokens.
+
+`LoraPolicy.update` is one G²RPO round: score every rollout once without gradients (the
+proximal "old" logprobs), then micro-batched PPO steps with the token-mean clipped loss,
+the per-task entropy band penalty and gradient clipping. The vision tower stays frozen
+(LoRA targets only the language model's linears). Works on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from openvlthinker.rl import entropy_band_penalty, policy_loss, token_entropy
+
+from .rollout import Rollout
+
+
+@dataclass
+class UpdateConfig:
+    """Optimisation knobs of one round (REFERENCE §2 and §4 defaults, LoRA learning rate)."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    micro_batch: int = 8
+    updates_per_round: int = 4  # optimizer steps per round (paper: 4 per rollout step)
+    clip_low: float = 0.2
+    clip_high: float = 0.3
+    dual_clip: float | None = 3.0
+    grad_clip: float = 1.0
+    entropy_coef: float = 0.02
+    entropy_low: float = 0.2
+    entropy_high: float = 0.6
+    is_cap: float = 2.0
+
+
+def _batch(rollouts: Sequence[Rollout], processor, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded model inputs for prompt+completion, and the completion positions."""
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    seqs = [r.prompt_ids + r.completion_ids for r in rollouts]
+    width = max(map(len, seqs))
+    n = len(seqs)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+    out = {"input_ids": ids, "attention_mask": attn, "mm_token_type_ids": (ids == image_token).long() * attn}
+    images = [img for r in rollouts for img in r.images]
+    if images:
+        vis = processor.image_processor(images=images, return_tensors="pt")
+        out["pixel_values"], out["image_grid_thw"] = vis["pixel_values"], vis["image_grid_thw"]
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _completion_view(rollouts: Sequence[Rollout], width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index of the logit predicting each completion token, the targets, and the mask: (B, Tc)."""
+    tc = max(len(r.completion_ids) for r in rollouts)
+    pos = torch.zeros((len(rollouts), tc), dtype=torch.long)
+    tgt = torch.zeros((len(rollouts), tc), dtype=torch.long)
+    mask = torch.zeros((len(rollouts), tc), dtype=torch.bool)
+    for i, r in enumerate(rollouts):
+        p, c = len(r.prompt_ids), len(r.completion_ids)
+        pos[i, :c] = torch.arange(p - 1, p + c - 1)
+        tgt[i, :c] = torch.tensor(r.completion_ids)
+        mask[i, :c] = True
+    return pos.clamp(max=width - 1), tgt, mask
+
+
+class LoraPolicy:
+    """A base model with one trainable LoRA adapter, its processor and optimizer."""
+
+    def __init__(self, model, processor, cfg: UpdateConfig, device: str | torch.device = "cpu"):
+        self.model, self.processor, self.cfg, self.device = model, processor, cfg, torch.device(device)
+        self.pad_id = processor.tokenizer.pad_token_id
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the policy has no trainable parameters (is the LoRA adapter trainable?)")
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    @classmethod
+    def create(cls, base_path: str, cfg: UpdateConfig, *, adapter_path: str | None = None,
+               lora_r: int = 16, lora_alpha: int = 32, device: str = "cpu", dtype=None) -> "LoraPolicy":
+        """Load the base model and a fresh LoRA, or continue training an existing adapter folder."""
+        from peft import PeftModel, get_peft_model
+
+        from openvlthinker.models import load, lora_config
+
+        base, processor = load(base_path, device=device, dtype=dtype)
+        if adapter_path is not None:
+            model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
+        else:
+            model = get_peft_model(base, lora_config(r=lora_r, alpha=lora_alpha))
+        model.to(device)
+        return cls(model, processor, cfg, device)
+
+    def token_stats(self, rollouts: Sequence[Rollout], grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logprobs and entropies of each completion token under the current policy: (B, Tc) x2, mask."""
+        batch = _batch(rollouts, self.processor, self.pad_id, self.device)
+        pos, tgt, mask = _completion_view(rollouts, batch["input_ids"].shape[1])
+        pos, tgt, mask = pos.to(self.device), tgt.to(self.device), mask.to(self.device)
+        with torch.set_grad_enabled(grad):
+            logits = self.model(**batch).logits
+            picked = torch.gather(logits, 1, pos[..., None].expand(-1, -1, logits.shape[-1])).float()
+            logp = torch.log_softmax(picked, dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
+            ent = token_entropy(picked)
+        return logp, ent, mask
+
+    def update(self, rollouts: Sequence[Rollout], advantages: torch.Tensor) -> dict[str, float]:
+        """One round of PPO steps on `rollouts` with per-rollout `advantages`; returns mean metrics."""
+        if len(rollouts) != advantages.numel():
+            raise ValueError(f"{len(rollouts)} rollouts but {advantages.numel()} advantages")
+        cfg = self.cfg
+        self.model.train()
+        old = []
+        for start in range(0, len(rollouts), cfg.micro_batch):
+            logp, _, _ = self.token_stats(rollouts[start : start + cfg.micro_batch], grad=False)
+            old.append(logp)
+        # Split the round into `updates_per_round` optimizer steps of whole micro-batches.
+        chunks = list(range(0, len(rollouts), cfg.micro_batch))
+        per_step = max(1, math.ceil(len(chunks) / cfg.updates_per_round))
+        totals: dict[str, float] = {}
+        count = 0
+        for step_start in range(0, len(chunks), per_step):
+            self.optimizer.zero_grad(set_to_none=True)
+            step_chunks = chunks[step_start : step_start + per_step]
+            for k, start in enumerate(step_chunks):
+                part = rollouts[start : start + cfg.micro_batch]
+                metrics = self._micro_step(part, old[chunks.index(start)], advantages[start : start + len(part)],
+                                           scale=1.0 / len(step_chunks))
+                for key, value in metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                count += 1
+            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) * len(step_chunks)
+            self.optimizer.step()
+        self.model.eval()
+        return {k: v / max(count, 1) for k, v in totals.items()}
+
+    def _micro_step(self, part: Sequence[Rollout], old_logp: torch.Tensor, adv: torch.Tensor, scale: float) -> dict[str, float]:
+        cfg = self.cfg
+        logp, ent, mask = self.token_stats(part, grad=True)
+        width = logp.shape[1]
+        old_logp = old_logp[:, :width].to(self.device)
+        behaviour = None
+        if any(r.off_policy for r in part):
+            behaviour = old_logp.clone()  # on-policy rows: weight exp(0) = 1
+            for i, r in enumerate(part):
+                if r.off_policy:
+                    behaviour[i, : len(r.behaviour_logprobs)] = torch.tensor(r.behaviour_logprobs, device=self.device)
+        loss, metrics = policy_loss(
+            logp, old_logp, adv.to(self.device, logp.dtype), mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+            dual_clip=cfg.dual_clip, behaviour_logprobs=behaviour, is_cap=cfg.is_cap,
+        )
+        penalty = entropy_band_penalty(ent, mask, [r.task for r in part], cfg.entropy_low, cfg.entropy_high)
+        total = loss + cfg.entropy_coef * penalty
+        if not torch.isfinite(total):
+            raise FloatingPointError("non-finite loss in the policy update")
+        (total * scale).backward()
+        metrics.update(loss=float(loss), entropy_penalty=float(penalty),
+                       entropy=float((ent * mask).sum() / mask.sum().clamp(min=1)))
+        return metrics
+
+    def save_adapter(self, folder: str | Path) -> Path:
+        """Write the LoRA adapter in PEFT format (adapter_config.json + adapter_model.safetensors)."""
+        folder = Path(folder)
+        self.model.save_pretrained(folder, safe_serialization=True)
+        return folder

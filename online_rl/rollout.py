@@ -1,0 +1,44 @@
+"""The unit of training data: one sampled (or logged) completion with its reward.
+
+Token ids come from the server that sampled them (never re-tokenised), so the trainer
+scores exactly the tokens the behaviour policy produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Rollout:
+    """One completion: prompt and completion token ids, images, behaviour logprobs, reward.
+
+    group_id: responses sampled together for one prompt share it (None for a logged single
+      response, which is ranked within its task only).
+    task: the task key for the second G²RPO stage and per-task shaping.
+    version: the adapter version that produced it (staleness = current - version).
+    off_policy: logged by users' traffic rather than sampled this round: trained with
+      truncated importance weights against `behaviour_logprobs`.
+    """
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    behaviour_logprobs: list[float]
+    images: list[Any] = field(default_factory=list)  # PIL images, in prompt order
+    reward: float = 0.0
+    accuracy: float = 0.0
+    group_id: str | None = None
+    task: str = "default"
+    version: int = 0
+    off_policy: bool = False
+    interaction_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.completion_ids:
+            raise ValueError("a rollout needs at least one completion token")
+        if len(self.behaviour_logprobs) != len(self.completion_ids):
+            raise ValueError(
+                f"behaviour_logprobs has {len(self.behaviour_logprobs)} entries for "
+                f"{len(self.completion_ids)} completion tokens"
+            )

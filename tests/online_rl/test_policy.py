@@ -1,0 +1,88 @@
+"""LoraPolicy: scoring rollout tokens and G²RPO/PPO updates move probability the right way."""
+
+import pytest
+import torch
+
+from online_rl.policy import LoraPolicy, UpdateConfig
+from online_rl.rollout import Rollout
+from openvlthinker.prompts import to_messages
+from openvlthinker.tiny.build import build_tiny, sample_texts
+from openvlthinker.tiny.shapeworld import generate
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield str(build_tiny(tmp_path_factory.mktemp("tiny"), sample_texts()))
+    torch.set_num_threads(before)
+
+
+def make_rollouts(policy, texts, images):
+    proc = policy.processor
+    out = []
+    for i, (text, img) in enumerate(zip(texts, images)):
+        prompt = proc.apply_chat_template(to_messages("<image> What is here?", [img]), add_generation_prompt=True,
+                                          tokenize=False)
+        prompt_ids = proc(text=[prompt], images=[img], return_tensors="pt")["input_ids"][0].tolist()
+        completion = proc.tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append(Rollout(prompt_ids=prompt_ids, completion_ids=completion, behaviour_logprobs=[0.0] * len(completion),
+                           images=[img], group_id="g", task="math_reasoning"))
+    return out
+
+
+def test_rollout_validation():
+    with pytest.raises(ValueError, match="at least one completion token"):
+        Rollout(prompt_ids=[1], completion_ids=[], behaviour_logprobs=[])
+    with pytest.raises(ValueError, match="behaviour_logprobs has 1 entries"):
+        Rollout(prompt_ids=[1], completion_ids=[1, 2], behaviour_logprobs=[0.0])
+
+
+def test_token_stats_match_a_plain_forward(tiny_path):
+    policy = LoraPolicy.create(tiny_path, UpdateConfig(), lora_r=4)
+    img = generate("chart", 0).image
+    (r,) = make_rollouts(policy, ["<answer>7</answer>"], [img])
+    logp, ent, mask = policy.token_stats([r], grad=False)
+    proc = policy.processor
+    prompt = proc.apply_chat_template(to_messages("<image> What is here?", [img]), add_generation_prompt=True, tokenize=False)
+    full = proc(text=[prompt + "<answer>7</answer>"], images=[img], return_tensors="pt")
+    assert full["input_ids"][0].tolist() == r.prompt_ids + r.completion_ids
+    with torch.no_grad():
+        logits = policy.model(**full).logits[0].float()
+    p = len(r.prompt_ids)
+    ref = torch.log_softmax(logits[p - 1 : -1], -1).gather(-1, torch.tensor(r.completion_ids)[:, None]).squeeze(-1)
+    assert mask.all() and torch.allclose(logp[0], ref, atol=1e-4)
+    assert (ent >= 0).all()
+
+
+def test_updates_raise_good_and_lower_bad_completions(tiny_path):
+    torch.manual_seed(0)
+    policy = LoraPolicy.create(tiny_path, UpdateConfig(lr=5e-3, micro_batch=2, updates_per_round=2), lora_r=4)
+    img = generate("math_reasoning", 0).image
+    rollouts = make_rollouts(policy, ["<answer>3</answer>", "<answer>5</answer>", "<answer>3</answer>",
+                                      "<answer>5</answer>"], [img] * 4)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    before, _, _ = policy.token_stats(rollouts[:2], grad=False)
+    for _ in range(4):
+        metrics = policy.update(rollouts, adv)
+    after, _, _ = policy.token_stats(rollouts[:2], grad=False)
+    assert after[0].sum() > before[0].sum() and after[1].sum() < before[1].sum()
+    assert {"clip_frac", "approx_kl", "entropy", "grad_norm", "loss"} <= set(metrics)
+
+
+def test_vision_tower_stays_frozen_and_adapter_saves(tiny_path, tmp_path):
+    policy = LoraPolicy.create(tiny_path, UpdateConfig(), lora_r=4)
+    trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "visual" not in n for n in trainable)
+    folder = policy.save_adapter(tmp_path / "policy-v0001")
+    assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
+
+
+def test_off_policy_rows_use_importance_weights(tiny_path):
+    policy = LoraPolicy.create(tiny_path, UpdateConfig(micro_batch=4), lora_r=4)
+    img = generate("ocr", 0).image
+    rollouts = make_rollouts(policy, ["<answer>cat</answer>", "<answer>dog</answer>"], [img] * 2)
+    rollouts[1].off_policy = True
+    rollouts[1].behaviour_logprobs = [-50.0] * len(rollouts[1].completion_ids)  # far more likely now: capped weight
+    metrics = policy.update(rollouts, torch.tensor([1.0, -1.0]))
+    assert metrics["is_weight_mean"] > 1.0
