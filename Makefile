@@ -24,11 +24,13 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not vllm and not browser"
 
+# The gateway on the shipped tiny model at http://127.0.0.1:8000/v1 (Ctrl-C stops it).
 run: install
-	$(BIN)/openvlthinker --help
+	$(BIN)/openvlthinker serve --run-dir runs/serve --admin-key $${OPENVLTHINKER_ADMIN_KEY:-local-admin}
 
 bench: install
 	$(BIN)/python bench/advantages.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

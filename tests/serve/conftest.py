@@ -15,21 +15,15 @@ import base64
 import hashlib
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image, ImageDraw
 
 from serve.engines.base import EngineError, EngineOverloaded, GenerationResult, TokenEvent
+from serve.launcher import ServerProcess
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = "<thinking>I see one red circle.</thinking>\n<answer>1</answer>"
 
 
@@ -185,65 +179,21 @@ def make_client(tmp_path):
 
 # ---------------------------------------------------------------------- real servers
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`openvlthinker serve` in a subprocess on a free port; `stop()` ends it, `kill()` is kill -9."""
+class Server(ServerProcess):
+    """The gateway on a tiny model in a subprocess, with the SDK client the tests use."""
 
     def __init__(self, model_dir, run_dir, *args: str, timeout: float = 90):
         self.run_dir = Path(run_dir)
-        self.log_path = self.run_dir.parent / f"{self.run_dir.name}-{time.time_ns()}.log"
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "openvlthinker.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
-               "--run-dir", str(run_dir), "--threads", "1", "--log-level", "warning", *args]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-        self.log = open(self.log_path, "w+b")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self._wait_ready(timeout)
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise TimeoutError(f"server did not start in {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_bytes().decode(errors="replace")[-5000:]
+        super().__init__(
+            ["--model", str(model_dir), "--run-dir", str(run_dir), "--threads", "1", "--log-level", "warning", *args],
+            log_path=self.run_dir.parent / f"{self.run_dir.name}-{time.time_ns()}.log", timeout=timeout,
+        )
 
     def client(self, api_key="none", **kwargs):
         from openai import OpenAI
 
         return OpenAI(base_url=f"{self.url}/v1", api_key=api_key, **kwargs)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL: no shutdown hooks, no flush
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,109 @@
+"""Benchmark: gateway throughput and latency at 1, 4 and 16 concurrent clients vs one at a time.
+
+Starts `openvlthinker serve` on the tiny model, sends the same ShapeWorld image questions
+(greedy, fixed max_tokens, reasoning_effort auto) first strictly one after another, then
+from 1, 4 and 16 concurrent clients through the official `openai` SDK, in one run.
+
+    .venv/bin/python bench/serve.py [--model PATH] [--requests 96]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This script is named like the `serve` package it benchmarks: keep its own folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import base64
+import io
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from openai import OpenAI
+
+from openvlthinker.models import DEFAULT_MODEL
+from openvlthinker.tiny.shapeworld import FAMILIES, split
+from serve.launcher import ServerProcess
+
+
+def data_url(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def make_requests(n: int) -> list[list[dict]]:
+    """n chat requests: one ShapeWorld image and its question each, families interleaved."""
+    samples = split("eval", (n + len(FAMILIES) - 1) // len(FAMILIES))[:n]
+    return [[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(s.image)}},
+        {"type": "text", "text": s.record.problem.replace("<image>", "").strip()},
+    ]}] for s in samples]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def run(client: OpenAI, requests: list[list[dict]], concurrency: int, max_tokens: int) -> dict[str, float]:
+    """Send every request with `concurrency` clients; returns throughput and latency figures."""
+    latencies: list[float] = []
+    tokens: list[int] = []
+
+    def one(messages):
+        start = time.perf_counter()
+        resp = client.chat.completions.create(model="openvlthinker", messages=messages, max_tokens=max_tokens,
+                                              temperature=0)
+        latencies.append(time.perf_counter() - start)
+        tokens.append(resp.usage.completion_tokens)
+
+    start = time.perf_counter()
+    if concurrency == 0:  # strictly sequential: no overlap at all
+        for messages in requests:
+            one(messages)
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, requests))
+    wall = time.perf_counter() - start
+    return {"wall": wall, "rps": len(requests) / wall, "tps": sum(tokens) / wall,
+            "p50": statistics.median(latencies), "p99": percentile(latencies, 0.99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="engine torch threads")
+    args = parser.parse_args()
+
+    requests = make_requests(args.requests)
+    with tempfile.TemporaryDirectory() as run_dir:
+        server = ServerProcess(["--model", args.model, "--run-dir", run_dir, "--max-batch", "16", "--max-queue", "256",
+                                "--threads", str(args.threads), "--log-level", "warning"],
+                               log_path=Path(run_dir) / "server.log")
+        try:
+            client = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=300)
+            run(client, requests[:8], 4, args.max_tokens)  # warm-up
+            rows = [("sequential", run(client, requests, 0, args.max_tokens))]
+            for c in (1, 4, 16):
+                rows.append((f"{c} concurrent", run(client, requests, c, args.max_tokens)))
+        finally:
+            server.stop()
+
+    base = rows[0][1]
+    print(f"{args.requests} image chat requests, max_tokens={args.max_tokens}, greedy, tiny model, "
+          f"engine threads={args.threads}, max-batch 16")
+    print(f"{'clients':<16}{'req/s':>8}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'throughput vs sequential':>27}")
+    for name, r in rows:
+        print(f"{name:<16}{r['rps']:>8.2f}{r['tps']:>9.0f}{r['p50'] * 1e3:>9.0f}{r['p99'] * 1e3:>9.0f}"
+              f"{r['rps'] / base['rps']:>26.2f}x")
+
+
+if __name__ == "__main__":
+    main()
