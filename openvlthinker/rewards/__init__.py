@@ -3,8 +3,17 @@
 from openvlthinker.rewards.choice import multiple_choice_accuracy
 from openvlthinker.rewards.composite import RewardBreakdown, grade, score
 from openvlthinker.rewards.extract import extract_answer, extract_thinking
-from openvlthinker.rewards.format import JSON_ANSWER_TYPES, format_reward, structure_reward
-from openvlthinker.rewards.grounding import box_iou, grounding_accuracy, parse_box, parse_boxes_json
+from openvlthinker.rewards.format import (
+    JSON_ANSWER_TYPES,
+    format_reward,
+    structure_reward,
+)
+from openvlthinker.rewards.grounding import (
+    box_iou,
+    grounding_accuracy,
+    parse_box,
+    parse_boxes_json,
+)
 from openvlthinker.rewards.mathexpr import math_accuracy
 from openvlthinker.rewards.numerical import numerical_accuracy
 from openvlthinker.rewards.numparse import parse_number

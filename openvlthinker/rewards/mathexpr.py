@@ -96,9 +96,8 @@ def is_explosive(text: str) -> bool:
     bangs = text.count("!") - text.count("!=")
     if bangs and bangs != len(_FACTORIAL_ARG.findall(text)):
         return True  # factorial of something other than a small literal or a variable
-    if ("binom" in text or "choose" in text) and any(len(r) > 4 for r in _DIGIT_RUN.findall(text)):
-        return True
-    return False
+    big_literal = any(len(r) > 4 for r in _DIGIT_RUN.findall(text))
+    return big_literal and ("binom" in text or "choose" in text)
 
 
 def _parse(text: str) -> list:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from openvlthinker.data.records import TaskRecord
 from openvlthinker.rewards.choice import multiple_choice_accuracy
@@ -50,7 +50,7 @@ def accuracy(problem_type: str, pred: str | None, record: TaskRecord) -> float:
         return 0.0
     try:
         value = float(grader(pred, record))
-    except Exception:  # noqa: BLE001 - graders are built not to raise; this is the last guard
+    except Exception:  # graders are built not to raise; this is the last guard
         logger.exception("%s grader raised on problem %r", problem_type, record.problem_id)
         return 0.0
     return min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0

@@ -24,8 +24,8 @@ def rec():
 
 @pytest.fixture(scope="session")
 def sample_records() -> list[TaskRecord]:
-    """The 60 real OneThinker records; skipped where the shared folder is absent."""
+    """The 60 real OneThinker records (shared/ sits beside the checkout, in CI too)."""
     if not SAMPLE.is_file():  # the shared folder sits beside the checkout in CI and here
-        pytest.skip(f"sample data not found at {SAMPLE}")
+        pytest.fail(f"sample data not found at {SAMPLE}")
     raw = json.loads(SAMPLE.read_text())
     return [TaskRecord.from_dict(r, where=f"sample[{i}]") for i, r in enumerate(raw)]

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from openvlthinker.rewards import extract_answer, extract_thinking, format_reward, structure_reward
+from openvlthinker.rewards import (
+    extract_answer,
+    extract_thinking,
+    format_reward,
+    structure_reward,
+)
 
 GOOD = "<thinking>reason</thinking><answer>B</answer>"
 

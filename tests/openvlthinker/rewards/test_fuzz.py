@@ -66,7 +66,7 @@ def test_raw_text_never_breaks_grading(text):
 @FUZZ
 @given(answers, st.booleans())
 def test_wrapped_answers_never_break_grading(answer, thinking):
-    text = (f"<thinking>t</thinking>" if thinking else "") + f"<answer>{answer}</answer>"
+    text = ("<thinking>t</thinking>" if thinking else "") + f"<answer>{answer}</answer>"
     for record in RECORDS:
         check(grade(record, text, require_thinking=thinking))
 

@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openvlthinker.rewards import box_iou, grounding_accuracy, parse_box, parse_boxes_json
+from openvlthinker.rewards import (
+    box_iou,
+    grounding_accuracy,
+    parse_box,
+    parse_boxes_json,
+)
 
 GOLD = '{"boxes": [577, 232, 899, 786]}'
 

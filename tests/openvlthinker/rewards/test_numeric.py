@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from openvlthinker.rewards import mean_relative_accuracy, numerical_accuracy, parse_number, regression_accuracy
+from openvlthinker.rewards import (
+    mean_relative_accuracy,
+    numerical_accuracy,
+    parse_number,
+    regression_accuracy,
+)
 
 
 @pytest.mark.parametrize(
