@@ -161,8 +161,8 @@ class LoraPolicy:
         if not torch.isfinite(total):
             raise FloatingPointError("non-finite loss in the policy update")
         (total * scale).backward()
-        metrics.update(loss=float(loss), entropy_penalty=float(penalty),
-                       entropy=float((ent * mask).sum() / mask.sum().clamp(min=1)))
+        metrics.update(loss=loss.item(), entropy_penalty=penalty.item(),
+                       entropy=((ent * mask).sum() / mask.sum().clamp(min=1)).item())
         return metrics
 
     def save_adapter(self, folder: str | Path) -> Path:

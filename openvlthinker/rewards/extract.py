@@ -29,23 +29,22 @@ def _blocks(text: str, name: str) -> list[tuple[int, int]]:
     return spans
 
 
-def extract_answer(text: str) -> str | None:
-    """Content of the last complete `<answer>...</answer>` block, stripped; None if there is none."""
+def _block_text(text: str, tag: str, which: int) -> str | None:
+    """Stripped content of the `which`-th complete `<tag>` block (0 first, -1 last), or None."""
     if not isinstance(text, str):
         return None
-    spans = _blocks(text, "answer")
+    spans = _blocks(text, tag)
     if not spans:
         return None
-    start, end = spans[-1]
+    start, end = spans[which]
     return text[start:end].strip()
+
+
+def extract_answer(text: str) -> str | None:
+    """Content of the last complete `<answer>...</answer>` block, stripped; None if there is none."""
+    return _block_text(text, "answer", -1)
 
 
 def extract_thinking(text: str) -> str | None:
     """Content of the first complete `<thinking>...</thinking>` block, stripped; None if there is none."""
-    if not isinstance(text, str):
-        return None
-    spans = _blocks(text, "thinking")
-    if not spans:
-        return None
-    start, end = spans[0]
-    return text[start:end].strip()
+    return _block_text(text, "thinking", 0)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 
 from openvlthinker.data.records import TaskRecord
+from openvlthinker.registry import lookup
 from openvlthinker.rewards.choice import multiple_choice_accuracy
 from openvlthinker.rewards.grounding import grounding_accuracy
 from openvlthinker.rewards.mathexpr import math_accuracy
@@ -36,11 +37,7 @@ ACCURACY: dict[str, Grader] = {
 
 def get_grader(problem_type: str) -> Grader:
     """The accuracy grader for `problem_type`; ValueError listing the valid types if unknown."""
-    try:
-        return ACCURACY[problem_type]
-    except (KeyError, TypeError):
-        valid = ", ".join(repr(k) for k in ACCURACY)
-        raise ValueError(f"no accuracy grader for problem_type {problem_type!r}; valid: {valid}") from None
+    return lookup(ACCURACY, problem_type, "problem_type (no accuracy grader)")
 
 
 def accuracy(problem_type: str, pred: str | None, record: TaskRecord) -> float:

@@ -15,6 +15,7 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 import torch
 
+from ..registry import lookup
 from .ranks import round_for_ties, segment_gaussian_rank_np, segment_ids
 
 Ids = Sequence[Hashable] | torch.Tensor
@@ -93,10 +94,7 @@ ADVANTAGES: dict[str, AdvantageFn] = {
 
 def get_advantage(name: str) -> AdvantageFn:
     """Look up an estimator by name; an unknown name lists the valid ones."""
-    try:
-        return ADVANTAGES[name]
-    except KeyError:
-        raise ValueError(f"unknown advantage {name!r}; valid: {', '.join(sorted(ADVANTAGES))}") from None
+    return lookup(ADVANTAGES, name, "advantage")
 
 
 def informative_groups(

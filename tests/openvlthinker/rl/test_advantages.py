@@ -128,7 +128,7 @@ def test_validation_errors():
 def test_registry():
     assert set(ADVANTAGES) == {"g2rpo", "grpo", "dr_grpo", "rloo"}
     assert get_advantage("g2rpo") is g2rpo_advantages
-    with pytest.raises(ValueError, match="valid: dr_grpo, g2rpo, grpo, rloo"):
+    with pytest.raises(ValueError, match="unknown advantage 'ppo'; valid: 'g2rpo', 'grpo', 'dr_grpo', 'rloo'"):
         get_advantage("ppo")
 
 
