@@ -1,8 +1,9 @@
 """Batched generation with a hard thinking budget, for evaluation and offline use.
 
-The budget is enforced inside decoding by `ThinkingBudget`, a logits processor: once a
-row has spent its budget of tokens after `<thinking>` without closing it, the next token
-is forced to be `</thinking>`, and the answer follows. Rows keep their own budgets.
+The budget is enforced inside decoding by `ThinkingBudget`, a logits processor over
+`openvlthinker.thinking.ThinkTracker` (the same tracker the serving engine uses): once a
+row has spent its budget of tokens after `<thinking>` without closing it, the next tokens
+are forced to be `</thinking>`, and the answer follows. Rows keep their own budgets.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-THINK_OPEN, THINK_CLOSE = "<thinking>", "</thinking>"
+from .thinking import ThinkTracker, close_tag_suffix_ids, count_thinking
 
 
 class ThinkingBudget:
@@ -22,24 +23,26 @@ class ThinkingBudget:
     cap: its prompt asks for the answer only. prompt_len: width of the (left-padded) prompt.
     """
 
-    def __init__(self, budgets: Sequence[int | None], open_id: int, close_id: int, prompt_len: int):
-        self.budgets = torch.tensor([b if b is not None and b > 0 else -1 for b in budgets])
-        self.open_id, self.close_id, self.prompt_len = open_id, close_id, prompt_len
+    def __init__(self, tokenizer, budgets: Sequence[int | None], prompt_len: int):
+        close_ids = close_tag_suffix_ids(tokenizer)
+        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+        self.trackers = [ThinkTracker(close_ids, b if b is not None and b > 0 else None) for b in budgets]
+        self.offsets: list[list[int]] = [[] for _ in budgets]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        gen = input_ids[:, self.prompt_len:]
-        if gen.shape[1] == 0:
-            return scores
-        opened = gen == self.open_id
-        has_open = opened.any(dim=1)
-        closed = (gen == self.close_id).any(dim=1)
-        # Tokens generated after the first <thinking> (argmax finds the first True).
-        first_open = torch.where(has_open, opened.float().argmax(dim=1), torch.full_like(has_open, gen.shape[1], dtype=torch.long))
-        spent = gen.shape[1] - 1 - first_open
-        force = has_open & ~closed & (self.budgets >= 0) & (spent >= self.budgets)
-        if force.any():
-            scores[force] = float("-inf")
-            scores[force, self.close_id] = 0.0
+        gen = input_ids[:, self.prompt_len:].tolist()
+        for row, (tracker, offsets, ids) in enumerate(zip(self.trackers, self.offsets, gen)):
+            if not tracker.enforcing:
+                continue  # nothing left to enforce on this row: skip the decoding work
+            text = ""
+            while len(offsets) < len(ids):
+                text = self.tokenizer.decode(ids[: len(offsets) + 1], skip_special_tokens=False)
+                offsets.append(len(text))
+                tracker.observe(text, offsets)
+            forced = tracker.forced_next(text or self.tokenizer.decode(ids, skip_special_tokens=False), len(ids))
+            if forced is not None:
+                scores[row] = float("-inf")
+                scores[row, forced] = 0.0
         return scores
 
 
@@ -52,15 +55,6 @@ class Generation:
     thinking_tokens: int  # tokens from <thinking> through </thinking>
     answer_tokens: int  # the remaining completion tokens (end-of-turn excluded)
     finish_reason: str  # "stop" or "length"
-
-
-def count_thinking(ids: Sequence[int], open_id: int, close_id: int) -> int:
-    """Number of tokens from the first `<thinking>` through its `</thinking>` (or the end)."""
-    if open_id not in ids:
-        return 0
-    start = list(ids).index(open_id)
-    rest = list(ids[start:])
-    return rest.index(close_id) + 1 if close_id in rest else len(rest)
 
 
 @torch.inference_mode()
@@ -76,8 +70,7 @@ def generate_batch(
     enc = processor(text=texts, images=images or None, return_tensors="pt", padding=True, padding_side="left")
     enc = enc.to(model.device)
     prompt_len = enc["input_ids"].shape[1]
-    open_id, close_id = tok.convert_tokens_to_ids(THINK_OPEN), tok.convert_tokens_to_ids(THINK_CLOSE)
-    budget = ThinkingBudget(budgets or [None] * len(texts), open_id, close_id, prompt_len)
+    budget = ThinkingBudget(tok, budgets or [None] * len(texts), prompt_len)
     if seed is not None:
         torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
@@ -90,7 +83,7 @@ def generate_batch(
     for row in out[:, prompt_len:].tolist():
         end = next((i for i, t in enumerate(row) if t in stop_ids), None)
         ids = row if end is None else row[:end]
-        thinking = count_thinking(ids, open_id, close_id)
+        thinking = count_thinking(tok, ids)
         results.append(Generation(
             text=tok.decode(ids, skip_special_tokens=True), completion_ids=ids, thinking_tokens=thinking,
             answer_tokens=len(ids) - thinking, finish_reason="length" if end is None else "stop",

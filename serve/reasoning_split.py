@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-THINK_OPEN, THINK_CLOSE = "<thinking>", "</thinking>"
+from openvlthinker.thinking import THINK_CLOSE, THINK_OPEN
+
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 from openvlthinker.data.records import check_problem_type
 from openvlthinker.rewards.extract import extract_answer
 from openvlthinker.rewards.grounding import parse_boxes_json
+from openvlthinker.thinking import THINK_CLOSE as _THINK_CLOSE
+from openvlthinker.thinking import THINK_OPEN as _THINK_OPEN
 
 JSON_ANSWER_TYPES = frozenset({"spatial grounding"})
 
-_THINK_OPEN, _THINK_CLOSE = "<thinking>", "</thinking>"
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 
 

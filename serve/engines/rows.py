@@ -23,7 +23,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from .base import GenerationRequest, GenerationResult, TokenEvent
 from .sampling import GREEDY_EPS, choose_tokens, make_generator, top_logprobs
 from .text import IncrementalDetokenizer, find_stop, partial_stop_len
-from .thinking import ThinkTracker, close_tag_suffix_ids
+from openvlthinker.thinking import ThinkTracker, close_tag_suffix_ids
 
 __all__ = ["BatchDecoder", "DecodeContext", "RowState"]
 

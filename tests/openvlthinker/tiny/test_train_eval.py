@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from openvlthinker.evaluation import evaluate, format_table, load_eval_data, summarise, write_report
-from openvlthinker.generation import ThinkingBudget, count_thinking
 from openvlthinker.models import load
 from openvlthinker.tiny.sft import collate, encode, target_text
 from openvlthinker.tiny.shapeworld import FAMILIES, generate
@@ -78,17 +77,6 @@ def test_a_few_steps_reduce_the_loss_and_save_a_loadable_folder(tmp_path):
     assert table.splitlines()[0].startswith("| task | n | accuracy")
     report = json.loads(write_report(tmp_path / "r.json", items, model="x").read_text())
     assert len(report["items"]) == len(FAMILIES)
-
-
-def test_thinking_budget_forces_close():
-    open_id, close_id = 7, 8
-    proc = ThinkingBudget([2, None], open_id, close_id, prompt_len=1)
-    ids = torch.tensor([[0, open_id, 5, 5], [0, open_id, 5, 5]])
-    scores = proc(ids, torch.zeros(2, 10))
-    assert scores[0].argmax().item() == close_id and scores[0, 5].item() == float("-inf")
-    assert torch.all(scores[1] == 0)  # no budget on row 1
-    assert count_thinking([open_id, 5, 5, close_id, 9], open_id, close_id) == 4
-    assert count_thinking([9, 9], open_id, close_id) == 0
 
 
 def test_eval_data_errors(tmp_path):

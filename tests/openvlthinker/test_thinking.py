@@ -1,64 +1,71 @@
-"""Thinking budget: agrees with openvlthinker.generation.ThinkingBudget for single-token tags,
-and forces multi-token closing tags (real Qwen tokenizers) in sequence."""
+"""Thinking budget: the tracker, the generation logits processor built on it, and the
+forcing of multi-token closing tags (real Qwen tokenizers) in sequence."""
 
 import pytest
 import torch
 
-from openvlthinker.generation import ThinkingBudget, count_thinking
-from serve.engines.text import IncrementalDetokenizer
-from serve.engines.thinking import ThinkTracker, close_tag_suffix_ids
+from openvlthinker.generation import ThinkingBudget
+from openvlthinker.thinking import ThinkTracker, close_tag_suffix_ids, count_thinking
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_dir):
+def tokenizer(tmp_path_factory):
     from openvlthinker.models import load_processor
+    from openvlthinker.tiny.build import build_tiny, sample_texts
 
-    return load_processor(tiny_dir).tokenizer
+    return load_processor(build_tiny(tmp_path_factory.mktemp("tiny"), sample_texts())).tokenizer
 
 
 def _decode_with(tracker, tokenizer, proposals, steps):
     """Feed `proposals` (what the model would say) through the tracker; forced tokens win."""
-    detok, text, offsets, ids = IncrementalDetokenizer(tokenizer), "", [], []
+    text, offsets, ids = "", [], []
     it = iter(proposals)
     for _ in range(steps):
         forced = tracker.forced_next(text, len(ids))
         token = forced if forced is not None else next(it)
         ids.append(token)
-        text += detok.push(token)
+        text = tokenizer.decode(ids, skip_special_tokens=False)
         offsets.append(len(text))
         tracker.observe(text, offsets)
     return ids, text
 
 
-def _reference(ids_model, budget, open_id, close_id, steps):
-    """The same decode with the project's ThinkingBudget logits processor (single-token tags)."""
-    proc = ThinkingBudget([budget], open_id, close_id, prompt_len=0)
-    ids = []
-    it = iter(ids_model)
+def _through_logits_processor(tokenizer, proposals, budget, steps):
+    """The same decode driven by the ThinkingBudget logits processor, as model.generate uses it."""
+    proc = ThinkingBudget(tokenizer, [budget], prompt_len=0)
+    ids, it = [], iter(proposals)
+    vocab = len(tokenizer)
     for _ in range(steps):
-        scores = torch.zeros(1, close_id + 10)
         proposal = next(it)
+        scores = torch.zeros(1, vocab)
         scores[0, proposal] = 1.0
-        out = proc(torch.tensor([ids], dtype=torch.long).reshape(1, len(ids)), scores)
-        token = int(out.argmax())
+        token = int(proc(torch.tensor([ids], dtype=torch.long).reshape(1, len(ids)), scores).argmax())
         if token != proposal:
-            # forced: the model's proposal is not consumed
-            it = iter([proposal, *it])
+            it = iter([proposal, *it])  # forced: the model's proposal is not consumed
         ids.append(token)
     return ids
 
 
 @pytest.mark.parametrize("budget", [1, 3, 6])
-def test_single_token_tags_match_thinking_budget(tokenizer, budget):
+def test_single_token_tags_close_exactly_at_the_budget(tokenizer, budget):
     open_id, close_id = tokenizer.convert_tokens_to_ids(["<thinking>", "</thinking>"])
     words = tokenizer.encode(" I see a red circle and two squares", add_special_tokens=False)
     model_says = tokenizer.encode("So", add_special_tokens=False) + [open_id] + words * 3
     tracker = ThinkTracker(close_tag_suffix_ids(tokenizer), budget=budget)
     ids, text = _decode_with(tracker, tokenizer, model_says, steps=20)
-    assert ids == _reference(model_says, budget, open_id, close_id, steps=20)
+    assert ids == _through_logits_processor(tokenizer, model_says, budget, steps=20)
     start = ids.index(open_id)
     assert ids.index(close_id) == start + budget + 1
-    assert tracker.budget_hit and tracker.thinking_tokens(len(ids)) == count_thinking(ids, open_id, close_id)
+    assert tracker.budget_hit and tracker.thinking_tokens(len(ids)) == count_thinking(tokenizer, ids) == budget + 2
+
+
+def test_uncapped_rows_are_left_alone(tokenizer):
+    proc = ThinkingBudget(tokenizer, [None, 0], prompt_len=0)
+    open_id = tokenizer.convert_tokens_to_ids("<thinking>")
+    scores = torch.randn(2, len(tokenizer))
+    out = proc(torch.tensor([[open_id] * 5, [open_id] * 5]), scores.clone())
+    assert torch.equal(out, scores)
+    assert count_thinking(tokenizer, tokenizer.encode("no tags here", add_special_tokens=False)) == 0
 
 
 def test_multi_token_tags_are_forced_in_sequence(tokenizer):

@@ -1,11 +1,10 @@
-"""Per-row thinking block tracking and the hard thinking budget, for tags of any token length.
+"""Thinking-block tracking and the hard thinking budget, for tags of any token length.
 
-`openvlthinker.generation.ThinkingBudget` assumes `<thinking>` and `</thinking>` are single
-token ids (true for the tiny tokenizer). With a real Qwen tokenizer each tag may be several
-tokens, so here the tags are found in the decoded text and the close tag is forced as a token
-sequence. Semantics match `ThinkingBudget` and `count_thinking`: after `budget` tokens past
-the opening tag the next tokens are `</thinking>` (so it starts exactly budget+1 tokens after
-`<thinking>`), and thinking tokens run from the opening tag through the closing one.
+The tags are found in the decoded text (with a real Qwen tokenizer `<thinking>` is several
+tokens; in the tiny one it is one) and the closing tag is forced as a token sequence. After
+`budget` tokens past the opening tag the next tokens are `</thinking>`; thinking tokens run
+from the opening tag through the closing one. Used by the serving engine and by
+`openvlthinker.generation` (evaluation), so both enforce the budget the same way.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Mapping, Sequence
 
-from openvlthinker.generation import THINK_CLOSE, THINK_OPEN
+THINK_OPEN, THINK_CLOSE = "<thinking>", "</thinking>"
 
-__all__ = ["ThinkTracker", "close_tag_suffix_ids"]
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "ThinkTracker", "close_tag_suffix_ids", "count_thinking"]
 
 
 def close_tag_suffix_ids(tokenizer, close_tag: str = THINK_CLOSE) -> dict[int, list[int]]:
@@ -45,6 +44,11 @@ class ThinkTracker:
         opened = prefix.rfind(open_tag)
         if opened >= 0 and prefix.find(close_tag, opened) < 0:
             self.open_start = 0
+
+    @property
+    def enforcing(self) -> bool:
+        """True while the budget may still force tokens (capped and not yet fully closed by it)."""
+        return self.budget is not None and (not self.budget_hit or bool(self._pending))
 
     @property
     def is_open(self) -> bool:
@@ -83,3 +87,15 @@ class ThinkTracker:
             return 0
         end = self.close_end if self.close_end is not None else n_tokens - 1
         return max(0, end - self.open_start + 1)
+
+
+def count_thinking(tokenizer, ids: Sequence[int]) -> int:
+    """Thinking tokens of a finished completion (from `<thinking>` through `</thinking>`)."""
+    tracker, offsets, text = ThinkTracker({}), [], ""
+    for n in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:n], skip_special_tokens=False)
+        offsets.append(len(text))
+        tracker.observe(text, offsets)
+        if tracker.close_end is not None:
+            break
+    return tracker.thinking_tokens(len(ids))
