@@ -25,12 +25,13 @@ from itertools import count
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from openvlthinker.versions import FOLDER_PREFIX
+
 from .errors import APIError, conflict, invalid, not_found
 from .manifest import ADAPTER_FILES, peek_manifest, read_manifest
 
 log = logging.getLogger("serve.adapters")
 
-FOLDER_PREFIX = "policy-"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 
 

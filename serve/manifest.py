@@ -1,6 +1,6 @@
 """Adapter version manifests: `manifest.json` beside the PEFT files of a `policy-vNNNN/` folder.
 
-Format (written by the publisher, e.g. the online RL loop):
+Format (written by `openvlthinker.versions.publish`, e.g. from the online RL loop):
   {"version": "v0003", "parent": "v0002",
    "sha256": {"adapter_model.safetensors": "<hex>", "adapter_config.json": "<hex>"},
    "metrics": {...}}
@@ -11,22 +11,15 @@ another name for `sha256`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from openvlthinker.versions import ADAPTER_FILES, sha256_file
+
 from .errors import invalid
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["ADAPTER_FILES", "peek_manifest", "read_manifest", "sha256_file"]
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
