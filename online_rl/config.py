@@ -1,0 +1,52 @@
+"""RLConfig: every knob of the online loop, defaults from REFERENCE §2-§4 (LoRA learning rate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from openvlthinker.rl import ADVANTAGES
+
+from .policy import UpdateConfig
+
+
+@dataclass
+class RLConfig:
+    """One round = prompts_per_round prompts x group_size rollouts -> one LoRA update -> one version."""
+
+    endpoint: str = "http://127.0.0.1:8000"
+    api_key: str = "none"
+    admin_key: str = ""
+    model: str = ""  # base model folder the server serves (the policy trains a LoRA on it)
+    adapters_dir: str = "runs/serve/adapters"  # the server's --adapters-dir
+    advantage: str = "g2rpo"
+    group_size: int = 8  # G rollouts per prompt
+    prompts_per_round: int = 16
+    rollout_temperature: float = 1.0
+    max_new_tokens: int = 128
+    lora_r: int = 16
+    lora_alpha: int = 32
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    gate_per_family: int = 4  # ShapeWorld eval questions per family for the promotion gate
+    gate_margin: float = 0.02  # promote unless eval reward drops by more than this
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"unknown advantage {self.advantage!r}; valid: {', '.join(ADVANTAGES)}")
+        for name in ("group_size", "prompts_per_round", "max_new_tokens", "lora_r", "gate_per_family"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError("group_size must be >= 2: advantages compare responses within a group")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "RLConfig":
+        """Build from a flat mapping (YAML / CLI); unknown keys are an error naming them."""
+        top = {f.name for f in fields(cls)}
+        upd = {f.name for f in fields(UpdateConfig)}
+        unknown = set(values) - top - upd
+        if unknown:
+            raise ValueError(f"unknown RL config keys: {', '.join(sorted(unknown))}")
+        update = UpdateConfig(**{k: v for k, v in values.items() if k in upd})
+        return cls(update=update, **{k: v for k, v in values.items() if k in top and k != "update"})

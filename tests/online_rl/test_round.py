@@ -1,0 +1,79 @@
+"""One online round against a real gateway on the shipped tiny model: rollouts through the API,
+grading, update, atomic publish, server-side load, gate, promote or reject."""
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from online_rl.client import GatewayClient
+from online_rl.config import RLConfig
+from online_rl.policy import LoraPolicy
+from online_rl.rounds import Prompt, keep_informative, run_round
+from online_rl.rollout import Rollout
+from openvlthinker.models import DEFAULT_MODEL
+from openvlthinker.tiny.shapeworld import generate, split_seed
+from openvlthinker.versions import published_versions
+from serve.launcher import ServerProcess
+
+
+def test_dynamic_sampling_keeps_only_groups_with_signal():
+    def r(group, reward, acc):
+        return Rollout(prompt_ids=[1], completion_ids=[2], behaviour_logprobs=[0.0], reward=reward, accuracy=acc,
+                       group_id=group)
+    rollouts = [r("all-right", 1.0, 1.0), r("all-right", 1.0, 1.0), r("mixed", 1.0, 1.0), r("mixed", 0.1, 0.0),
+                r("iou", 0.3, 0.3), r("iou", 0.6, 0.6), r("flat", 0.1, 0.0), r("flat", 0.1, 0.0)]
+    assert {x.group_id for x in keep_informative(rollouts)} == {"mixed", "iou"}
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown advantage"):
+        RLConfig(advantage="ppo")
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        RLConfig(group_size=1)
+    with pytest.raises(ValueError, match="unknown RL config keys: bogus"):
+        RLConfig.from_mapping({"bogus": 1})
+    assert RLConfig.from_mapping({"lr": 1e-3, "group_size": 4}).update.lr == 1e-3
+
+
+@pytest.mark.slow
+def test_one_round_publishes_gates_and_serves(tmp_path):
+    adapters = tmp_path / "adapters"
+    server = ServerProcess(["--model", DEFAULT_MODEL, "--run-dir", str(tmp_path / "run"), "--adapters-dir",
+                            str(adapters), "--admin-key", "adm", "--threads", "1", "--log-level", "warning"],
+                           log_path=tmp_path / "server.log")
+    try:
+        torch.set_num_threads(1)
+        cfg = RLConfig(endpoint=server.url, admin_key="adm", model=DEFAULT_MODEL, adapters_dir=str(adapters),
+                       group_size=4, prompts_per_round=4, max_new_tokens=64, lora_r=4, gate_margin=1.0)
+        client = GatewayClient(cfg.endpoint, cfg.api_key, cfg.admin_key)
+        policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=cfg.lora_r)
+        samples = [generate(f, split_seed("train", i)) for i in range(2) for f in ("math_reasoning", "chart")]
+        prompts = [Prompt(s.record, [s.image]) for s in samples]
+        gate = [Prompt(s.record, [s.image]) for s in (generate("chart", split_seed("eval", 0)),)]
+        result = run_round(client, policy, prompts, gate, cfg, round_index=0)
+        assert result.metrics["rollouts"] == 16 and 0 < result.metrics["rollouts_kept"] <= 16
+        assert published_versions(adapters) == [1] and result.version == "v0001"
+        assert result.promoted  # margin 1.0: any well-formed candidate passes the gate
+        listing = client.adapters()
+        assert listing["promoted"] == "v0001"
+        body = {"model": "openvlthinker", "messages": [{"role": "user", "content": "How many?"}], "max_tokens": 4}
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()["model"].endswith("@v0001")
+        first = client.http.get("/v1/interactions?limit=1", headers=client.admin).json()["data"][0]
+        assert first["metadata"]["source"] == "rl-rollout" and len(client.interaction(first["id"])) == 4
+
+        # A broken update (NaN weights) is published, refused by the server, and the alias stays.
+        save = policy.save_adapter
+
+        def save_nan(folder):
+            out = save(folder)
+            weights = load_file(out / "adapter_model.safetensors")
+            save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, out / "adapter_model.safetensors")
+            return out
+
+        policy.save_adapter = save_nan
+        broken = run_round(client, policy, prompts, gate, cfg, round_index=1)
+        assert broken.version == "v0002" and not broken.promoted and "NaN" in broken.note
+        assert client.adapters()["promoted"] == "v0001"
+    finally:
+        server.stop()
