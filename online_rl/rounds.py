@@ -125,6 +125,11 @@ def run_round(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[Promp
         "accuracy_mean": sum(r.accuracy for r in rollouts) / max(1, len(rollouts)),
         "rollouts": float(len(rollouts)),
     }
+    for task in sorted({r.task for r in rollouts}):
+        mine = [r for r in rollouts if r.task == task]
+        metrics[f"reward/{task}"] = sum(r.reward for r in mine) / len(mine)
+        metrics[f"accuracy/{task}"] = sum(r.accuracy for r in mine) / len(mine)
+        metrics[f"length/{task}"] = sum(len(r.completion_ids) for r in mine) / len(mine)
     kept = keep_informative(rollouts)
     metrics["rollouts_kept"] = float(len(kept))
     if not kept:

@@ -1,0 +1,55 @@
+"""`openvlthinker rl`: run the online G²RPO loop against a server; `openvlthinker rl plot` draws its curves."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Loop flags; each overrides the same RLConfig field from --config."""
+    parser.add_argument("action", nargs="?", default="run", choices=["run", "plot"])
+    parser.add_argument("--config", help="YAML file of RLConfig fields (flags override it)")
+    parser.add_argument("--endpoint")
+    parser.add_argument("--api-key")
+    parser.add_argument("--admin-key")
+    parser.add_argument("--model", help="the base model folder the server serves (default: the shipped tiny model)")
+    parser.add_argument("--adapters-dir", help="the server's --adapters-dir")
+    parser.add_argument("--advantage", choices=["g2rpo", "grpo", "dr_grpo", "rloo"])
+    parser.add_argument("--group-size", type=int)
+    parser.add_argument("--prompts-per-round", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds to run now (default 1)")
+    parser.add_argument("--data", help="OneThinker-format file of prompts (default: ShapeWorld train)")
+    parser.add_argument("--image-root")
+    parser.add_argument("--out", type=Path, default=Path("runs/rl"), help="metrics, state and plots")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Plot, or build the config (defaults < YAML < flags) and run the rounds."""
+    from online_rl import loop
+
+    if args.action == "plot":
+        print(loop.plot(args.out))
+        return 0
+    import torch
+    import yaml
+
+    from openvlthinker.models import DEFAULT_MODEL
+
+    from .config import RLConfig
+
+    values = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{args.config}: expected a mapping of RLConfig fields")
+    for key in ("endpoint", "api_key", "admin_key", "model", "adapters_dir", "advantage", "group_size",
+                "prompts_per_round", "lr"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    values.setdefault("model", DEFAULT_MODEL)
+    if args.rounds < 1:
+        raise ValueError("--rounds must be >= 1")
+    cfg = RLConfig.from_mapping(values)
+    torch.set_num_threads(1)
+    loop.run(cfg, args.rounds, args.out, data=args.data, image_root=args.image_root)
+    return 0

@@ -1,0 +1,119 @@
+"""The online loop: rounds of run_round against a live server, resumable, with metrics on disk.
+
+Prompts come from ShapeWorld's train split (bootstrapping) or a OneThinker-format file, mixed
+across tasks. The trainer state (next round, promoted version) is checkpointed after every
+round, so a killed loop resumes where it stopped; a publish interrupted mid-way leaves only a
+hidden temporary folder, which is removed at start.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Iterator
+
+from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
+from openvlthinker.versions import remove_partial
+
+from .client import GatewayClient
+from .config import RLConfig
+from .policy import LoraPolicy
+from .rounds import Prompt, RoundResult, run_round
+
+
+def shapeworld_prompts(count: int, round_index: int, families=FAMILIES) -> list[Prompt]:
+    """`count` train-split questions for a round, families interleaved, never repeated across rounds."""
+    out = []
+    for i in range(count):
+        family = families[i % len(families)]
+        seed = split_seed("train", 10_000_000 + round_index * count + i)  # away from the SFT stream
+        sample = generate(family, seed)
+        out.append(Prompt(sample.record, [sample.image]))
+    return out
+
+
+def file_prompts(path: str, image_root: str | None, seed: int) -> Iterator[Prompt]:
+    """An endless shuffled stream of a OneThinker file's records with their images."""
+    from openvlthinker.data import load_records, open_image
+
+    records = load_records(path, image_root)
+    rng = random.Random(seed)
+    while True:
+        for record in rng.sample(records, len(records)):
+            yield Prompt(record, [open_image(p) for p in record.images])
+
+
+def gate_prompts(per_family: int) -> list[Prompt]:
+    """The fixed promotion-gate set: the first questions of the ShapeWorld eval split."""
+    return [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("eval", i)) for i in range(per_family)
+                                                   for f in FAMILIES)]
+
+
+def _policy(cfg: RLConfig, promoted: str | None) -> LoraPolicy:
+    adapter = str(Path(cfg.adapters_dir) / f"policy-{promoted}") if promoted else None
+    return LoraPolicy.create(cfg.model, cfg.update, adapter_path=adapter, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
+
+
+def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None, image_root: str | None = None,
+        log=print) -> list[RoundResult]:
+    """Run `rounds` more rounds (resuming from out_dir/state.json); append metrics to out_dir/metrics.jsonl."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"next_round": 0}
+    for name in remove_partial(cfg.adapters_dir):
+        log(f"removed a partial publish left by a killed run: {name}")
+    client = GatewayClient(cfg.endpoint, cfg.api_key, cfg.admin_key)
+    promoted = client.adapters().get("promoted")
+    policy = _policy(cfg, promoted)
+    gate = gate_prompts(cfg.gate_per_family)
+    stream = file_prompts(data, image_root, cfg.seed) if data else None
+    results = []
+    for index in range(state["next_round"], state["next_round"] + rounds):
+        prompts = [next(stream) for _ in range(cfg.prompts_per_round)] if stream else shapeworld_prompts(
+            cfg.prompts_per_round, index)
+        result = run_round(client, policy, prompts, gate, cfg, index)
+        results.append(result)
+        row = {"round": index, "version": result.version, "promoted": result.promoted, "note": result.note,
+               **result.metrics}
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        state = {"next_round": index + 1, "promoted": client.adapters().get("promoted")}
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(state_path)  # atomic: a kill never leaves a torn state file
+        if result.version and not result.promoted:
+            policy = _policy(cfg, state["promoted"])  # back to the weights that are actually served
+        log(f"round {index}: reward {result.metrics.get('reward_mean', 0):.3f} "
+            f"accuracy {result.metrics.get('accuracy_mean', 0):.3f} -> {result.version or 'no update'} "
+            f"{'promoted' if result.promoted else 'kept ' + str(state['promoted'])} "
+            f"({result.metrics.get('wall_s', 0):.1f} s)")
+    return results
+
+
+def plot(out_dir: str | Path) -> Path:
+    """PNG learning curves (reward and accuracy per task per round) from out_dir/metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{out / 'metrics.jsonl'} has no rounds yet")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, kind in zip(axes, ("reward", "accuracy")):
+        keys = sorted({k for r in rows for k in r if k.startswith(kind + "/")})
+        for key in keys:
+            ax.plot([r["round"] for r in rows if key in r], [r[key] for r in rows if key in r], marker="o",
+                    label=key.split("/", 1)[1])
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"rollout {kind}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "learning_curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
