@@ -29,6 +29,7 @@ class RLConfig:
     update: UpdateConfig = field(default_factory=UpdateConfig)
     gate_per_family: int = 4  # ShapeWorld eval questions per family for the promotion gate
     gate_margin: float = 0.02  # promote unless eval reward drops by more than this
+    max_staleness: int = 4  # rated logged responses from versions older than this are not trained on
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ from openvlthinker.versions import remove_partial
 
 from .client import GatewayClient
 from .config import RLConfig
+from .harvest import harvest
 from .policy import LoraPolicy
 from .rounds import Prompt, RoundResult, run_round
 
@@ -27,7 +28,7 @@ def shapeworld_prompts(count: int, round_index: int, families=FAMILIES) -> list[
     out = []
     for i in range(count):
         family = families[i % len(families)]
-        seed = split_seed("train", 10_000_000 + round_index * count + i)  # away from the SFT stream
+        seed = split_seed("train", 10_000_000 + round_index * 100_000 + i)  # away from the SFT stream
         sample = generate(family, seed)
         out.append(Prompt(sample.record, [sample.image]))
     return out
@@ -62,6 +63,7 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"next_round": 0}
+    cursors = state.get("cursors", {"feedback": None, "interactions": None})
     for name in remove_partial(cfg.adapters_dir):
         log(f"removed a partial publish left by a killed run: {name}")
     client = GatewayClient(cfg.endpoint, cfg.api_key, cfg.admin_key)
@@ -71,15 +73,20 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
     stream = file_prompts(data, image_root, cfg.seed) if data else None
     results = []
     for index in range(state["next_round"], state["next_round"] + rounds):
-        prompts = [next(stream) for _ in range(cfg.prompts_per_round)] if stream else shapeworld_prompts(
-            cfg.prompts_per_round, index)
-        result = run_round(client, policy, prompts, gate, cfg, index)
+        found = harvest(client, cursors["feedback"], cursors["interactions"], promoted, cfg.max_staleness)
+        cursors = {"feedback": found.feedback_cursor, "interactions": found.interaction_cursor}
+        fill = cfg.prompts_per_round - min(len(found.prompts), cfg.prompts_per_round)
+        prompts = found.prompts[: cfg.prompts_per_round] + (
+            [next(stream) for _ in range(fill)] if stream else shapeworld_prompts(fill, index))
+        result = run_round(client, policy, prompts, gate, cfg, index, logged=found.logged)
+        result.metrics.update(user_prompts=float(min(len(found.prompts), cfg.prompts_per_round)))
         results.append(result)
         row = {"round": index, "version": result.version, "promoted": result.promoted, "note": result.note,
                **result.metrics}
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
-        state = {"next_round": index + 1, "promoted": client.adapters().get("promoted")}
+        promoted = client.adapters().get("promoted")
+        state = {"next_round": index + 1, "promoted": promoted, "cursors": cursors}
         tmp = state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(state_path)  # atomic: a kill never leaves a torn state file

@@ -20,7 +20,7 @@ import torch
 
 from openvlthinker.data import TaskRecord
 from openvlthinker.rewards import grade
-from openvlthinker.rl import get_advantage, informative_groups
+from openvlthinker.rl import g2rpo_advantages, get_advantage, informative_groups
 from openvlthinker.versions import next_version, publish, version_name
 
 from .client import GatewayClient, image_part
@@ -115,8 +115,8 @@ def eval_reward(client: GatewayClient, prompts: Sequence[Prompt], model: str, ma
 
 
 def run_round(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[Prompt], gate: Sequence[Prompt],
-              cfg: RLConfig, round_index: int) -> RoundResult:
-    """Rollouts -> update -> publish -> load -> gate -> promote (or reject)."""
+              cfg: RLConfig, round_index: int, logged: Sequence[Rollout] = ()) -> RoundResult:
+    """Rollouts (+ rated logged responses) -> update -> publish -> load -> gate -> promote (or reject)."""
     start = time.time()
     model, promoted = served_model(client)
     rollouts = collect_rollouts(client, prompts, cfg, model, seed=cfg.seed + 1000 * round_index)
@@ -131,13 +131,20 @@ def run_round(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[Promp
         metrics[f"accuracy/{task}"] = sum(r.accuracy for r in mine) / len(mine)
         metrics[f"length/{task}"] = sum(len(r.completion_ids) for r in mine) / len(mine)
     kept = keep_informative(rollouts)
-    metrics["rollouts_kept"] = float(len(kept))
-    if not kept:
+    metrics.update(rollouts_kept=float(len(kept)), logged_rollouts=float(len(logged)))
+    if not kept and not logged:
         metrics["wall_s"] = time.time() - start
         return RoundResult(None, False, metrics)
-    adv = get_advantage(cfg.advantage)(torch.tensor([r.reward for r in kept]), [r.group_id for r in kept],
-                                       [r.task for r in kept])
-    metrics.update({f"train_{k}": v for k, v in policy.update(kept, adv).items()})
+    parts = []
+    if kept:
+        parts.append(get_advantage(cfg.advantage)(torch.tensor([r.reward for r in kept]), [r.group_id for r in kept],
+                                                  [r.task for r in kept]))
+    if logged:
+        # Logged single responses have no group: rank them within their task (both G²RPO stages by task).
+        tasks = [r.task for r in logged]
+        parts.append(g2rpo_advantages(torch.tensor([r.reward for r in logged]), tasks, tasks))
+    adv = torch.cat(parts)
+    metrics.update({f"train_{k}": v for k, v in policy.update([*kept, *logged], adv).items()})
     metrics.update(adv_mean=float(adv.mean()), adv_std=float(adv.std()) if adv.numel() > 1 else 0.0)
 
     version = version_name(next_version(cfg.adapters_dir))

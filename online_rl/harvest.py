@@ -1,0 +1,126 @@
+"""Turn what users did on the server into training data (read over HTTP from the exports).
+
+- A reference answer in an interaction's metadata, or a correction given as feedback, makes
+  its question a *prompt*: it gets fresh groups of rollouts, graded against that answer.
+- Thumbs, 1-5 stars or a score on a logged response make that response a *logged rollout*:
+  trained off-policy with truncated importance weights against its behaviour logprobs, if
+  the version that produced it is at most `max_staleness` versions old. Because advantages
+  are ranks, thumbs, stars and scores mix without hand-tuned scales.
+The loop's own rollouts and gate requests (metadata source rl-*) are skipped.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from openvlthinker.data import PROBLEM_TYPES, TaskRecord
+
+from .client import GatewayClient
+from .rollout import Rollout
+from .rounds import Prompt
+
+# A correction with no known problem type is graded as math: math-verify compares numbers and
+# expressions symbolically and falls back to normalised string equality for anything else.
+DEFAULT_CORRECTION_TYPE = "math"
+
+
+@dataclass
+class Harvest:
+    """Prompts and logged rollouts gathered since the last cursors, and the cursors to resume from."""
+
+    prompts: list[Prompt] = field(default_factory=list)
+    logged: list[Rollout] = field(default_factory=list)
+    feedback_cursor: str | None = None
+    interaction_cursor: str | None = None
+
+
+def feedback_reward(fb: dict[str, Any]) -> float | None:
+    """A rating as a reward in [0, 1]: thumbs up 1 / down 0, stars (r - 1) / 4, or the score itself."""
+    if fb.get("thumbs") in ("up", "down"):
+        return 1.0 if fb["thumbs"] == "up" else 0.0
+    if fb.get("rating") is not None:
+        return (float(fb["rating"]) - 1.0) / 4.0
+    if fb.get("score") is not None:
+        return float(fb["score"])
+    return None
+
+
+def version_number(version: str | None) -> int:
+    """3 for "v0003"; 0 for the base model or names that are not numbered."""
+    if version and version[:1] == "v" and version[1:].isdigit():
+        return int(version[1:])
+    return 0
+
+
+def _question_and_images(client: GatewayClient, item: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The last user turn's text and its images (fetched by sha256 from the server)."""
+    users = [m for m in item["request"]["messages"] if m["role"] == "user"]
+    parts = users[-1]["content"] if users else []
+    text = "\n".join(p["text"] for p in parts if p.get("type") == "text")
+    images = []
+    for p in parts:
+        if p.get("type") == "image":
+            raw = client.http.get(f"/v1/images/{p['sha256']}", headers=client.admin)
+            if raw.status_code == 200:
+                images.append(Image.open(io.BytesIO(raw.content)).convert("RGB"))
+    return text, images
+
+
+def _prompt(client: GatewayClient, item: dict[str, Any], answer: str) -> Prompt | None:
+    meta = item.get("metadata") or {}
+    problem_type = item.get("problem_type") or meta.get("problem_type") or DEFAULT_CORRECTION_TYPE
+    if problem_type not in PROBLEM_TYPES:
+        return None
+    text, images = _question_and_images(client, item)
+    record = TaskRecord(problem_id=f"{item['id']}:{item['choice_index']}", problem="<image>" * len(images) + text,
+                        problem_type=problem_type, answer=answer, task_type=item.get("task_type") or "",
+                        images=())
+    return Prompt(record, images)
+
+
+def _is_loop_traffic(item: dict[str, Any]) -> bool:
+    return str((item.get("metadata") or {}).get("source", "")).startswith("rl-")
+
+
+def harvest(client: GatewayClient, feedback_cursor: str | None, interaction_cursor: str | None,
+            current_version: str | None, max_staleness: int, limit: int = 200) -> Harvest:
+    """New prompts (references, corrections) and rated logged responses since the given cursors."""
+    out = Harvest(feedback_cursor=feedback_cursor, interaction_cursor=interaction_cursor)
+    params = {"limit": limit, **({"after": feedback_cursor} if feedback_cursor else {})}
+    page = client.http.get("/v1/feedback", params=params, headers=client.admin).json()
+    newest = version_number(current_version)
+    for fb in page.get("data", []):
+        item = fb["interaction"]
+        if _is_loop_traffic(item):
+            continue
+        if fb.get("correction"):
+            prompt = _prompt(client, item, fb["correction"])
+            if prompt is not None:
+                out.prompts.append(prompt)
+        reward = feedback_reward(fb)
+        if reward is None or not item["completion_token_ids"]:
+            continue
+        if newest - version_number(item.get("adapter_version")) > max_staleness:
+            continue  # too stale for importance weights to be trusted
+        _, images = _question_and_images(client, item)
+        out.logged.append(Rollout(
+            prompt_ids=item["prompt_token_ids"], completion_ids=item["completion_token_ids"],
+            behaviour_logprobs=item["logprobs"], images=images, reward=reward, accuracy=reward,
+            group_id=None, task=item.get("task_type") or item.get("problem_type") or "feedback",
+            version=version_number(item.get("adapter_version")), off_policy=True, interaction_id=item["id"],
+        ))
+    out.feedback_cursor = page.get("next_cursor") or feedback_cursor
+    params = {"limit": limit, "gradable": "true", **({"after": interaction_cursor} if interaction_cursor else {})}
+    page = client.http.get("/v1/interactions", params=params, headers=client.admin).json()
+    for item in page.get("data", []):
+        reference = (item.get("metadata") or {}).get("reference_answer")
+        if reference and not _is_loop_traffic(item) and item["choice_index"] == 0:
+            prompt = _prompt(client, item, reference)
+            if prompt is not None:
+                out.prompts.append(prompt)
+    out.interaction_cursor = page.get("next_cursor") or interaction_cursor
+    return out

@@ -1,0 +1,71 @@
+"""Feedback reaches training: corrections and reference answers become prompts, thumbs and stars
+become off-policy rollouts, the loop's own traffic is skipped, stale versions are dropped."""
+
+import base64
+import io
+
+import httpx
+import pytest
+import torch
+
+from online_rl.client import GatewayClient, image_part
+from online_rl.config import RLConfig
+from online_rl.harvest import feedback_reward, harvest, version_number
+from online_rl.policy import LoraPolicy
+from online_rl.rounds import run_round
+from openvlthinker.models import DEFAULT_MODEL
+from openvlthinker.tiny.shapeworld import generate, split_seed
+from serve.launcher import ServerProcess
+
+
+def test_feedback_rewards_and_versions():
+    assert feedback_reward({"thumbs": "up"}) == 1.0 and feedback_reward({"thumbs": "down"}) == 0.0
+    assert feedback_reward({"rating": 5}) == 1.0 and feedback_reward({"rating": 2}) == 0.25
+    assert feedback_reward({"score": 0.7}) == 0.7 and feedback_reward({"correction": "3"}) is None
+    assert version_number("v0012") == 12 and version_number(None) == 0 and version_number("custom") == 0
+
+
+@pytest.mark.slow
+def test_user_feedback_flows_into_a_round(tmp_path):
+    server = ServerProcess(["--model", DEFAULT_MODEL, "--run-dir", str(tmp_path / "run"), "--adapters-dir",
+                            str(tmp_path / "adapters"), "--admin-key", "adm", "--threads", "1", "--log-level", "warning"],
+                           log_path=tmp_path / "server.log")
+    try:
+        url = server.url
+        sample = generate("math_reasoning", split_seed("train", 5))
+
+        def ask(metadata=None):
+            body = {"model": "openvlthinker", "max_tokens": 48, "temperature": 1.0, "metadata": metadata or {},
+                    "messages": [{"role": "user", "content": [image_part(sample.image),
+                                                              {"type": "text", "text": "How many circles are there?"}]}]}
+            return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()["id"]
+
+        def feedback(**kw):
+            assert httpx.post(f"{url}/v1/feedback", json=kw, timeout=30).status_code == 200
+
+        thumbs, stars, corrected = ask(), ask(), ask()
+        referenced = ask({"problem_type": "math", "reference_answer": "2"})
+        ask({"problem_type": "math", "reference_answer": "9", "source": "rl-rollout"})  # the loop's own: skipped
+        feedback(id=thumbs, thumbs="down")
+        feedback(id=stars, rating=5)
+        feedback(id=corrected, correction="2")
+
+        client = GatewayClient(url, "none", "adm")
+        found = harvest(client, None, None, current_version=None, max_staleness=4)
+        assert sorted(p.record.answer for p in found.prompts) == ["2", "2"]
+        assert {p.record.problem_id.split(":")[0] for p in found.prompts} == {corrected, referenced}
+        assert all(len(p.images) == 1 and p.images[0].size == sample.image.size for p in found.prompts)
+        assert sorted(r.reward for r in found.logged) == [0.0, 1.0] and all(r.off_policy for r in found.logged)
+        assert found.feedback_cursor and found.interaction_cursor
+        assert harvest(client, found.feedback_cursor, found.interaction_cursor, None, 4).logged == []  # consumed
+        assert harvest(client, None, None, current_version="v0009", max_staleness=4).logged == []  # too stale
+
+        torch.set_num_threads(1)
+        cfg = RLConfig(endpoint=url, admin_key="adm", adapters_dir=str(tmp_path / "adapters"), group_size=4,
+                       prompts_per_round=2, max_new_tokens=48, lora_r=4, gate_per_family=1, gate_margin=1.0)
+        policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=4)
+        result = run_round(client, policy, found.prompts, [found.prompts[0]], cfg, 0, logged=found.logged)
+        assert result.metrics["logged_rollouts"] == 2 and result.version == "v0001"
+        assert "train_is_weight_mean" in result.metrics  # the logged rows went through importance weighting
+    finally:
+        server.stop()
