@@ -1,8 +1,6 @@
 """Feedback reaches training: corrections and reference answers become prompts, thumbs and stars
 become off-policy rollouts, the loop's own traffic is skipped, stale versions are dropped."""
 
-import base64
-import io
 
 import httpx
 import pytest
