@@ -24,9 +24,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not vllm and not browser"
 
-# The gateway on the shipped tiny model at http://127.0.0.1:8000/v1 (Ctrl-C stops it).
+# The gateway on the shipped tiny model at http://127.0.0.1:8000/v1 with the online RL loop
+# beside it, learning from graded interactions and feedback (Ctrl-C stops both).
 run: install
-	$(BIN)/openvlthinker serve --run-dir runs/serve --admin-key $${OPENVLTHINKER_ADMIN_KEY:-local-admin}
+	$(BIN)/openvlthinker up --run-dir runs/up
 
 bench: install
 	$(BIN)/python bench/advantages.py

@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-size", type=int)
     parser.add_argument("--prompts-per-round", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--rounds", type=int, default=1, help="rounds to run now (default 1)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds to run now; 0 = until stopped (default 1)")
+    parser.add_argument("--every", type=float, default=0.0, help="start rounds at most every SECONDS")
+    parser.add_argument("--min-new", type=int, default=0,
+                        help="start a round once N new user prompts or ratings have arrived (default: at once)")
     parser.add_argument("--data", help="OneThinker-format file of prompts (default: ShapeWorld train)")
     parser.add_argument("--image-root")
     parser.add_argument("--out", type=Path, default=Path("runs/rl"), help="metrics, state and plots")
@@ -47,9 +50,14 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     values.setdefault("model", DEFAULT_MODEL)
-    if args.rounds < 1:
-        raise ValueError("--rounds must be >= 1")
+    if args.rounds < 0 or args.every < 0 or args.min_new < 0:
+        raise ValueError("--rounds, --every and --min-new must be >= 0")
     cfg = RLConfig.from_mapping(values)
     torch.set_num_threads(1)
-    loop.run(cfg, args.rounds, args.out, data=args.data, image_root=args.image_root)
+    try:
+        loop.run(cfg, args.rounds, args.out, data=args.data, image_root=args.image_root, every=args.every,
+                 min_new=args.min_new)
+    except KeyboardInterrupt:
+        print("stopped; the next run resumes from", args.out / "state.json")
+    return 0
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +19,7 @@ from openvlthinker.versions import remove_partial
 
 from .client import GatewayClient
 from .config import RLConfig
-from .harvest import harvest
+from .harvest import Harvest, harvest
 from .policy import LoraPolicy
 from .rounds import Prompt, RoundResult, run_round
 
@@ -56,9 +57,30 @@ def _policy(cfg: RLConfig, promoted: str | None) -> LoraPolicy:
     return LoraPolicy.create(cfg.model, cfg.update, adapter_path=adapter, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
 
 
+def _wait_for_feedback(client: GatewayClient, cursors: dict, promoted: str | None, cfg: RLConfig, min_new: int,
+                       poll_s: float, log) -> Harvest:
+    """Poll the exports until at least `min_new` new prompts or rated responses have arrived."""
+    found = Harvest(feedback_cursor=cursors["feedback"], interaction_cursor=cursors["interactions"])
+    announced = False
+    while len(found.prompts) + len(found.logged) < min_new:
+        if not announced:
+            log(f"waiting for {min_new} new graded interactions or ratings (feedback in the demo counts)")
+            announced = True
+        time.sleep(poll_s)
+        more = harvest(client, found.feedback_cursor, found.interaction_cursor, promoted, cfg.max_staleness)
+        found = Harvest(found.prompts + more.prompts, found.logged + more.logged, more.feedback_cursor,
+                        more.interaction_cursor)
+    return found
+
+
 def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None, image_root: str | None = None,
-        log=print) -> list[RoundResult]:
-    """Run `rounds` more rounds (resuming from out_dir/state.json); append metrics to out_dir/metrics.jsonl."""
+        log=print, every: float = 0.0, min_new: int = 0, poll_s: float = 5.0) -> list[RoundResult]:
+    """Run `rounds` more rounds (0 = until stopped), resuming from out_dir/state.json.
+
+    Triggers: with `min_new` a round starts once that many new user prompts or ratings have
+    arrived; with `every` rounds start at most every `every` seconds. Metrics are appended
+    to out_dir/metrics.jsonl.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.json"
@@ -72,8 +94,13 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
     gate = gate_prompts(cfg.gate_per_family)
     stream = file_prompts(data, image_root, cfg.seed) if data else None
     results = []
-    for index in range(state["next_round"], state["next_round"] + rounds):
-        found = harvest(client, cursors["feedback"], cursors["interactions"], promoted, cfg.max_staleness)
+    index = state["next_round"]
+    while rounds == 0 or len(results) < rounds:
+        started = time.monotonic()
+        if min_new > 0:
+            found = _wait_for_feedback(client, cursors, promoted, cfg, min_new, poll_s, log)
+        else:
+            found = harvest(client, cursors["feedback"], cursors["interactions"], promoted, cfg.max_staleness)
         cursors = {"feedback": found.feedback_cursor, "interactions": found.interaction_cursor}
         fill = cfg.prompts_per_round - min(len(found.prompts), cfg.prompts_per_round)
         prompts = found.prompts[: cfg.prompts_per_round] + (
@@ -96,6 +123,9 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
             f"accuracy {result.metrics.get('accuracy_mean', 0):.3f} -> {result.version or 'no update'} "
             f"{'promoted' if result.promoted else 'kept ' + str(state['promoted'])} "
             f"({result.metrics.get('wall_s', 0):.1f} s)")
+        index += 1
+        if every > 0:
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
     return results
 
 

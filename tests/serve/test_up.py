@@ -1,0 +1,43 @@
+"""`openvlthinker up` (what `make run` starts): gateway + RL loop, and Ctrl-C stops both."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from serve.launcher import free_port
+
+
+@pytest.mark.slow
+def test_up_serves_runs_the_loop_and_stops_cleanly(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "openvlthinker.cli", "up", "--port", str(port), "--run-dir",
+                             str(tmp_path), "--rl-min-new", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("gateway did not come up")
+        key = (tmp_path / "admin.key").read_text().strip()
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/adapters", headers={"Authorization": f"Bearer {key}"},
+                         timeout=10).status_code == 200
+        deadline = time.monotonic() + 90  # the loop loads the model, then waits for feedback
+        while "waiting for 2 new graded" not in (tmp_path / "rl.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "waiting for 2 new graded" in (tmp_path / "rl.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "OpenAI-compatible API" in out
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
