@@ -53,9 +53,13 @@ def messages_for(prompt: Prompt) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [*map(image_part, prompt.images), {"type": "text", "text": text}]}]
 
 
-def metadata_for(record: TaskRecord) -> dict[str, str]:
-    """Metadata that makes the interaction gradable and marks it as a training rollout."""
-    meta = {"problem_type": record.problem_type, "reference_answer": record.answer, "source": "rl-rollout"}
+def metadata_for(record: TaskRecord, source: str = "rl-rollout") -> dict[str, str]:
+    """Metadata that makes the interaction gradable and marks it as the loop's own traffic.
+
+    The problem type also selects the prompt's answer-format tail, so rollouts and gate
+    requests see the same prompt as users who name their problem type.
+    """
+    meta = {"problem_type": record.problem_type, "reference_answer": record.answer, "source": source}
     if record.task_type:
         meta["task_type"] = record.task_type
     if record.options:
@@ -105,7 +109,7 @@ def eval_reward(client: GatewayClient, prompts: Sequence[Prompt], model: str, ma
     total, well_formed = 0.0, True
     for prompt in prompts:
         resp = client.chat(messages_for(prompt), model=model, temperature=0.0, max_tokens=max_tokens,
-                           metadata={"source": "rl-gate"})
+                           metadata=metadata_for(prompt.record, source="rl-gate"))
         choice = resp["choices"][0]
         lps = [t["logprob"] for t in (choice.get("logprobs") or {}).get("content") or []]
         well_formed &= all(math.isfinite(lp) for lp in lps) and choice["finish_reason"] in ("stop", "length")

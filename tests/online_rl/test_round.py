@@ -26,6 +26,16 @@ def test_dynamic_sampling_keeps_only_groups_with_signal():
     assert {x.group_id for x in keep_informative(rollouts)} == {"mixed", "iou"}
 
 
+def test_gate_and_rollouts_send_the_problem_type():
+    from online_rl.rounds import metadata_for
+
+    record = generate("chart", 0).record
+    for source in ("rl-rollout", "rl-gate"):
+        meta = metadata_for(record, source)
+        assert meta["problem_type"] == record.problem_type and meta["task_type"] == "chart"
+        assert meta["source"] == source and meta["reference_answer"] == record.answer
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown advantage"):
         RLConfig(advantage="ppo")
