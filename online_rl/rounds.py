@@ -151,10 +151,11 @@ def run_round(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[Promp
     metrics.update({f"train_{k}": v for k, v in policy.update([*kept, *logged], adv).items()})
     metrics.update(adv_mean=float(adv.mean()), adv_std=float(adv.std()) if adv.numel() > 1 else 0.0)
 
-    version = version_name(next_version(cfg.adapters_dir))
+    number = next_version(cfg.adapters_dir)
+    version = version_name(number)
     with tempfile.TemporaryDirectory() as tmp:
         policy.save_adapter(tmp)
-        publish(tmp, cfg.adapters_dir, int(version[1:]), parent=promoted, metrics=metrics)
+        publish(tmp, cfg.adapters_dir, number, parent=promoted, metrics=metrics)
     try:
         client.load(version)
     except RuntimeError as exc:  # the server refused it (NaN weights, wrong shapes): keep the current one
