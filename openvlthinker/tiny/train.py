@@ -25,7 +25,7 @@ class TrainConfig:
     """Settings of one tiny-model training run (defaults produce the shipped checkpoint)."""
 
     out_dir: Path = DEFAULT_OUT
-    steps: int = 2600  # optimizer steps
+    steps: int = 2400  # optimizer steps
     batch_size: int = 24
     lr: float = 1e-3  # peak AdamW learning rate (linear warm-up, cosine decay to 10%)
     warmup: int = 100
@@ -34,7 +34,7 @@ class TrainConfig:
     vocab_size: int = 3000
     tokenizer_corpus: int = 4000  # ShapeWorld samples whose texts train the tokenizer
     flip_mode: float = 0.2  # fraction of examples taught in the family's other mode
-    describe: float = 0.25  # fraction of examples replaced by a dense scene description (see sft.describe)
+    describe: float = 0.4  # fraction of examples replaced by a dense scene description (see sft.describe)
     image_size: int = 128
     threads: int = 1
     image_pixels: int = 128 * 128  # every image is resized to about this many pixels (16 tokens)
