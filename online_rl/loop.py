@@ -3,7 +3,8 @@
 Prompts come from ShapeWorld's train split (bootstrapping) or a OneThinker-format file, mixed
 across tasks. The trainer state (next round, promoted version) is checkpointed after every
 round, so a killed loop resumes where it stopped; a publish interrupted mid-way leaves only a
-hidden temporary folder, which is removed at start.
+hidden temporary folder, which is removed at start. Round metrics go to metrics.jsonl and to
+TensorBoard (out_dir/tensorboard).
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ def gate_prompts(per_family: int) -> list[Prompt]:
                                                    for f in FAMILIES)]
 
 
+def _tensorboard(folder: Path):
+    """A TensorBoard writer for the round metrics, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the `rl` extra brings it; JSONL metrics are written regardless
+        return None
+    return SummaryWriter(str(folder))
+
+
 def _policy(cfg: RLConfig, promoted: str | None) -> LoraPolicy:
     adapter = str(Path(cfg.adapters_dir) / f"policy-{promoted}") if promoted else None
     return LoraPolicy.create(cfg.model, cfg.update, adapter_path=adapter, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
@@ -93,6 +103,7 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
     policy = _policy(cfg, promoted)
     gate = gate_prompts(cfg.gate_per_family)
     stream = file_prompts(data, image_root, cfg.seed) if data else None
+    writer = _tensorboard(out / "tensorboard")
     results = []
     index = state["next_round"]
     while rounds == 0 or len(results) < rounds:
@@ -112,6 +123,11 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
                **result.metrics}
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for key, value in result.metrics.items():
+                writer.add_scalar(key, value, index)
+            writer.add_scalar("promoted", float(result.promoted), index)
+            writer.flush()
         promoted = client.adapters().get("promoted")
         state = {"next_round": index + 1, "promoted": promoted, "cursors": cursors}
         tmp = state_path.with_suffix(".tmp")

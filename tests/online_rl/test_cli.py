@@ -34,6 +34,14 @@ def test_rounds_resume_and_plot(tmp_path):
         assert not (adapters / ".tmp-policy-v0099-1-1").exists()
         assert len(published_versions(adapters)) == sum(1 for r in [*rows, json.loads(
             (out / "metrics.jsonl").read_text().splitlines()[-1])] if r["version"])
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        steps = []
+        for events in sorted((out / "tensorboard").glob("events.out.tfevents.*")):
+            acc = EventAccumulator(str(events))
+            acc.Reload()
+            steps += [e.step for e in acc.Scalars("reward_mean")]
+        assert sorted(steps) == [0, 1, 2]  # one TensorBoard scalar per round, across both runs
         plotted = subprocess.run([*rl, "plot"], capture_output=True, text=True, timeout=120)
         assert plotted.returncode == 0 and (out / "learning_curves.png").stat().st_size > 1000
     finally:
