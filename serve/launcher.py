@@ -39,7 +39,14 @@ class ServerProcess:
                     **(env or {})}
         self._log = open(self.log_path, "w+b")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            # Ctrl-C (or a failure) during start-up: the caller never gets a handle, so the
+            # child must not outlive this constructor.
+            self.kill()
+            self._log.close()
+            raise
 
     def wait_ready(self, timeout: float) -> None:
         """Block until /health answers 200; raise with the server's last log lines if it dies or times out."""

@@ -41,3 +41,23 @@ def test_up_serves_runs_the_loop_and_stops_cleanly(tmp_path):
     assert "OpenAI-compatible API" in out
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_interrupted_start_leaves_no_server_behind(tmp_path, monkeypatch):
+    import serve.launcher as launcher
+
+    def interrupted(self, timeout):
+        raise KeyboardInterrupt  # Ctrl-C while waiting for /health
+
+    monkeypatch.setattr(launcher.ServerProcess, "wait_ready", interrupted)
+    children = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        children.append(real_popen(*args, **kwargs))
+        return children[-1]
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", recording_popen)
+    with pytest.raises(KeyboardInterrupt):
+        launcher.ServerProcess(["--model", "unused"], log_path=tmp_path / "s.log")
+    assert children and children[0].poll() is not None  # killed, not orphaned
