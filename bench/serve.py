@@ -16,8 +16,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
-import base64
-import io
 import statistics
 import tempfile
 import time
@@ -25,22 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from openai import OpenAI
 
+from online_rl.client import image_part
 from openvlthinker.models import DEFAULT_MODEL
 from openvlthinker.tiny.shapeworld import FAMILIES, split
 from serve.launcher import ServerProcess
-
-
-def data_url(image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def make_requests(n: int) -> list[list[dict]]:
     """n chat requests: one ShapeWorld image and its question each, families interleaved."""
     samples = split("eval", (n + len(FAMILIES) - 1) // len(FAMILIES))[:n]
     return [[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_url(s.image)}},
+        image_part(s.image),
         {"type": "text", "text": s.record.problem.replace("<image>", "").strip()},
     ]}] for s in samples]
 

@@ -16,11 +16,13 @@ from typing import Literal
 
 import torch
 
+from ..reasoning import PERCEPTION_PROBLEM_TYPES, PERCEPTION_TASKS
+
 Envelope = tuple[float, float, float, float]
 Direction = Literal["long", "short", "hold"]
 
-# Task families whose answers are perception (read off the image) rather than multi-step.
-PERCEPTION_TASKS = frozenset({"spatial_grounding", "ocr", "spatial grounding", "OCR"})
+# Task keys (families or problem types) whose answers are perception, not multi-step.
+_PERCEPTION = PERCEPTION_TASKS | PERCEPTION_PROBLEM_TYPES
 
 
 def length_envelope(lengths: torch.Tensor | float, a: float, b: float, c: float, d: float) -> torch.Tensor:
@@ -68,7 +70,7 @@ class LengthTargets:
         """The shaping direction of `task`."""
         if task in self.directions:
             return self.directions[task]
-        return "short" if task in PERCEPTION_TASKS else self.default_direction
+        return "short" if task in _PERCEPTION else self.default_direction
 
     def observe(self, task: str, length: float, correct: bool) -> None:
         """Record one response; only correct responses move the target."""

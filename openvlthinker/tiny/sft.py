@@ -14,17 +14,23 @@ from typing import Any, Sequence
 
 import torch
 
-from openvlthinker.prompts import TAILS, DIRECT_INSTRUCTION, THINK_INSTRUCTION, Mode, record_messages, to_messages
+from openvlthinker.prompts import (
+    DIRECT_INSTRUCTION,
+    TAILS,
+    THINK_INSTRUCTION,
+    Mode,
+    record_messages,
+    to_messages,
+)
+from openvlthinker.reasoning import PERCEPTION_TASKS
 
 DESCRIBE_QUESTION = "<image> Describe everything in the image."
-# Task families answered directly by default (read off the image, no multi-step reasoning).
-DIRECT_FAMILIES = frozenset({"spatial_grounding", "ocr"})
 IGNORE_INDEX = -100
 
 
 def default_mode(task_type: str) -> Mode:
     """The mode a family is trained and evaluated in by default."""
-    return "direct" if task_type in DIRECT_FAMILIES else "think"
+    return "direct" if task_type in PERCEPTION_TASKS else "think"
 
 
 def perception_thinking(sample) -> str:
