@@ -1,15 +1,11 @@
-"""Decode state of every row in a batch, driven from inside HF `generate`.
+"""Decode state of every row of the running batch, and the per-step token choice.
 
-`BatchDecoder` is both the logits processor and the stopping criterion passed to
-`model.generate`. At each step it picks every live row's token itself (forced by the thinking
-budget, greedy, or sampled with the row's own knobs, see `sampling`), records its raw
-logprob, masks the logits so HF's greedy step takes that token, and advances the row's
-`RowState`: text delta, thinking block, stop strings, max_tokens. Events go out the moment
-they exist, and a row's GenerationResult the moment that row ends, not when the batch does.
-(Streaming from here rather than from a `BaseStreamer`: this is where the token, its logprobs
-and the row's text are known together; a streamer would see the same token a call later.)
-HF keeps computing finished rows (padded) until the whole batch is done; their tokens are
-ignored.
+`pick_tokens` takes the logits of one decoding step and picks every row's token itself
+(forced by the thinking budget, greedy, or sampled with the row's own knobs, see `sampling`),
+records its raw logprob and advances the row's `RowState`: text delta, thinking block, stop
+strings, max_tokens. Events go out the moment they exist, and a row's GenerationResult the
+moment that row ends, not when the batch does. (This is where the token, its logprobs and the
+row's text are known together, so streaming starts here.)
 """
 
 from __future__ import annotations
@@ -18,14 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
 
 from .base import GenerationRequest, GenerationResult, TokenEvent
 from .sampling import GREEDY_EPS, choose_tokens, make_generator, top_logprobs
 from .text import IncrementalDetokenizer, find_stop, partial_stop_len
 from openvlthinker.thinking import ThinkTracker, close_tag_suffix_ids
 
-__all__ = ["BatchDecoder", "DecodeContext", "RowState"]
+__all__ = ["DecodeContext", "Emit", "RowState", "pick_tokens"]
 
 Emit = Callable[[list[tuple[Any, Any]]], None]  # [(job, TokenEvent | GenerationResult), ...]
 
@@ -134,50 +129,21 @@ class RowState:
         )
 
 
-class _RowsStop(StoppingCriteria):
-    """Per-row stop flags for HF; its eos_token_id attribute makes HF pad finished rows."""
+def pick_tokens(rows: Sequence[RowState], logits: torch.Tensor) -> tuple[list[int], list[tuple[Any, Any]]]:
+    """Choose the next token of each row from its logits (B, V) and advance it.
 
-    def __init__(self, decoder: "BatchDecoder", eos_ids: frozenset[int]):
-        self.decoder, self.eos_token_id = decoder, sorted(eos_ids)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        abort = self.decoder.should_abort()
-        done = [abort or not row.live for row in self.decoder.rows]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class BatchDecoder(LogitsProcessor):
-    """Logits processor choosing every row's token; `.stopping` is the matching StoppingCriteria."""
-
-    def __init__(self, rows: list[RowState], emit: Emit, should_abort: Callable[[], bool] = lambda: False):
-        self.rows, self.emit, self.should_abort = rows, emit, should_abort
-        self.tokens = 0  # tokens produced by live rows (for stats)
-        self.stopping = _RowsStop(self, rows[0].ctx.eos_ids if rows else frozenset())
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        live = [i for i, row in enumerate(self.rows) if row.live]
-        pad = self.rows[0].ctx.pad_id if self.rows else 0
-        if not live or self.should_abort():
-            scores.fill_(float("-inf"))
-            scores[:, pad] = 0.0
-            return scores
-        rows = [self.rows[i] for i in live]
-        logits = scores[live]
-        forced = [row.forced_next() for row in rows]
-        chosen = choose_tokens(logits, [r.temperature for r in rows], [r.top_p for r in rows],
-                               [r.generator for r in rows], forced)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        chosen_lp = logp.gather(1, chosen[:, None])[:, 0].tolist()
-        tops = top_logprobs(logp, [r.k for r in rows])
-        out: list[tuple[Any, Any]] = []
-        for row, token, lp, (ids, vals) in zip(rows, chosen.tolist(), chosen_lp, tops):
-            top = tuple((row.ctx.token_text(t), v) for t, v in zip(ids, vals))
-            out.extend((row.job, item) for item in row.advance(token, lp, top))
-        self.tokens += len(rows)
-        # Leave exactly one finite logit per row so HF's argmax takes the chosen (or pad) token.
-        full = torch.full((scores.shape[0],), pad, dtype=torch.long, device=scores.device)
-        full[live] = chosen.to(scores.device)
-        scores.fill_(float("-inf"))
-        scores.scatter_(1, full[:, None], 0.0)
-        self.emit(out)
-        return scores
+    Returns the chosen ids and the (job, TokenEvent | GenerationResult) pairs to deliver.
+    Logprobs are those of the raw distribution, whatever the row's sampling knobs.
+    """
+    forced = [row.forced_next() for row in rows]
+    chosen = choose_tokens(logits, [r.temperature for r in rows], [r.top_p for r in rows],
+                           [r.generator for r in rows], forced)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen_lp = logp.gather(1, chosen[:, None])[:, 0].tolist()
+    tops = top_logprobs(logp, [r.k for r in rows])
+    tokens = chosen.tolist()
+    out: list[tuple[Any, Any]] = []
+    for row, token, lp, (ids, vals) in zip(rows, tokens, chosen_lp, tops):
+        top = tuple((row.ctx.token_text(t), v) for t, v in zip(ids, vals))
+        out.extend((row.job, item) for item in row.advance(token, lp, top))
+    return tokens, out

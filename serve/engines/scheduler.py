@@ -1,8 +1,10 @@
 """The bounded request queue between the event loop(s) and the engine's single worker thread.
 
-Clients append jobs from their event loop; the worker blocks in `next_work` until it can take
-a batch (as many as `max_batch`, once the oldest job has waited `batch_wait` seconds for
-company) or a command (adapter load/unload), which always goes first. Results travel back
+Clients append jobs from their event loop. The worker asks `next_work(room, busy)` between
+decoding steps: a command (adapter load/unload) always goes first; while rows are decoding
+it gets at once whatever jobs wait (at most `room`, so the running batch stays within
+`max_batch`); when idle it blocks until a job arrives and then waits up to `batch_wait`
+seconds for company, so requests sent together are prefilled together. Results travel back
 with `loop.call_soon_threadsafe`, one callback per loop per decoding step, so the worker never
 touches asyncio objects and the event loop never touches torch.
 """
@@ -97,20 +99,29 @@ class Scheduler:
             self._commands.append(command)
             self._cond.notify_all()
 
-    def next_work(self) -> Command | list[Job] | None:
-        """Worker side: block until a command or a batch is ready; None once closed."""
+    def next_work(self, room: int, busy: bool) -> Command | list[Job] | None:
+        """Worker side: a command, or up to `room` jobs ([] when busy and none wait); None once closed.
+
+        busy: rows are decoding, so never block; idle: block for the first job, then let it
+        wait up to batch_wait for company (until `room` jobs wait).
+        """
         with self._cond:
             while not self.closed:
                 if self._commands:
                     return self._commands.popleft()
+                if busy or room <= 0:
+                    return self._take(room)
                 if self._pending:
                     wait = self._pending[0].arrival + self.batch_wait - time.monotonic()
-                    if len(self._pending) >= self.max_batch or wait <= 0:
-                        return [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+                    if len(self._pending) >= room or wait <= 0:
+                        return self._take(room)
                     self._cond.wait(wait)
                 else:
                     self._cond.wait()
         return None
+
+    def _take(self, room: int) -> list[Job]:
+        return [self._pending.popleft() for _ in range(min(max(room, 0), len(self._pending)))]
 
     def reopen(self) -> None:
         """Accept work again (after close, for a restarted engine)."""

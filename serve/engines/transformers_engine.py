@@ -1,19 +1,17 @@
-"""The embedded engine: HF transformers in one worker thread, requests decoded together in batches.
+"""The embedded engine: HF transformers in one worker thread, with continuous batching.
 
-Batching is static per batch: the worker takes up to `max_batch` waiting requests (after
-waiting up to `batch_wait_ms` for company), left-pads them into one batch (mixed adapters,
-images and text-only rows alike) and decodes them jointly with one `model.generate` call.
-Requests that arrive while a batch runs wait for the next batch; continuous batching (adding
-rows mid-decode) would need a hand-written decode loop and is a later improvement. Each row
-ends on its own (eos, stop string, max_tokens) and its result is delivered at once; HF keeps
-the finished row in the batch (padded) until the longest row is done.
+Requests join the running batch as soon as they arrive and leave it the step they end
+(`running.RunningBatch`): a new request is prefilled between two decoding steps (those that
+arrive together, within `batch_wait_ms` of an idle engine, are prefilled together), and
+every step decodes one token for all rows at once, up to `max_batch` rows, each with its own
+sampling knobs, seed, thinking budget, stops and adapter version (PEFT mixed batches).
 
-Why one thread: all torch work (model load, generate, adapter load/unload) runs in a single
+Why one thread: all torch work (model load, decoding, adapter load/unload) runs in a single
 dedicated worker thread with `torch.set_num_threads(threads)`, never on the event loop. On a
 small CPU box torch with more threads than free cores slows down 10-75x, and a single thread
-also serialises adapter changes with decoding: load/unload run between batches, so a version
-is never removed under a running batch. Tokens reach each request's asyncio queue through
-`loop.call_soon_threadsafe`, one callback per decoding step.
+also serialises adapter changes with decoding: load/unload run between two steps, so a
+version is never removed under a running forward. Tokens reach each request's asyncio queue
+through `loop.call_soon_threadsafe`, one callback per decoding step.
 """
 
 from __future__ import annotations
@@ -61,8 +59,9 @@ class TransformersEngine:
         self._thread: threading.Thread | None = None
         self._stopped: concurrent.futures.Future | None = None
         self._processor = self._count_tokenizer = self._adapters = self._ctx = None
-        self._decoder = None  # the running batch's BatchDecoder (for live stats)
-        self._stats = {"last_batch_size": 0, "batches_total": 0, "tokens_total": 0}
+        self.max_batch = max_batch
+        self._batch = None  # the worker's RunningBatch (read for live stats)
+        self._stats = {"last_batch_size": 0, "batches_total": 0}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -174,15 +173,12 @@ class TransformersEngine:
         return await asyncio.wrap_future(command.future)
 
     def stats(self) -> dict[str, float]:
-        """queue_depth, running, last_batch_size, batches_total, tokens_total, adapters."""
-        decoder = self._decoder
-        live = decoder.tokens if decoder is not None else 0
-        # Rows still decoding; finished rows stay in HF's batch (padded) but are not "running".
-        running = sum(row.live for row in decoder.rows) if decoder is not None else 0
-        return {"queue_depth": float(self._sched.depth), "running": float(running),
+        """queue_depth, running, last_batch_size (requests prefilled together), batches_total, tokens_total, adapters."""
+        batch = self._batch
+        return {"queue_depth": float(self._sched.depth), "running": float(batch.size if batch is not None else 0),
                 "last_batch_size": float(self._stats["last_batch_size"]),
                 "batches_total": float(self._stats["batches_total"]),
-                "tokens_total": float(self._stats["tokens_total"] + live),
+                "tokens_total": float(batch.tokens if batch is not None else 0),
                 "adapters": float(len(self.loaded_adapters()))}
 
     # ---- worker thread ---------------------------------------------------------------------
@@ -195,22 +191,29 @@ class TransformersEngine:
             self._stopped.set_result(None)
             return
         ready.set_result(None)
+        from .running import RunningBatch
+
+        batch = self._batch = RunningBatch(self._adapters, self._processor, self._ctx, self._sched.emit)
         try:
-            while (work := self._sched.next_work()) is not None:
+            while (work := self._sched.next_work(self.max_batch - batch.size, busy=batch.size > 0)) is not None:
                 if isinstance(work, Command):
                     try:
                         work.future.set_result(work.fn())
                     except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller
                         work.future.set_exception(exc)
-                else:
-                    self._run_batch(work)
+                    batch.drop_orphans()
+                    continue
+                if jobs := [j for j in work if not j.cancelled]:
+                    self._stats.update(last_batch_size=len(jobs), batches_total=self._stats["batches_total"] + 1)
+                    batch.admit(jobs)
+                batch.step()
         finally:
+            batch.fail_all(EngineUnavailable("engine stopped"))
             self._stopped.set_result(None)
 
     def _load(self) -> None:
         """Load model and processor in this thread (torch threads are set where torch runs)."""
         import torch
-        from transformers import GenerationConfig
 
         from openvlthinker.models import load
 
@@ -222,11 +225,6 @@ class TransformersEngine:
         model_eos = model.generation_config.eos_token_id
         model_eos = model_eos if isinstance(model_eos, list) else [model_eos] if model_eos is not None else []
         ctx = DecodeContext.from_tokenizer(processor.tokenizer, extra_eos=model_eos)
-        # A neutral generation config: HF fills unset generate() options from the model's own
-        # (Qwen ships do_sample/top_k/top_p/repetition_penalty), which would alter the logits
-        # before our per-row sampler sees them.
-        model.generation_config = GenerationConfig(do_sample=False, eos_token_id=sorted(ctx.eos_ids),
-                                                   pad_token_id=ctx.pad_id, bos_token_id=None)
         if self._context_arg is None:
             window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
             self.max_context = min(window or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
@@ -234,23 +232,3 @@ class TransformersEngine:
         # tokenizer's padding state (mutated by batch encoding here) out of its way.
         self._count_tokenizer = copy.deepcopy(processor.tokenizer)
         self._adapters, self._ctx, self._processor = AdapterSet(model), ctx, processor
-
-    def _run_batch(self, jobs: list[Job]) -> None:
-        from .batching import decode_batch
-
-        jobs = [j for j in jobs if not j.cancelled]
-        gone = [j for j in jobs if j.request.adapter is not None and j.request.adapter not in self._adapters.internal]
-        self._sched.fail(gone, EngineError("the request's adapter was unloaded before it ran"))
-        jobs = [j for j in jobs if j not in gone]
-        if not jobs:
-            return
-        self._stats.update(last_batch_size=len(jobs), batches_total=self._stats["batches_total"] + 1)
-        try:
-            decode_batch(jobs, self._adapters, self._processor, self._ctx, emit=self._sched.emit,
-                         should_abort=lambda: self._sched.closed, on_start=self._track)
-        finally:
-            decoder, self._decoder = self._decoder, None
-            self._stats["tokens_total"] += decoder.tokens if decoder is not None else 0
-
-    def _track(self, decoder) -> None:
-        self._decoder = decoder

@@ -1,4 +1,4 @@
-"""BatchDecoder/RowState driven by scripted logits: what a trained model does that a random one will not
+"""pick_tokens/RowState driven by scripted logits: what a trained model does that a random one will not
 (open a thinking block itself, end its turn), plus streaming hold-back and per-row endings."""
 
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from serve.engines.base import GenerationRequest, GenerationResult, SamplingParams, TokenEvent
-from serve.engines.rows import BatchDecoder, DecodeContext, RowState
+from serve.engines.rows import DecodeContext, RowState, pick_tokens
 
 
 @pytest.fixture(scope="module")
@@ -22,26 +22,28 @@ def _ids(ctx, text):
 
 
 def _run(ctx, scripts, requests, steps):
-    """Greedy-decode rows whose 'model' always prefers the next token of its script."""
+    """Greedy-decode rows whose 'model' always prefers the next token of its script.
+
+    Like RunningBatch: each step picks tokens for the live rows only; ended rows leave.
+    """
     jobs = [SimpleNamespace(cancelled=False, name=i) for i in range(len(scripts))]
     rows = [RowState(job, req, [1, 2, 3], ctx, "cpu") for job, req in zip(jobs, requests)]
     emitted = []
-    decoder = BatchDecoder(rows, emitted.extend)
     vocab = len(ctx.tokenizer)
     pos = [0] * len(rows)
     for _ in range(steps):
-        scores = torch.randn(len(rows), vocab) * 0.1
-        wanted = [script[min(pos[i], len(script) - 1)] for i, script in enumerate(scripts)]
-        scores[torch.arange(len(rows)), wanted] = 5.0
-        live_before = [row.live for row in rows]
-        out = decoder(torch.zeros(len(rows), 1, dtype=torch.long), scores)
-        assert (out.isfinite().sum(-1) == 1).all()  # HF's greedy step can only take our token
-        for i, token in enumerate(out.argmax(-1).tolist()):
-            pos[i] += live_before[i] and token == wanted[i]  # a forced token leaves the script where it was
-        if decoder.stopping(torch.zeros(len(rows), 1), None).all():
+        live = [i for i, row in enumerate(rows) if row.live]
+        if not live:
             break
+        scores = torch.randn(len(live), vocab) * 0.1
+        wanted = [scripts[i][min(pos[i], len(scripts[i]) - 1)] for i in live]
+        scores[torch.arange(len(live)), wanted] = 5.0
+        tokens, out = pick_tokens([rows[i] for i in live], scores)
+        emitted.extend(out)
+        for i, token, want in zip(live, tokens, wanted):
+            pos[i] += token == want  # a forced token leaves the script where it was
     per_job = {i: [item for job, item in emitted if job.name == i] for i in range(len(rows))}
-    return per_job, decoder
+    return per_job, rows
 
 
 def _req(max_tokens=40, **kw):
@@ -86,13 +88,11 @@ def test_stop_string_is_held_back_while_it_may_still_match(ctx):
 def test_rows_end_independently_and_cancelled_rows_stop(ctx):
     im_end = ctx.tokenizer.convert_tokens_to_ids("<|im_end|>")
     scripts = [_ids(ctx, "ab") + [im_end], _ids(ctx, "red circle blue square" * 4), _ids(ctx, "red square" * 9)]
-    per_job, decoder = _run(ctx, scripts, [_req(), _req(max_tokens=7), _req(max_tokens=30)], steps=8)
+    per_job, rows = _run(ctx, scripts, [_req(), _req(max_tokens=7), _req(max_tokens=30)], steps=8)
     assert per_job[0][-1].finish_reason == "stop"
     assert per_job[1][-1].finish_reason == "length" and len(per_job[1][-1].completion_token_ids) == 7
     assert not any(isinstance(i, GenerationResult) for i in per_job[2])  # still running after 8 steps
-    # A cancelled row stops producing tokens at once and makes the stopping criterion fire.
-    decoder.rows[2].job.cancelled = True
-    before = len(decoder.rows[2].ids)
-    decoder(torch.zeros(3, 1, dtype=torch.long), torch.randn(3, len(ctx.tokenizer)))
-    assert len(decoder.rows[2].ids) == before
-    assert decoder.stopping(torch.zeros(3, 1), None).all()
+    assert [row.live for row in rows] == [False, False, True]
+    # A cancelled row is no longer live, so the batch drops it before the next step.
+    rows[2].job.cancelled = True
+    assert not rows[2].live and not rows[2].finished
