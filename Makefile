@@ -31,6 +31,7 @@ run: install
 
 bench: install
 	$(BIN)/python bench/advantages.py
+	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/serve.py
 
 clean:

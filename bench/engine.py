@@ -1,0 +1,82 @@
+"""Benchmark: the transformers engine alone (no HTTP), one request at a time vs 16 at once.
+
+Separates what continuous batching gives from what the gateway costs (bench/serve.py measures
+both together). The same ShapeWorld image questions, greedy, thinking budget 256.
+
+    .venv/bin/python bench/engine.py [--requests 96] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Keep bench/ off the path: bench/serve.py would shadow the `serve` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import asyncio
+import time
+
+from openvlthinker.models import DEFAULT_MODEL
+from openvlthinker.tiny.shapeworld import FAMILIES, split
+from serve.engines.base import GenerationRequest, GenerationResult, SamplingParams
+from serve.engines.transformers_engine import TransformersEngine
+
+
+def make_messages(n: int) -> list[list[dict]]:
+    """n chat conversations: one ShapeWorld image and its question each, families interleaved."""
+    samples = split("eval", (n + len(FAMILIES) - 1) // len(FAMILIES))[:n]
+    return [[{"role": "user", "content": [{"type": "image", "image": s.image},
+                                          {"type": "text", "text": s.record.problem.replace("<image>", "").strip()}]}]
+            for s in samples]
+
+
+async def run(engine: TransformersEngine, conversations: list[list[dict]], concurrency: int,
+              max_tokens: int) -> tuple[float, int]:
+    """Decode every conversation with at most `concurrency` in flight; (seconds, tokens)."""
+    gate = asyncio.Semaphore(concurrency)
+    tokens = 0
+
+    async def one(i: int, messages: list[dict]) -> None:
+        nonlocal tokens
+        request = GenerationRequest(str(i), messages, SamplingParams(max_tokens=max_tokens, temperature=0.0),
+                                    mode="think", thinking_budget=256)
+        async with gate:
+            async for item in engine.generate(request):
+                if isinstance(item, GenerationResult):
+                    tokens += len(item.completion_token_ids)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i, m) for i, m in enumerate(conversations)))
+    return time.perf_counter() - start, tokens
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    conversations = make_messages(args.requests)
+    engine = TransformersEngine(args.model, max_batch=16, max_queue=256)
+    await engine.start()
+    try:
+        await run(engine, conversations[:8], 4, args.max_tokens)  # warm-up
+        rows = [(c, *(await run(engine, conversations, c, args.max_tokens))) for c in (1, 4, 16)]
+    finally:
+        await engine.stop()
+    print(f"{args.requests} image requests, max_tokens={args.max_tokens}, greedy, engine alone (no HTTP), "
+          "1 torch thread, max_batch 16")
+    print(f"{'in flight':<12}{'req/s':>8}{'tok/s':>9}{'vs one at a time':>19}")
+    base = args.requests / rows[0][1]
+    for concurrency, seconds, tokens in rows:
+        print(f"{concurrency:<12}{args.requests / seconds:>8.1f}{tokens / seconds:>9.0f}"
+              f"{args.requests / seconds / base:>18.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
