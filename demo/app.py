@@ -122,16 +122,16 @@ def build_app(gateway: Gateway, examples: list[dict], rl_metrics: str | Path | N
                                            elem_id="ask")
                 with gr.Row():
                     effort = gr.Radio(EFFORTS, value="auto", label="Reasoning effort", scale=3)
-                    regen = gr.Button("🔄 Regenerate", scale=1)
-                    reset = gr.Button("🗑 New chat", scale=1)
+                    regen = gr.Button("Regenerate", scale=1)
+                    reset = gr.Button("New chat", scale=1)
                 example_set = gr.Examples(examples, inputs=[box], label="Examples (one click asks it)")
             with gr.Column(scale=2):
                 with gr.Group():
                     gr.Markdown("### Feedback on an answer")
                     target = gr.Dropdown(choices=[], label="Answer", interactive=True)
                     with gr.Row():
-                        up = gr.Button("👍", elem_id="thumbs-up")
-                        down = gr.Button("👎", elem_id="thumbs-down")
+                        up = gr.Button("👍 Good", elem_id="thumbs-up")
+                        down = gr.Button("👎 Bad", elem_id="thumbs-down")
                     rating = gr.Radio(["1", "2", "3", "4", "5"], label="Rating (stars)")
                     correction = gr.Textbox(label="Correct answer", placeholder="what it should have said")
                     send_btn = gr.Button("Send rating / correct answer", variant="primary")

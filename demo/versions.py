@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-HEADERS = ["model", "version", "promoted", "RL round", "train reward", "gate reward"]
+# "reward": mean reward of the round's training rollouts; "gate": its eval reward on the fixed gate set.
+HEADERS = ["model", "version", "promoted", "round", "reward", "gate"]
 
 
 def read_metrics(path: str | Path | None) -> dict[str, dict[str, Any]]:
