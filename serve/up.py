@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Where to serve, what model, and how eagerly the loop trains."""
@@ -46,6 +44,8 @@ def _start_demo(args: argparse.Namespace, api_url: str, admin_key: str, run_dir:
 
 def _wait_demo(demo: subprocess.Popen, url: str, timeout: float = 120) -> bool:
     """True once the demo page answers (gradio takes a few seconds to import), False if it died or timed out."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and demo.poll() is None:
         try:
