@@ -137,8 +137,7 @@ def build_app(gateway: Gateway, examples: list[dict], rl_metrics: str | Path | N
                     send_btn = gr.Button("Send rating / correct answer", variant="primary")
                     status = gr.Markdown(elem_id="feedback-status")
                 with gr.Accordion("Served versions", open=True):
-                    table = gr.Dataframe(headers=HEADERS, interactive=False,
-                                         column_widths=["34%", "14%", "16%", "12%", "12%", "12%"])
+                    table = gr.Dataframe(headers=HEADERS, interactive=False)
                     note = gr.Markdown()
                     refresh_btn = gr.Button("Refresh", size="sm")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 # "reward": mean reward of the round's training rollouts; "gate": its eval reward on the fixed gate set.
-HEADERS = ["model", "version", "promoted", "round", "reward", "gate"]
+HEADERS = ["model", "promoted", "round", "reward", "gate"]
 
 
 def read_metrics(path: str | Path | None) -> dict[str, dict[str, Any]]:
@@ -39,7 +39,7 @@ def _fmt(value: Any) -> str:
 
 def version_rows(models: list[dict[str, Any]], metrics: dict[str, dict[str, Any]],
                  promoted: str | None = None) -> list[list[str]]:
-    """One table row per served model id: its version, whether it is promoted, and its RL rewards when known."""
+    """One table row per served model id (what clients pass as `model`): promoted?, and its RL rewards when known."""
     if promoted is None:  # without the admin key, the alias card's root names the promoted version
         alias = next((m for m in models if m.get("root") and m.get("root") != m.get("id") and m.get("parent")), None)
         promoted = _version_of(alias["root"]) if alias else None
@@ -49,7 +49,8 @@ def version_rows(models: list[dict[str, Any]], metrics: dict[str, dict[str, Any]
         row = metrics.get(version or "", {})
         is_alias = card.get("root") not in (None, card["id"])
         label = f"→ {_version_of(card['root']) or 'base'}" if is_alias else ("yes" if version and version == promoted else "")
-        rows.append([card["id"], version or ("(alias)" if is_alias else "base"), label,
+        name = card["id"] if version or is_alias else f"{card['id']} (base)"
+        rows.append([name, label,
                      str(row["round"]) if "round" in row else "", _fmt(row.get("reward_mean")),
                      _fmt(row.get("gate_candidate"))])
     return rows

@@ -66,6 +66,11 @@ def test_upload_ask_stream_like_and_find_the_feedback_in_the_store(live, example
             expect(page.locator("#feedback-status")).to_contain_text(f"Saved 👍 for answer #1 ({interaction_id})",
                                                                      timeout=30_000)
             page.screenshot(path=str(SCREENSHOT.parent.mkdir(exist_ok=True) or SCREENSHOT), full_page=True)
+
+            # A new user's path: one click on an example asks it (image and question) and answers.
+            page.get_by_text("Which bar is the largest?").first.click()
+            expect(chat.get_by_text("answered by")).to_have_count(2, timeout=90_000)
+            expect(chat.get_by_text("Which bar is the largest?")).to_be_visible()
         finally:
             browser.close()
 

@@ -71,8 +71,8 @@ def test_versions_table_joins_models_with_rl_rewards(tmp_path):
               {"id": "openvlthinker", "root": "openvlthinker@v0001", "parent": "tiny"},
               {"id": "openvlthinker@v0001", "root": "openvlthinker@v0001", "parent": "tiny"}]
     assert version_rows(models, by_version) == [
-        ["tiny", "base", "", "", "", ""],
-        ["openvlthinker", "(alias)", "→ v0001", "", "", ""],
-        ["openvlthinker@v0001", "v0001", "yes", "0", "0.410", "0.500"],
+        ["tiny (base)", "", "", "", ""],
+        ["openvlthinker", "→ v0001", "", "", ""],
+        ["openvlthinker@v0001", "yes", "0", "0.410", "0.500"],
     ]
-    assert version_rows(models[:2], {}, promoted=None)[1][2] == "→ v0001"
+    assert version_rows(models[:2], {}, promoted=None)[1][1] == "→ v0001"

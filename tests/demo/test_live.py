@@ -50,7 +50,7 @@ def test_chat_about_an_image_streams_thinking_and_feedback_reaches_the_store(liv
     assert feedback == {(4, "2", None), (None, None, "up")}
 
     table, note = client.predict(api_name="/versions")
-    assert [row[:3] for row in table["data"]] == [["shapeworld-tiny", "base", ""], ["openvlthinker", "(alias)", "→ base"]]
+    assert [row[:2] for row in table["data"]] == [["shapeworld-tiny (base)", ""], ["openvlthinker", "→ base"]]
     assert note == "RL rounds logged: 0"
 
 
@@ -115,7 +115,7 @@ def test_a_promoted_adapter_answers_and_the_panel_shows_its_rl_reward(live, exam
                               api_name="/chat")[0]
     assert "adapter v0001" in _text(messages[-1])
     table, note = client.predict(api_name="/versions")
-    assert table["data"] == [["shapeworld-tiny", "base", "", "", "", ""],
-                             ["openvlthinker", "(alias)", "→ v0001", "", "", ""],
-                             ["openvlthinker@v0001", "v0001", "yes", "0", "0.250", "0.125"]]
+    assert table["data"] == [["shapeworld-tiny (base)", "", "", "", ""],
+                             ["openvlthinker", "→ v0001", "", "", ""],
+                             ["openvlthinker@v0001", "yes", "0", "0.250", "0.125"]]
     assert note == "RL rounds logged: 1"
