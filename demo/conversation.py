@@ -67,7 +67,8 @@ def api_messages(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def footer(turn: dict[str, Any]) -> str:
     """The small line under an answer: which adapter version answered, and the interaction id."""
     version = turn["version"] or "base model"
-    return f"<sub>answered by {turn['model'] or '?'} · adapter {version} · effort {turn['effort']} · id {turn['id']}</sub>"
+    return (f"<sub>answered by {turn['model'] or '?'} · adapter {version} · effort {turn['effort']}"
+            f" · id {turn['id']}</sub>")
 
 
 def chat_messages(turns: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:

@@ -7,7 +7,7 @@ from typing import Any
 
 def feedback_payload(interaction_id: str | None, thumbs: str | None = None, rating: int | str | None = None,
                      correction: str | None = None) -> dict[str, Any]:
-    """`{"id", "thumbs"?, "rating"?, "correction"?}`; ValueError with a user-facing message when there is nothing to send."""
+    """`{"id", "thumbs"?, "rating"?, "correction"?}`; ValueError with a user-facing message if nothing to send."""
     if not interaction_id:
         raise ValueError("Pick an answer first: there is no answered question to give feedback on yet.")
     body: dict[str, Any] = {"id": interaction_id}

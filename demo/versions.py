@@ -48,7 +48,10 @@ def version_rows(models: list[dict[str, Any]], metrics: dict[str, dict[str, Any]
         version = _version_of(card["id"])
         row = metrics.get(version or "", {})
         is_alias = card.get("root") not in (None, card["id"])
-        label = f"→ {_version_of(card['root']) or 'base'}" if is_alias else ("yes" if version and version == promoted else "")
+        if is_alias:
+            label = f"→ {_version_of(card['root']) or 'base'}"
+        else:
+            label = "yes" if version and version == promoted else ""
         name = card["id"] if version or is_alias else f"{card['id']} (base)"
         rows.append([name, label,
                      str(row["round"]) if "round" in row else "", _fmt(row.get("reward_mean")),

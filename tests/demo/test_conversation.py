@@ -53,8 +53,10 @@ def test_chat_messages_show_thinking_as_a_collapsible_thought_and_the_version(tm
     assert owners == [0, 0, 0]
     user, thought, answer = messages
     assert user == {"role": "user", "content": [{"path": a}, "count?"]}
-    assert thought["metadata"] == {"title": "Thinking", "status": "done"} and thought["content"] == "two circles and a square"
-    assert answer["content"].startswith("3\n\n") and "adapter v0002" in answer["content"] and "chatcmpl-1" in answer["content"]
+    assert thought["metadata"] == {"title": "Thinking", "status": "done"}
+    assert thought["content"] == "two circles and a square"
+    assert answer["content"].startswith("3\n\n")
+    assert "adapter v0002" in answer["content"] and "chatcmpl-1" in answer["content"]
 
 
 def test_chat_messages_while_streaming_and_after_an_error():

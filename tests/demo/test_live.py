@@ -85,7 +85,8 @@ def test_auth_and_connection_errors_read_as_sentences(live, example_image):
     messages = api_messages([new_turn("How many?", [example_image], "none")])
     with pytest.raises(Exception) as refused_key:
         list(Gateway(live.gateway.url, api_key="wrong-key").stream_chat(messages, "none"))
-    assert describe_error(refused_key.value).startswith("The server refused the API key (start the demo with the right --api-key) (HTTP 401)")
+    assert describe_error(refused_key.value).startswith(
+        "The server refused the API key (start the demo with the right --api-key) (HTTP 401)")
     nobody = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(Exception) as refused:
         list(Gateway(nobody).stream_chat(messages, "none"))
