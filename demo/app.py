@@ -89,8 +89,10 @@ def build_app(gateway: Gateway, examples: list[dict], rl_metrics: str | Path | N
         _, owners = chat_messages(turns)
         index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
         thumbs = {True: "up", "Like": "up", False: "down", "Dislike": "down"}.get(data.liked)
-        if thumbs is None or not 0 <= index < len(owners):
+        if not 0 <= index < len(owners):
             return "", gr.skip()
+        if thumbs is None:  # a second click clears the icon; the API keeps what was sent (feedback is append-only)
+            return "Un-clicking does not delete feedback already sent (the store keeps every rating).", gr.skip()
         status, _, _ = send(owners[index], thumbs, None, None, turns)
         return status, owners[index]
 

@@ -42,7 +42,8 @@ class Gateway:
             delta = chunk.choices[0].delta
             # `reasoning_content` and `adapter_version` are this server's additions; the SDK keeps them as extras.
             yield Delta(id=chunk.id, model=chunk.model, version=getattr(chunk, "adapter_version", None),
-                        thinking=getattr(delta, "reasoning_content", None) or "", answer=delta.content or "")
+                        thinking=getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None) or "",
+                        answer=delta.content or "")
 
     def _request(self, method: str, path: str, key: str | None, **kwargs: Any) -> Any:
         import httpx
