@@ -1,13 +1,13 @@
 # The whole set-up on a fresh machine is one of two commands:
-#   make run    install into .venv, then serve the tiny model with the demo (offline)
-#   make test   install into .venv, then run the whole test suite
+#   make run    install into .venv, then serve the tiny model with the RL loop and the demo (offline)
+#   make test   install into .venv (and Debian's chromium for the browser tests), then run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast run bench clean
+.PHONY: install chromium test test-fast run bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,15 +17,25 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: install
+# Debian's chromium for the `browser` tests: Playwright drives it by path and never downloads a
+# browser. apt-get needs root: as root directly, otherwise through sudo when there is one.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "chromium is missing; install Debian's chromium as root (apt-get install chromium)" >&2; exit 1; fi; \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; }
+
+test: install chromium
 	$(BIN)/python -m pytest
 
 # Everything but the slow, vllm and browser tests (CI runs them all).
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not vllm and not browser"
 
-# The gateway on the shipped tiny model at http://127.0.0.1:8000/v1 with the online RL loop
-# beside it, learning from graded interactions and feedback (Ctrl-C stops both).
+# The gateway on the shipped tiny model at http://127.0.0.1:8000/v1, the online RL loop beside it
+# learning from graded interactions and feedback, and the Gradio demo at http://127.0.0.1:7860
+# whose feedback buttons feed that loop (Ctrl-C stops all three).
 run: install
 	$(BIN)/openvlthinker up --run-dir runs/up
 

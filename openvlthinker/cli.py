@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rl": ("online_rl.cli", "improve the served model online with G²RPO LoRA rounds (or: rl plot)"),
     "train-tiny": ("openvlthinker.commands.train_tiny", "train the embedded tiny model from scratch on ShapeWorld"),
     "serve": ("serve.cli", "serve the model behind an OpenAI-compatible API (chat, images, feedback, adapters)"),
+    "demo": ("demo.cli", "a Gradio chat with images, thinking and feedback, in front of a running gateway"),
 }
 
 

@@ -1,13 +1,16 @@
-"""`openvlthinker up`: the main job in one command — the gateway plus the online RL loop beside it.
+"""`openvlthinker up`: the main job in one command — the gateway, the online RL loop and the demo.
 
 The gateway runs as a child process; the RL loop runs as another (`openvlthinker rl`), a
 client of the gateway over HTTP like any other, training a round whenever enough new graded
-interactions or ratings have arrived. Ctrl-C stops both. Logs go to the run folder.
+interactions or ratings have arrived; the Gradio demo (`openvlthinker demo`) is a third, also
+an HTTP client, whose feedback buttons feed that loop. Ctrl-C stops all three. Logs go to the
+run folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import signal
 import subprocess
@@ -25,10 +28,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-key", default=None, help="default: a random key saved to RUN_DIR/admin.key")
     parser.add_argument("--no-rl", action="store_true", help="serve only, no online learning")
     parser.add_argument("--rl-min-new", type=int, default=8, help="train once N new graded interactions or ratings arrive")
+    parser.add_argument("--no-demo", action="store_true", help="no Gradio demo, only the API (and the loop)")
+    parser.add_argument("--demo-port", type=int, default=7860, help="the demo's port (on --host)")
+
+
+def _start_demo(args: argparse.Namespace, api_url: str, admin_key: str, run_dir: Path) -> subprocess.Popen:
+    """`openvlthinker demo` against the gateway, logging to RUN_DIR/demo.log."""
+    log = open(run_dir / "demo.log", "ab")
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "openvlthinker.cli", "demo", "--endpoint", api_url, "--admin-key", admin_key,
+         "--host", args.host, "--port", str(args.demo_port), "--rl-metrics", str(run_dir / "rl" / "metrics.jsonl")],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_demo(demo: subprocess.Popen, url: str, timeout: float = 120) -> bool:
+    """True once the demo page answers (gradio takes a few seconds to import), False if it died or timed out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and demo.poll() is None:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the gateway, then the loop; wait; stop both on Ctrl-C."""
+    """Start the gateway, then the loop and the demo; wait; stop all three on Ctrl-C."""
     from openvlthinker.models import DEFAULT_MODEL
 
     from .launcher import ServerProcess
@@ -51,25 +81,39 @@ def run(args: argparse.Namespace) -> int:
              "--model", model, "--adapters-dir", str(adapters), "--rounds", "0", "--min-new", str(args.rl_min_new),
              "--group-size", "4", "--prompts-per-round", "8", "--out", str(run_dir / "rl")],
             stdout=rl_log, stderr=subprocess.STDOUT)
-    print(f"\nOpenAI-compatible API:  {server.url}/v1   (api key: any string)\n"
-          f"admin key:              {admin_key}   (saved in {key_file})\n"
-          f"online RL loop:         {'off' if loop is None else f'trains after {args.rl_min_new} new graded interactions or ratings (log: ' + str(run_dir / 'rl.log') + ')'}\n"
-          f"Ctrl-C stops everything.\n", flush=True)
+    demo, demo_url = None, f"http://{args.host}:{args.demo_port}"
     try:
+        if not args.no_demo:
+            print(f"starting the demo on {demo_url} (log: {run_dir / 'demo.log'}) ...", flush=True)
+            demo = _start_demo(args, server.url, admin_key, run_dir)
+            if not _wait_demo(demo, demo_url):
+                print(f"the demo did not start; see {run_dir / 'demo.log'}. Serving the API anyway.", flush=True)
+                demo.kill()
+                demo.wait()
+                demo = None
+        print(f"\ndemo:                   {'off' if demo is None else demo_url + '   (open it in a browser)'}\n"
+              f"OpenAI-compatible API:  {server.url}/v1   (api key: any string)\n"
+              f"admin key:              {admin_key}   (saved in {key_file})\n"
+              f"online RL loop:         {'off' if loop is None else f'trains after {args.rl_min_new} new graded interactions or ratings (log: ' + str(run_dir / 'rl.log') + ')'}\n"
+              f"Ctrl-C stops everything.\n", flush=True)
         while server.proc.poll() is None:
             if loop is not None and loop.poll() is not None:
                 print(f"the RL loop exited with {loop.returncode}; see {run_dir / 'rl.log'}. Still serving.", flush=True)
                 loop = None
+            if demo is not None and demo.poll() is not None:
+                print(f"the demo exited with {demo.returncode}; see {run_dir / 'demo.log'}. Still serving.", flush=True)
+                demo = None
             time.sleep(1.0)
         print(f"the gateway exited with {server.proc.returncode}:\n{server.output(2000)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        if loop is not None and loop.poll() is None:
-            loop.send_signal(signal.SIGINT)
-            try:
-                loop.wait(30)
-            except subprocess.TimeoutExpired:
-                loop.kill()
+        for child, grace in ((demo, 10), (loop, 30)):
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGINT)
+                try:
+                    child.wait(grace)
+                except subprocess.TimeoutExpired:
+                    child.kill()
         server.stop()

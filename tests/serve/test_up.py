@@ -1,4 +1,4 @@
-"""`openvlthinker up` (what `make run` starts): gateway + RL loop, and Ctrl-C stops both."""
+"""`openvlthinker up` (what `make run` starts): gateway + RL loop + demo, and Ctrl-C stops all three."""
 
 import signal
 import subprocess
@@ -12,11 +12,11 @@ from serve.launcher import free_port
 
 
 @pytest.mark.slow
-def test_up_serves_runs_the_loop_and_stops_cleanly(tmp_path):
-    port = free_port()
+def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path):
+    port, demo_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "openvlthinker.cli", "up", "--port", str(port), "--run-dir",
-                             str(tmp_path), "--rl-min-new", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                             str(tmp_path), "--rl-min-new", "2", "--demo-port", str(demo_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -34,13 +34,22 @@ def test_up_serves_runs_the_loop_and_stops_cleanly(tmp_path):
         while "waiting for 2 new graded" not in (tmp_path / "rl.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert "waiting for 2 new graded" in (tmp_path / "rl.log").read_text()
+        deadline = time.monotonic() + 120  # `up` prints the URLs only once the demo answers
+        while time.monotonic() < deadline:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{demo_port}/", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert page.status_code == 200 and "OpenVLThinkerV2 demo" in page.text
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert "OpenAI-compatible API" in out
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    assert "OpenAI-compatible API" in out and f"demo:                   http://127.0.0.1:{demo_port}" in out
+    for url in (f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{demo_port}/"):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url, timeout=2)
 
 
 def test_interrupted_start_leaves_no_server_behind(tmp_path, monkeypatch):
