@@ -23,6 +23,7 @@ class RLConfig:
     group_size: int = 8  # G rollouts per prompt
     prompts_per_round: int = 16
     rollout_temperature: float = 1.0
+    rollout_concurrency: int = 4  # prompts in flight at once while collecting rollouts
     max_new_tokens: int = 128
     lora_r: int = 16
     lora_alpha: int = 32
@@ -35,7 +36,8 @@ class RLConfig:
     def __post_init__(self) -> None:
         if self.advantage not in ADVANTAGES:
             raise ValueError(f"unknown advantage {self.advantage!r}; valid: {', '.join(ADVANTAGES)}")
-        for name in ("group_size", "prompts_per_round", "max_new_tokens", "lora_r", "gate_per_family"):
+        for name in ("group_size", "prompts_per_round", "max_new_tokens", "lora_r", "gate_per_family",
+                     "rollout_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:

@@ -124,7 +124,7 @@ class LoraPolicy:
         chunks = list(range(0, len(rollouts), cfg.micro_batch))
         per_step = max(1, math.ceil(len(chunks) / cfg.updates_per_round))
         totals: dict[str, float] = {}
-        count = 0
+        counts: dict[str, int] = {}  # per key: per-task metrics exist only in micro-batches with that task
         for step_start in range(0, len(chunks), per_step):
             self.optimizer.zero_grad(set_to_none=True)
             step_chunks = chunks[step_start : step_start + per_step]
@@ -134,12 +134,13 @@ class LoraPolicy:
                                            scale=1.0 / len(step_chunks))
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
-                count += 1
+                    counts[key] = counts.get(key, 0) + 1
             norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
-            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) * len(step_chunks)
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm)
+            counts["grad_norm"] = counts.get("grad_norm", 0) + 1
             self.optimizer.step()
         self.model.eval()
-        return {k: v / max(count, 1) for k, v in totals.items()}
+        return {k: v / counts[k] for k, v in totals.items()}
 
     def _micro_step(self, part: Sequence[Rollout], old_logp: torch.Tensor, adv: torch.Tensor, scale: float) -> dict[str, float]:
         cfg = self.cfg
@@ -161,8 +162,12 @@ class LoraPolicy:
         if not torch.isfinite(total):
             raise FloatingPointError("non-finite loss in the policy update")
         (total * scale).backward()
+        masked = (ent * mask).detach()
         metrics.update(loss=loss.item(), entropy_penalty=penalty.item(),
-                       entropy=((ent * mask).sum() / mask.sum().clamp(min=1)).item())
+                       entropy=(masked.sum() / mask.sum().clamp(min=1)).item())
+        for task in sorted({r.task for r in part}):
+            rows = torch.tensor([r.task == task for r in part], device=mask.device)
+            metrics[f"entropy/{task}"] = (masked[rows].sum() / mask[rows].sum().clamp(min=1)).item()
         return metrics
 
     def save_adapter(self, folder: str | Path) -> Path:

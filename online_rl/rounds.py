@@ -13,6 +13,7 @@ import json
 import math
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -74,21 +75,30 @@ def served_model(client: GatewayClient) -> tuple[str, str | None]:
 
 
 def collect_rollouts(client: GatewayClient, prompts: Sequence[Prompt], cfg: RLConfig, model: str, seed: int) -> list[Rollout]:
-    """G graded rollouts per prompt from the endpoint, with the server's token ids and logprobs."""
-    rollouts: list[Rollout] = []
-    for i, prompt in enumerate(prompts):
+    """G graded rollouts per prompt from the endpoint, with the server's token ids and logprobs.
+
+    Several prompts are in flight at once (`cfg.rollout_concurrency`), so the server decodes
+    their groups in one running batch; the result keeps the prompts' order.
+    """
+
+    def one(i: int) -> list[Rollout]:
+        prompt = prompts[i]
         resp = client.chat(messages_for(prompt), model=model, n=cfg.group_size, temperature=cfg.rollout_temperature,
                            max_tokens=cfg.max_new_tokens, metadata=metadata_for(prompt.record), seed=seed + i)
+        out = []
         for choice in client.interaction(resp["id"]):
             if not choice["completion_token_ids"]:
                 continue
             score = grade(prompt.record, choice["text"], require_thinking=choice["mode"] == "think")
-            rollouts.append(Rollout(
+            out.append(Rollout(
                 prompt_ids=choice["prompt_token_ids"], completion_ids=choice["completion_token_ids"],
                 behaviour_logprobs=choice["logprobs"], images=prompt.images, reward=score.overall,
                 accuracy=score.accuracy, group_id=resp["id"], task=prompt.record.task, interaction_id=resp["id"],
             ))
-    return rollouts
+        return out
+
+    with ThreadPoolExecutor(max(1, cfg.rollout_concurrency)) as pool:
+        return [r for group in pool.map(one, range(len(prompts))) for r in group]
 
 
 def keep_informative(rollouts: Sequence[Rollout]) -> list[Rollout]:

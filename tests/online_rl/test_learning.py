@@ -1,0 +1,67 @@
+"""The product's promise, end to end on the CPU: a few online rounds against a real gateway make
+the served model better on the tasks it trains on, and the better version is what is served."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from online_rl.client import GatewayClient
+from online_rl.config import RLConfig
+from online_rl.policy import LoraPolicy, UpdateConfig
+from online_rl.rounds import Prompt, messages_for, metadata_for, run_round
+from openvlthinker.models import DEFAULT_MODEL
+from openvlthinker.rewards import grade
+from openvlthinker.tiny.shapeworld import generate, split_seed
+from serve.launcher import ServerProcess
+
+
+def sampled_reward(client: GatewayClient, prompts: list[Prompt], model: str) -> tuple[float, float]:
+    """Mean reward and accuracy of 8 seeded samples (temperature 1) per prompt from `model`."""
+
+    def one(i: int):
+        prompt = prompts[i]
+        resp = client.chat(messages_for(prompt), model=model, n=8, temperature=1.0, max_tokens=128,
+                           metadata=metadata_for(prompt.record, "rl-gate"), seed=10_000 + i)
+        return [grade(prompt.record, c["text"], require_thinking=c["mode"] == "think")
+                for c in client.interaction(resp["id"])]
+
+    with ThreadPoolExecutor(4) as pool:
+        scores = [s for group in pool.map(one, range(len(prompts))) for s in group]
+    return sum(s.overall for s in scores) / len(scores), sum(s.accuracy for s in scores) / len(scores)
+
+
+@pytest.mark.slow
+def test_rounds_raise_reward_on_trained_tasks_and_serve_the_better_version(tmp_path):
+    adapters = tmp_path / "adapters"
+    server = ServerProcess(["--model", DEFAULT_MODEL, "--run-dir", str(tmp_path / "run"), "--adapters-dir",
+                            str(adapters), "--admin-key", "adm", "--log-level", "warning"],
+                           log_path=tmp_path / "server.log")
+    try:
+        torch.set_num_threads(1)
+        cfg = RLConfig(endpoint=server.url, admin_key="adm", model=DEFAULT_MODEL, adapters_dir=str(adapters),
+                       group_size=8, prompts_per_round=8, max_new_tokens=128, update=UpdateConfig(lr=2e-3))
+        client = GatewayClient(server.url, "none", "adm")
+        torch.manual_seed(0)
+        policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
+        # The trained tasks: counting arithmetic and bar charts, a small fixed set of questions.
+        prompts = [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("train", 20_000_000 + i))
+                                                         for i in range(4) for f in ("math_reasoning", "chart"))]
+        before_reward, before_acc = sampled_reward(client, prompts, "openvlthinker")
+        results = []
+        for index in range(3):
+            results.append(run_round(client, policy, prompts, prompts, cfg, index))
+            if results[-1].version and not results[-1].promoted:  # as the loop does
+                promoted = client.adapters()["promoted"]
+                policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                           adapter_path=str(adapters / f"policy-{promoted}") if promoted else None)
+        promoted = client.adapters()["promoted"]
+        assert promoted is not None and any(r.promoted for r in results)
+        after_reward, after_acc = sampled_reward(client, prompts, "openvlthinker")
+        answer = client.chat(messages_for(prompts[0]), model="openvlthinker", temperature=0.0, max_tokens=16)
+        assert answer["model"].endswith("@" + promoted)  # the improved version is the one served
+        print(f"\nreward {before_reward:.3f} -> {after_reward:.3f}, accuracy {before_acc:.3f} -> {after_acc:.3f}, "
+              f"served {promoted}; rounds: {[(r.version, r.promoted) for r in results]}")
+        assert after_reward >= before_reward + 0.05 and after_acc > before_acc
+    finally:
+        server.stop()
