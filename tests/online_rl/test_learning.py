@@ -1,7 +1,11 @@
 """The product's promise, end to end on the CPU: a few online rounds against a real gateway make
-the served model better on the tasks it trains on, and the better version is what is served."""
+the served model better on the tasks it trains on, the better version is what is served, and
+users chatting meanwhile never see a failed request while versions are loaded and promoted."""
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
+
+from openai import OpenAI
 
 import pytest
 import torch
@@ -31,8 +35,35 @@ def sampled_reward(client: GatewayClient, prompts: list[Prompt], model: str) -> 
     return sum(s.overall for s in scores) / len(scores), sum(s.accuracy for s in scores) / len(scores)
 
 
+class Users:
+    """Two users chatting with the served alias in a loop, through the official SDK."""
+
+    def __init__(self, url: str):
+        self.client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        self.failures: list[Exception] = []
+        self.answered_by: set[str] = set()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._chat, daemon=True) for _ in range(2)]
+        for t in self._threads:
+            t.start()
+
+    def _chat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                resp = self.client.chat.completions.create(
+                    model="openvlthinker", max_tokens=8, messages=[{"role": "user", "content": "How many circles?"}])
+                self.answered_by.add(resp.model)
+            except Exception as exc:  # noqa: BLE001 - every failure fails the test
+                self.failures.append(exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=120)
+
+
 @pytest.mark.slow
-def test_rounds_raise_reward_on_trained_tasks_and_serve_the_better_version(tmp_path):
+def test_rounds_raise_reward_serve_the_better_version_and_users_never_fail(tmp_path):
     adapters = tmp_path / "adapters"
     server = ServerProcess(["--model", DEFAULT_MODEL, "--run-dir", str(tmp_path / "run"), "--adapters-dir",
                             str(adapters), "--admin-key", "adm", "--log-level", "warning"],
@@ -48,13 +79,19 @@ def test_rounds_raise_reward_on_trained_tasks_and_serve_the_better_version(tmp_p
         prompts = [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("train", 20_000_000 + i))
                                                          for i in range(4) for f in ("math_reasoning", "chart"))]
         before_reward, before_acc = sampled_reward(client, prompts, "openvlthinker")
+        users = Users(server.url)
         results = []
-        for index in range(3):
-            results.append(run_round(client, policy, prompts, prompts, cfg, index))
-            if results[-1].version and not results[-1].promoted:  # as the loop does
-                promoted = client.adapters()["promoted"]
-                policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                           adapter_path=str(adapters / f"policy-{promoted}") if promoted else None)
+        try:
+            for index in range(3):
+                results.append(run_round(client, policy, prompts, prompts, cfg, index))
+                if results[-1].version and not results[-1].promoted:  # as the loop does
+                    promoted = client.adapters()["promoted"]
+                    policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                               adapter_path=str(adapters / f"policy-{promoted}") if promoted else None)
+        finally:
+            users.stop()
+        assert not users.failures, users.failures[:3]
+        assert len(users.answered_by) >= 2, f"the users only ever saw {users.answered_by}"
         promoted = client.adapters()["promoted"]
         assert promoted is not None and any(r.promoted for r in results)
         after_reward, after_acc = sampled_reward(client, prompts, "openvlthinker")
