@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         loop = subprocess.Popen(
             [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", server.url, "--admin-key", admin_key,
              "--model", model, "--adapters-dir", str(adapters), "--rounds", "0", "--min-new", str(args.rl_min_new),
-             "--group-size", "4", "--prompts-per-round", "8", "--out", str(run_dir / "rl")],
+             "--group-size", "4", "--prompts-per-round", "8", "--out", str(run_dir / "rl"),
+             # The tiny model needs a larger step than a LoRA on a real checkpoint: at 2e-3 a
+             # few rounds raise its reward (tests/online_rl/test_learning.py, bench/learning.py).
+             *(["--lr", "2e-3"] if model == DEFAULT_MODEL else [])],
             stdout=rl_log, stderr=subprocess.STDOUT)
     demo, demo_url = None, f"http://{args.host}:{args.demo_port}"
     try:
