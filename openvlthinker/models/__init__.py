@@ -6,10 +6,10 @@ resolved on first attribute access.
 """
 
 from openvlthinker.models.loading import DEFAULT_MODEL, ModelNotFoundError, load, load_processor, resolve_model_path
-from openvlthinker.models.lora import LORA_TARGET_MODULES, LORA_TARGET_REGEX, lora_config
+from openvlthinker.models.lora import LORA_TARGET_MODULES, LORA_TARGET_REGEX, lora_config, random_lora
 
 __all__ = ["DEFAULT_MODEL", "LORA_TARGET_MODULES", "LORA_TARGET_REGEX", "ModelNotFoundError",
-           "Qwen3VLImageOnlyProcessor", "load", "load_processor", "lora_config", "resolve_model_path"]
+           "Qwen3VLImageOnlyProcessor", "load", "load_processor", "lora_config", "random_lora", "resolve_model_path"]
 
 
 def __getattr__(name):

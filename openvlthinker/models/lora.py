@@ -22,3 +22,25 @@ def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, **kwargs):
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGET_MODULES),
                       task_type="CAUSAL_LM", **kwargs)
+
+
+def random_lora(base: str, out, *, seed: int, r: int = 16, scale: float = 0.5):
+    """Save a LoRA for `base` whose B weights are random (PEFT starts them at 0, a no-op adapter).
+
+    For exercising the adapter path where what the adapter learned does not matter: tests
+    that need outputs to change, swap benchmarks, smoke checks of a deployment.
+    """
+    import torch
+    from peft import get_peft_model
+
+    from openvlthinker.models.loading import load
+
+    model, _ = load(base)
+    peft_model = get_peft_model(model, lora_config(r=r))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    peft_model.save_pretrained(out)
+    return out

@@ -119,19 +119,9 @@ def image_message(text="How many circles?", *images: bytes) -> list[dict]:
 
 def write_adapter(base_dir, out: Path, seed: int, parent: str | None = None, metrics: dict | None = None) -> Path:
     """A random (non-zero) LoRA folder for the tiny model, with a manifest carrying sha256s."""
-    import torch
-    from peft import get_peft_model
+    from openvlthinker.models import random_lora
 
-    from openvlthinker.models import load, lora_config
-
-    model, _ = load(base_dir)
-    peft_model = get_peft_model(model, lora_config(r=4))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    peft_model.save_pretrained(out)
+    random_lora(str(base_dir), out, seed=seed, r=4)
     sums = {f: hashlib.sha256((out / f).read_bytes()).hexdigest()
             for f in ("adapter_config.json", "adapter_model.safetensors")}
     manifest = {"version": out.name.split("-", 1)[1], "parent": parent, "sha256": sums, "metrics": metrics or {}}

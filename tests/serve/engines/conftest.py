@@ -7,7 +7,6 @@ that each drive it with their own `asyncio.run`.
 import asyncio
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from openvlthinker.tiny.build import build_tiny, sample_texts
@@ -44,19 +43,9 @@ def engine(make_engine):
 
 
 def _adapter(tiny_dir, out, seed):
-    from peft import get_peft_model
+    from openvlthinker.models import random_lora
 
-    from openvlthinker.models import load, lora_config
-
-    model, _ = load(tiny_dir)
-    peft_model = get_peft_model(model, lora_config(r=4))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:  # B starts at zero (a no-op adapter); perturb it so outputs differ
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    peft_model.save_pretrained(out)
-    return str(out)
+    return str(random_lora(str(tiny_dir), out, seed=seed, r=4))
 
 
 @pytest.fixture(scope="session")
