@@ -98,6 +98,17 @@ class LoraPolicy:
         model.to(device)
         return cls(model, processor, cfg, device)
 
+    def usable(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
+        """The rollouts this policy can score: none whose completion holds an image placeholder.
+
+        Such a token has no pixels behind it, so the model cannot run on the sequence (a server
+        that does not ban them, or an old log, may still hand one in).
+        """
+        tok = self.processor.tokenizer
+        vision = {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")}
+        vision.discard(tok.unk_token_id)
+        return [r for r in rollouts if not vision.intersection(r.completion_ids)]
+
     def token_stats(self, rollouts: Sequence[Rollout], grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logprobs and entropies of each completion token under the current policy: (B, Tc) x2, mask."""
         batch = _batch(rollouts, self.processor, self.pad_id, self.device)

@@ -144,8 +144,11 @@ def run_round(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[Promp
         metrics[f"reward/{task}"] = sum(r.reward for r in mine) / len(mine)
         metrics[f"accuracy/{task}"] = sum(r.accuracy for r in mine) / len(mine)
         metrics[f"length/{task}"] = sum(len(r.completion_ids) for r in mine) / len(mine)
-    kept = keep_informative(rollouts)
-    metrics.update(rollouts_kept=float(len(kept)), logged_rollouts=float(len(logged)))
+    usable = policy.usable(rollouts)
+    kept = keep_informative(usable)
+    logged = policy.usable(logged)
+    metrics.update(rollouts_kept=float(len(kept)), logged_rollouts=float(len(logged)),
+                   rollouts_unusable=float(len(rollouts) - len(usable)))
     if not kept and not logged:
         metrics["wall_s"] = time.time() - start
         return RoundResult(None, False, metrics)

@@ -22,6 +22,7 @@ from openvlthinker.thinking import ThinkTracker, close_tag_suffix_ids
 
 __all__ = ["DecodeContext", "Emit", "RowState", "pick_tokens"]
 
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 Emit = Callable[[list[tuple[Any, Any]]], None]  # [(job, TokenEvent | GenerationResult), ...]
 
 
@@ -33,6 +34,7 @@ class DecodeContext:
     eos_ids: frozenset[int]
     pad_id: int
     close_ids: dict[int, list[int]]
+    banned: tuple[int, ...] = ()  # vision placeholder tokens: never generated (see from_tokenizer)
     _token_text: dict[int, str] = field(default_factory=dict)
 
     @classmethod
@@ -41,7 +43,11 @@ class DecodeContext:
         eos = {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"), *extra_eos)
                if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-        return cls(tokenizer, frozenset(eos), pad, close_tag_suffix_ids(tokenizer))
+        # An image placeholder in a completion has no pixels behind it: the trainer (and any
+        # later turn) could not even run the model on it. Sampling such a token is never valid.
+        vision = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+        banned = tuple(sorted({i for i in vision if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id}))
+        return cls(tokenizer, frozenset(eos), pad, close_tag_suffix_ids(tokenizer), banned=banned)
 
     def token_text(self, token_id: int) -> str:
         """Text of a single token (cached: top_logprobs ask for the same ids again and again)."""
@@ -136,7 +142,11 @@ def pick_tokens(rows: Sequence[RowState], logits: torch.Tensor) -> tuple[list[in
     Logprobs are those of the raw distribution, whatever the row's sampling knobs.
     """
     forced = [row.forced_next() for row in rows]
-    chosen = choose_tokens(logits, [r.temperature for r in rows], [r.top_p for r in rows],
+    allowed = logits
+    if rows and rows[0].ctx.banned:
+        allowed = logits.clone()
+        allowed[:, list(rows[0].ctx.banned)] = float("-inf")
+    chosen = choose_tokens(allowed, [r.temperature for r in rows], [r.top_p for r in rows],
                            [r.generator for r in rows], forced)
     logp = torch.log_softmax(logits.float(), dim=-1)
     chosen_lp = logp.gather(1, chosen[:, None])[:, 0].tolist()

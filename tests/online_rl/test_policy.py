@@ -86,3 +86,11 @@ def test_off_policy_rows_use_importance_weights(tiny_path):
     rollouts[1].behaviour_logprobs = [-50.0] * len(rollouts[1].completion_ids)  # far more likely now: capped weight
     metrics = policy.update(rollouts, torch.tensor([1.0, -1.0]))
     assert metrics["is_weight_mean"] > 1.0
+
+
+def test_completions_with_image_placeholders_are_not_trained_on(tiny_path):
+    policy = LoraPolicy.create(tiny_path, UpdateConfig(), lora_r=4)
+    pad = policy.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    good = Rollout(prompt_ids=[1, 2], completion_ids=[7, 8], behaviour_logprobs=[0.0, 0.0])
+    bad = Rollout(prompt_ids=[1, 2], completion_ids=[7, pad], behaviour_logprobs=[0.0, 0.0])
+    assert policy.usable([good, bad, good]) == [good, good]

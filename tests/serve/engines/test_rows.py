@@ -96,3 +96,12 @@ def test_rows_end_independently_and_cancelled_rows_stop(ctx):
     # A cancelled row is no longer live, so the batch drops it before the next step.
     rows[2].job.cancelled = True
     assert not rows[2].live and not rows[2].finished
+
+
+def test_vision_placeholders_are_never_generated(ctx):
+    """A model that wants to write <|image_pad|> gets its next best token; logprobs stay raw."""
+    pad = ctx.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert pad in ctx.banned
+    per_job, _ = _run(ctx, [[pad] * 10], [_req(max_tokens=6)], steps=6)
+    result = per_job[0][-1]
+    assert len(result.completion_token_ids) == 6 and pad not in result.completion_token_ids
