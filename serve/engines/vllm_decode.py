@@ -49,9 +49,12 @@ class Upstream:
 
 
 def _top(entry: dict[str, Any] | None, k: int) -> tuple[tuple[str, float], ...]:
+    """The k most likely tokens, best first. vLLM lists the sampled token first and then the
+    most likely ones, so it is asked for k + 1 and the list is re-sorted."""
     if not k or not entry:
         return ()
-    return tuple((t["token"], float(t["logprob"])) for t in (entry.get("top_logprobs") or [])[:k])
+    ranked = sorted(((t["token"], float(t["logprob"])) for t in entry.get("top_logprobs") or []), key=lambda t: -t[1])
+    return tuple(ranked[:k])
 
 
 class _Completion:
@@ -117,7 +120,7 @@ def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]
     body = {
         "model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": s.temperature, "top_p": s.top_p,
         "stop": list(dict.fromkeys([*done.stops, *extra_stops])), "include_stop_str_in_output": True,
-        "logprobs": True, "top_logprobs": s.top_logprobs, "return_token_ids": True,
+        "logprobs": True, "top_logprobs": s.top_logprobs + 1 if s.top_logprobs else 0, "return_token_ids": True,
         "add_generation_prompt": not cont, "continue_final_message": cont,
         "stream": True, "skip_special_tokens": True,
     }
@@ -157,8 +160,10 @@ async def decode(request: GenerationRequest, model: str, messages: list[dict[str
                 yield event
             budget_hit, state = True, AFTER
             continue
-        extra, limit = {BEFORE: ([THINK_OPEN], remaining), AFTER: ([], remaining),
-                        INSIDE: ([THINK_CLOSE], min(remaining, budget - max(0, done.inside_tokens())))}[state]
+        if state == INSIDE:
+            extra, limit = [THINK_CLOSE], min(remaining, budget - max(0, done.inside_tokens()))
+        else:
+            extra, limit = ([THINK_OPEN] if state == BEFORE else []), remaining
         finish, final = None, None
         async for chunk in up.stream(_body(request, model, messages, done, extra, limit)):
             if done.prompt_ids is None and chunk.get("prompt_token_ids"):

@@ -120,7 +120,7 @@ class VllmEngine:
                 continue
             self._ready = False
             log.error("vLLM (pid %s) exited with %s; restarting. Last log lines:\n%s", self._proc.pid,
-                      self._proc.proc.returncode, self._log_tail())
+                      self._proc.returncode, self._log_tail())
             self._proc.kill()  # its EngineCore and workers may still hold memory
             try:
                 await self._launch()

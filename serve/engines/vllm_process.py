@@ -53,7 +53,9 @@ class VllmLaunch:
                "--model", self.model, "--served-model-name", self.served_name,
                "--host", self.host, "--port", str(self.port),
                "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
-               "--tensor-parallel-size", str(self.tensor_parallel_size)]
+               "--tensor-parallel-size", str(self.tensor_parallel_size),
+               # top_logprobs=20 needs 21: vLLM lists the sampled token before the top ones
+               "--max-logprobs", "21"]
         if _is_multimodal(self.model):  # vLLM rejects the option for text-only models
             cmd += ["--limit-mm-per-prompt", json.dumps({"image": self.max_images, "video": 0})]
         if self.gpu_memory_utilization is not None:
@@ -126,6 +128,10 @@ class VllmProcess:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc else None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
