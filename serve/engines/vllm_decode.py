@@ -9,7 +9,9 @@ versions, so the budget is enforced here with stop strings and continuation:
   after   the block: decode the answer.
 
 Each later pass continues the assistant message written so far (`continue_final_message`),
-so vLLM's prefix cache reuses the prompt. The caller sees one stream of TokenEvents and one
+so vLLM's prefix cache reuses the prompt. Passes are streamed from vLLM only when the client
+streams: a non-streamed pass is one JSON reply, which spares vLLM's server and the gateway
+an SSE chunk per token. The caller sees one stream of TokenEvents and one
 GenerationResult, exactly as from the transformers engine: token ids and behaviour logprobs
 of every generated and forced token (forced tokens are scored with `prompt_logprobs`), the
 prompt ids of the first pass, thinking tokens counted from `<thinking>` through
@@ -26,7 +28,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from openvlthinker.thinking import THINK_CLOSE, THINK_OPEN, ThinkTracker
 
 from .base import EngineFailed, GenerationRequest, GenerationResult, TokenEvent
-from .text import find_stop, partial_stop_len
+from .text import IncrementalDetokenizer, find_stop, partial_stop_len
 
 __all__ = ["Upstream", "decode"]
 
@@ -45,7 +47,20 @@ class Upstream:
     stream: ChatStream
     once: ChatOnce
     close_ids: dict[int, list[int]]  # close_tag_suffix_ids(tokenizer)
-    decode_ids: Callable[[list[int]], str]
+    tokenizer: Any  # the model's tokenizer (a copy private to decoding)
+
+    def decode_ids(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def pieces(self, ids: list[int], text: str) -> list[str]:
+        """Split `text` (what vLLM decoded for `ids`) into per-token pieces; all on the last token
+        when the local tokenizer does not reproduce it exactly."""
+        if len(ids) <= 1:
+            return [text] * len(ids)
+        detok = IncrementalDetokenizer(self.tokenizer)
+        out = [detok.push(i) for i in ids]
+        out[-1] += detok.flush()
+        return out if "".join(out) == text else [""] * (len(ids) - 1) + [text]
 
 
 def _top(entry: dict[str, Any] | None, k: int) -> tuple[tuple[str, float], ...]:
@@ -122,7 +137,7 @@ def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]
         "stop": list(dict.fromkeys([*done.stops, *extra_stops])), "include_stop_str_in_output": True,
         "logprobs": True, "top_logprobs": s.top_logprobs + 1 if s.top_logprobs else 0, "return_token_ids": True,
         "add_generation_prompt": not cont, "continue_final_message": cont,
-        "stream": True, "skip_special_tokens": True,
+        "stream": request.stream, "skip_special_tokens": True,
     }
     if s.seed is not None:
         body["seed"] = s.seed + len(done.ids)  # a different draw per pass, reproducible per request
@@ -165,11 +180,11 @@ async def decode(request: GenerationRequest, model: str, messages: list[dict[str
         else:
             extra, limit = ([THINK_OPEN] if state == BEFORE else []), remaining
         finish, final = None, None
-        async for chunk in up.stream(_body(request, model, messages, done, extra, limit)):
+        async for chunk in _chunks(up, _body(request, model, messages, done, extra, limit)):
             if done.prompt_ids is None and chunk.get("prompt_token_ids"):
                 done.prompt_ids = list(chunk["prompt_token_ids"])
             for choice in chunk.get("choices") or []:
-                events = _take_chunk(done, choice)
+                events = _take_chunk(done, choice, up)
                 finish = choice.get("finish_reason") or finish
                 if done.stop_at is not None or finish is not None:
                     state, final = _after_pass(state, done, finish)
@@ -187,18 +202,30 @@ async def decode(request: GenerationRequest, model: str, messages: list[dict[str
             raise EngineFailed("vLLM ended a stream without a finish reason")
 
 
-def _take_chunk(done: _Completion, choice: dict[str, Any]) -> list[TokenEvent]:
-    """Events for the tokens of one streamed choice delta (text goes with its chunk's last token)."""
-    token_ids = choice.get("token_ids") or []
+async def _chunks(up: Upstream, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """The pass's stream chunks; a non-streamed pass is one reply, reshaped as one big chunk."""
+    if body["stream"]:
+        async for chunk in up.stream(body):
+            yield chunk
+        return
+    reply = await up.once(body)
+    choices = [{"token_ids": c.get("token_ids"), "logprobs": c.get("logprobs"), "finish_reason": c.get("finish_reason"),
+                "delta": {"content": (c.get("message") or {}).get("content") or ""}} for c in reply.get("choices") or []]
+    yield {"prompt_token_ids": reply.get("prompt_token_ids"), "choices": choices}
+
+
+def _take_chunk(done: _Completion, choice: dict[str, Any], up: Upstream) -> list[TokenEvent]:
+    """Events for the tokens of one choice delta (a chunk may hold several tokens)."""
+    token_ids = [int(t) for t in choice.get("token_ids") or []]
     entries = (choice.get("logprobs") or {}).get("content") or []
-    text = (choice.get("delta") or {}).get("content") or ""
+    pieces = up.pieces(token_ids, (choice.get("delta") or {}).get("content") or "")
     events = []
     for j, token in enumerate(token_ids):
         if done.stop_at is not None:
             break  # a stop string ended the completion inside this chunk
         entry = entries[j] if j < len(entries) else None
         logprob = float(entry["logprob"]) if entry else 0.0
-        events.append(done.take(int(token), logprob, _top(entry, done.k), text if j == len(token_ids) - 1 else ""))
+        events.append(done.take(token, logprob, _top(entry, done.k), pieces[j]))
     return events
 
 

@@ -78,9 +78,8 @@ class VllmEngine:
         self._processor, self._tokenizer = await asyncio.to_thread(load_tokenizers, self.model_name)
         if not self.launch.port:
             self.launch.port = free_loopback_port()
-        decoder = copy.deepcopy(self._tokenizer)
         self._upstream = Upstream(self._stream, self._once, close_tag_suffix_ids(self._tokenizer),
-                                  lambda ids: decoder.decode(ids, skip_special_tokens=True))
+                                  copy.deepcopy(self._tokenizer))
         self._client = httpx.AsyncClient(base_url=f"http://{self.launch.host}:{self.launch.port}",
                                          timeout=httpx.Timeout(30, read=None),
                                          limits=httpx.Limits(max_connections=self.max_queue + 8))
