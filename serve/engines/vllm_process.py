@@ -56,7 +56,7 @@ class VllmLaunch:
                "--tensor-parallel-size", str(self.tensor_parallel_size),
                # top_logprobs=20 needs 21: vLLM lists the sampled token before the top ones
                "--max-logprobs", "21"]
-        if _is_multimodal(self.model):  # vLLM rejects the option for text-only models
+        if _is_multimodal(self.model):  # sizes vLLM's multimodal memory profiling; moot for text-only models
             cmd += ["--limit-mm-per-prompt", json.dumps({"image": self.max_images, "video": 0})]
         if self.gpu_memory_utilization is not None:
             cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
