@@ -188,12 +188,18 @@ class VllmEngine:
             async with self._client.stream("POST", "/v1/chat/completions", json=body) as resp:
                 if resp.status_code != 200:
                     _raise_for(resp.status_code, (await resp.aread()).decode(errors="replace"))
-                async for line in resp.aiter_lines():
+                lines = resp.aiter_lines()
+                async for line in lines:
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     chunk = json.loads(line[6:])
                     if "error" in chunk:
                         _raise_for(int(chunk["error"].get("code") or 500), json.dumps(chunk))
+                    if any(c.get("finish_reason") for c in chunk.get("choices") or []):
+                        # Only "[DONE]" follows: read it now, so the connection goes back to the
+                        # pool instead of being closed when the caller stops iterating.
+                        async for _ in lines:
+                            pass
                     yield chunk
         except httpx.TransportError as exc:
             raise EngineUnavailable(f"lost the connection to vLLM ({type(exc).__name__})") from exc
