@@ -26,7 +26,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--adapters-dir", "adapters_dir", str, "folder of policy-vNNNN/ adapter versions (default: RUN_DIR/adapters)"),
     ("--served-name", "served_name", str, "alias clients use as `model` (default openvlthinker)"),
     ("--max-batch", "max_batch", int, "sequences decoded together (default 8)"),
-    ("--max-queue", "max_queue", int, "waiting requests before answering 503 (default 64)"),
+    ("--max-queue", "max_queue", int, "waiting requests before answering 503 (default 64; vLLM engine: in flight)"),
     ("--max-n", "max_n", int, "largest n per request (default 8)"),
     ("--max-images", "max_images", int, "images per request (default 8)"),
     ("--max-image-bytes", "max_image_bytes", int, "encoded bytes per image (default 10 MiB)"),
