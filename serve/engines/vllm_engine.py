@@ -83,7 +83,11 @@ class VllmEngine:
         self._client = httpx.AsyncClient(base_url=f"http://{self.launch.host}:{self.launch.port}",
                                          timeout=httpx.Timeout(30, read=None),
                                          limits=httpx.Limits(max_connections=self.max_queue + 8))
-        await self._launch()
+        try:
+            await self._launch()
+        except BaseException:
+            await self.stop()  # leave no half-started vLLM workers or open pool behind
+            raise
         self._monitor = asyncio.create_task(self._watch(), name="vllm-monitor")
 
     async def _launch(self) -> None:
