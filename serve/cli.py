@@ -26,7 +26,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--adapters-dir", "adapters_dir", str, "folder of policy-vNNNN/ adapter versions (default: RUN_DIR/adapters)"),
     ("--served-name", "served_name", str, "alias clients use as `model` (default openvlthinker)"),
     ("--max-batch", "max_batch", int, "sequences decoded together (default 8)"),
-    ("--max-queue", "max_queue", int, "waiting requests before answering 503 (default 64)"),
+    ("--max-queue", "max_queue", int, "waiting requests before answering 503 (default 64; vLLM engine: in flight)"),
     ("--max-n", "max_n", int, "largest n per request (default 8)"),
     ("--max-images", "max_images", int, "images per request (default 8)"),
     ("--max-image-bytes", "max_image_bytes", int, "encoded bytes per image (default 10 MiB)"),
@@ -35,6 +35,14 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--default-max-tokens", "default_max_tokens", int, "completion cap when a request sets none (default 1024)"),
     ("--threads", "threads", int, "torch threads of the engine (default 1)"),
     ("--log-level", "log_level", str, "debug, info, warning (default info)"),
+    ("--vllm-python", "vllm_python", str, "vLLM engine: python of an environment with vLLM (default: this one)"),
+    ("--vllm-port", "vllm_port", int, "vLLM engine: vLLM's private loopback port (default: any free port)"),
+    ("--vllm-start-timeout", "vllm_start_timeout_s", float, "vLLM engine: seconds to wait for vLLM to serve (default 900)"),
+    ("--gpu-memory-utilization", "gpu_memory_utilization", float, "vLLM engine: fraction of GPU memory (default vLLM's 0.9)"),
+    ("--tensor-parallel-size", "tensor_parallel_size", int, "vLLM engine: GPUs per replica (default 1)"),
+    ("--max-model-len", "max_model_len", int, "vLLM engine: context window (default: the model's)"),
+    ("--max-lora-rank", "max_lora_rank", int, "vLLM engine: largest adapter rank (default 64)"),
+    ("--max-loras", "max_loras", int, "vLLM engine: adapter versions resident at once (default 4)"),
 ]
 
 
@@ -45,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if flag == "--engine":
             kwargs["choices"] = ["transformers", "vllm"]
         parser.add_argument(flag, **kwargs)
+    parser.add_argument("--vllm-arg", dest="vllm_args", action="append", default=None, metavar="ARGS",
+                        help="vLLM engine: extra vLLM arguments, passed through last (repeatable; write "
+                             "--vllm-arg=--enforce-eager or --vllm-arg='--dtype float32')")
     parser.add_argument("--allow-remote-images", dest="allow_remote_images", action="store_const", const=True,
                         default=None, help="also fetch http(s) image URLs (size and time limited)")
 
@@ -62,22 +73,41 @@ def build_config(args: argparse.Namespace):
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a mapping of serve options")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    dests = [dest for _, dest, _, _ in _FLAGS] + ["allow_remote_images"]
+    dests = [dest for _, dest, _, _ in _FLAGS] + ["allow_remote_images", "vllm_args"]
     values.update({d: getattr(args, d) for d in dests if getattr(args, d, None) is not None})
     return ServeConfig.from_mapping(values)
 
 
 def make_engine(config):
-    """The engine named by the config (vLLM arrives later: a clear message for now)."""
-    if config.engine == "vllm":
-        raise ValueError("the vLLM engine is not available yet in this version; use --engine transformers "
-                         "(the default), which serves the same models and adapters on CPU or GPU")
+    """The engine named by the config: the embedded transformers one, or vLLM as a managed child."""
     from openvlthinker.models import resolve_model_path
+
+    if config.engine == "vllm":
+        return _vllm_engine(config, resolve_model_path(config.model))
     from serve.engines.transformers_engine import TransformersEngine
 
     resolve_model_path(config.model)  # a missing folder or an offline hub id fails here, with a hint
     return TransformersEngine(config.model, device=config.device, max_batch=config.max_batch,
                               max_queue=config.max_queue, threads=config.threads)
+
+
+def _vllm_engine(config, model: str):
+    """A VllmEngine from the config; vLLM itself starts with the gateway (in the app's lifespan)."""
+    import shutil
+
+    from serve.engines.vllm_engine import VllmEngine
+    from serve.engines.vllm_process import VllmLaunch
+
+    python = config.vllm_python or sys.executable
+    if not shutil.which(python):
+        raise ValueError(f"--vllm-python {python!r} is not an executable; pass the python of an environment "
+                         "with vLLM installed (on a CPU machine: scripts/vllm-env.sh builds .venv-vllm)")
+    launch = VllmLaunch(model=model, python=python, port=config.vllm_port, max_lora_rank=config.max_lora_rank,
+                        max_loras=config.max_loras, max_images=config.max_images,
+                        gpu_memory_utilization=config.gpu_memory_utilization,
+                        tensor_parallel_size=config.tensor_parallel_size, max_model_len=config.max_model_len,
+                        threads=config.threads, extra_args=list(config.vllm_args))
+    return VllmEngine(launch, config.run_path, max_queue=config.max_queue, start_timeout=config.vllm_start_timeout_s)
 
 
 def run(args: argparse.Namespace) -> int:

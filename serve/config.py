@@ -7,7 +7,7 @@ passes the values a user set, so no default is written twice.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,6 +48,16 @@ class ServeConfig:
     default_max_tokens: int = 1024  # completion cap when the request gives none (bounded by the context)
     threads: int = 1  # torch intra-op threads (tiny tensors gain nothing from more)
     log_level: str = "info"
+    # --- vLLM engine only (vLLM runs as a child process, usually from its own environment) ---
+    vllm_python: str = ""  # interpreter of an environment with vLLM; "" = this one
+    vllm_port: int = 0  # vLLM's private loopback port; 0 = any free port
+    vllm_args: list[str] = field(default_factory=list)  # extra vLLM arguments, passed through last (override ours)
+    vllm_start_timeout_s: float = 900.0  # model load + warm-up of a large model on a cold cache
+    gpu_memory_utilization: float | None = None  # fraction of the GPU vLLM may take (CPU builds: of RAM); None = vLLM's 0.9
+    tensor_parallel_size: int = 1  # GPUs per replica
+    max_model_len: int | None = None  # context window; None = the model's own
+    max_lora_rank: int = 64  # largest LoRA rank vLLM reserves room for
+    max_loras: int = 4  # adapter versions resident on the GPU at once (promoted + canary + rollback + spare)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -65,6 +75,7 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_body_bytes <= 0:
             self.max_body_bytes = self.max_images * self.max_image_bytes * 4 // 3 + (1 << 20)
+        self._check_vllm()
         if self.remote_timeout_s <= 0:
             raise ValueError("remote_timeout_s must be > 0")
         for name in ("api_key", "admin_key"):
@@ -72,6 +83,21 @@ class ServeConfig:
                 setattr(self, name, None)
         if self.api_key and self.admin_key and self.api_key == self.admin_key:
             raise ValueError("admin_key must differ from api_key (otherwise every client is an admin)")
+
+    def _check_vllm(self) -> None:
+        if not 0 <= self.vllm_port <= 65535:
+            raise ValueError(f"vllm_port {self.vllm_port} is not in 0..65535")
+        if isinstance(self.vllm_args, str) or not all(isinstance(a, str) for a in self.vllm_args):
+            raise ValueError("vllm_args must be a list of strings")
+        if self.vllm_start_timeout_s <= 0:
+            raise ValueError("vllm_start_timeout_s must be > 0")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
+        for name in ("tensor_parallel_size", "max_lora_rank", "max_loras"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def run_path(self) -> Path:

@@ -52,6 +52,8 @@ class GenerationRequest:
       cap: after `thinking_budget` tokens inside the thinking block it closes the block
       (emits `</thinking>`) and lets the model write the answer.
     adapter: the adapter *version name* to decode with (None = the base model).
+    stream: the client reads tokens as they come; False lets an engine fetch the completion in
+      one piece (its TokenEvents then all arrive just before the result).
     """
 
     request_id: str
@@ -60,6 +62,7 @@ class GenerationRequest:
     mode: Mode = "think"
     thinking_budget: int = 0
     adapter: str | None = None
+    stream: bool = True
 
 
 @dataclass(frozen=True)

