@@ -11,6 +11,10 @@ import pytest
 from serve.launcher import free_port
 
 
+def _text(path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
 @pytest.mark.slow
 def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path):
     port, demo_port = free_port(), free_port()
@@ -31,9 +35,9 @@ def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/v1/adapters", headers={"Authorization": f"Bearer {key}"},
                          timeout=10).status_code == 200
         deadline = time.monotonic() + 300  # the loop loads the model, then waits for feedback (slow on a busy CPU)
-        while "waiting for 2 new graded" not in (tmp_path / "rl.log").read_text() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert "waiting for 2 new graded" in (tmp_path / "rl.log").read_text()
+        while "waiting for 2 new graded" not in _text(tmp_path / "rl.log") and time.monotonic() < deadline:
+            time.sleep(0.5)  # rl.log appears only once `up` has seen the gateway ready and started the loop
+        assert "waiting for 2 new graded" in _text(tmp_path / "rl.log")
         deadline = time.monotonic() + 120  # `up` prints the URLs only once the demo answers
         while time.monotonic() < deadline:
             try:
