@@ -10,7 +10,7 @@ and after the last round.
 Prints a per-task table (eval accuracy before/after, the worst task's gain, rollout reward,
 entropy and length per task over the first and last rounds) and writes learning curves.
 
-    .venv/bin/python bench/learning.py [--rounds 20] [--estimators g2rpo,grpo,dr_grpo]
+    .venv/bin/python bench/learning.py [--rounds 16] [--lr 5e-4] [--pool 0] [--estimators g2rpo,grpo,dr_grpo]
 """
 
 from __future__ import annotations
@@ -188,12 +188,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--estimators", default="g2rpo,grpo,dr_grpo")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per round")
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--pool", type=int, default=8,
+    parser.add_argument("--pool", type=int, default=0,
                         help="training pool: questions per family drawn from each round (0 = new questions every round)")
     parser.add_argument("--gate-margin", type=float, default=1.0,
                         help="promotion gate margin (default 1.0: promote every well-formed version, so the "

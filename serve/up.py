@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", server.url, "--admin-key", admin_key,
              "--model", model, "--adapters-dir", str(adapters), "--rounds", "0", "--min-new", str(args.rl_min_new),
              "--group-size", "4", "--prompts-per-round", "8", "--out", str(run_dir / "rl"),
-             # The tiny model needs a larger step than a LoRA on a real checkpoint: at 2e-3 a
-             # few rounds raise its reward (tests/online_rl/test_learning.py, bench/learning.py).
-             *(["--lr", "2e-3"] if model == DEFAULT_MODEL else [])],
+             # The tiny model needs a larger step than a LoRA on a real checkpoint: at 5e-4, 16
+             # rounds of G²RPO raise its held-out accuracy 0.26 -> 0.34 (bench/learning.py).
+             *(["--lr", "5e-4"] if model == DEFAULT_MODEL else [])],
             stdout=rl_log, stderr=subprocess.STDOUT)
     demo, demo_url = None, f"http://{args.host}:{args.demo_port}"
     try:
