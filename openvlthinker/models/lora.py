@@ -24,23 +24,29 @@ def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, **kwargs):
                       task_type="CAUSAL_LM", **kwargs)
 
 
+def randomize_lora_b(peft_model, *, seed: int, scale: float = 0.5) -> None:
+    """Give a fresh PEFT model's LoRA B weights random values (PEFT starts them at 0, a no-op)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
 def random_lora(base: str, out, *, seed: int, r: int = 16, scale: float = 0.5):
-    """Save a LoRA for `base` whose B weights are random (PEFT starts them at 0, a no-op adapter).
+    """Save a LoRA for the model folder `base` whose B weights are random.
 
     For exercising the adapter path where what the adapter learned does not matter: tests
     that need outputs to change, swap benchmarks, smoke checks of a deployment.
     """
-    import torch
     from peft import get_peft_model
 
     from openvlthinker.models.loading import load
 
     model, _ = load(base)
     peft_model = get_peft_model(model, lora_config(r=r))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    randomize_lora_b(peft_model, seed=seed, scale=scale)
     peft_model.save_pretrained(out)
     return out

@@ -78,18 +78,15 @@ def text_model_from_shipped(out: str | Path) -> Path:
 
 def write_text_adapter(base: str | Path, out: str | Path, seed: int, rank: int = 8, scale: float = 0.5) -> Path:
     """Save a PEFT LoRA for `base` with random non-zero B weights (greedy outputs differ from the base)."""
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3ForCausalLM
+
+    from openvlthinker.models.lora import randomize_lora_b
 
     model = Qwen3ForCausalLM.from_pretrained(base)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                         task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    randomize_lora_b(peft_model, seed=seed, scale=scale)
     peft_model.save_pretrained(out)
     return Path(out)
