@@ -57,6 +57,10 @@ class GatewayClient:
         """Point the served alias at a loaded version."""
         return self._check(self.http.post("/v1/adapters/promote", json={"version": version}, headers=self.admin))
 
+    def rollback(self) -> dict:
+        """Point the served alias back at the previously promoted version (or the base model)."""
+        return self._check(self.http.post("/v1/adapters/rollback", headers=self.admin))
+
     def unload(self, version: str) -> dict:
         """Unload a (non-promoted) version after its requests drain."""
         return self._check(self.http.post("/v1/adapters/unload", json={"version": version}, headers=self.admin))

@@ -30,6 +30,8 @@ class RLConfig:
     update: UpdateConfig = field(default_factory=UpdateConfig)
     gate_per_family: int = 4  # ShapeWorld eval questions per family for the promotion gate
     gate_margin: float = 0.02  # promote unless eval reward drops by more than this
+    rollback_check: bool = True  # after promoting, re-run the gate through the alias; roll back on failure
+    rollback_margin: float | None = None  # ... failure: served reward below the previous one's by more (None: gate_margin)
     max_staleness: int = 4  # rated logged responses from versions older than this are not trained on
     seed: int = 0
 

@@ -4,7 +4,9 @@ prompts -> G rollouts each, pinned to the served version, through the public API
 and behaviour logprobs from the interaction export -> graders -> dynamic sampling (drop
 groups without signal) -> advantages (G²RPO: group, then task) -> LoRA update -> atomic
 publish -> the server loads it -> gate (canary well-formed, eval reward not worse than the
-current version by more than a margin) -> promote, or unload and keep the current one.
+current version by more than a margin) -> promote, or unload and keep the current one. With
+`rollback_check`, the promoted version is checked once more through the served alias and
+rolled back automatically if that check fails.
 """
 
 from __future__ import annotations
@@ -178,12 +180,24 @@ def run_round(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[Promp
     candidate, well_formed = eval_reward(client, gate, f"openvlthinker@{version}", cfg.max_new_tokens)
     metrics.update(gate_current=current, gate_candidate=candidate)
     accepted = well_formed and candidate >= current - cfg.gate_margin
+    note = "" if accepted else f"gate: candidate {candidate:.3f} vs current {current:.3f}, well-formed={well_formed}"
     if accepted:
         client.promote(version)
-        if promoted:
+        if cfg.rollback_check:
+            # The gate again, now through the alias as users call it; the previous version stays
+            # loaded until this passes, so a rollback is instant.
+            served, served_ok = eval_reward(client, gate, "openvlthinker", cfg.max_new_tokens)
+            metrics["gate_served"] = served
+            margin = cfg.gate_margin if cfg.rollback_margin is None else cfg.rollback_margin
+            if not served_ok or served < current - margin:
+                client.rollback()
+                accepted = False
+                metrics["rolled_back"] = 1.0
+                note = (f"rolled back after promotion: served {served:.3f} vs previous {current:.3f}, "
+                        f"well-formed={served_ok}")
+        if accepted and promoted:
             client.unload(promoted)
-    else:
+    if not accepted:
         client.unload(version)
     metrics["wall_s"] = time.time() - start
-    note = "" if accepted else f"gate: candidate {candidate:.3f} vs current {current:.3f}, well-formed={well_formed}"
     return RoundResult(version, accepted, metrics, note=note)

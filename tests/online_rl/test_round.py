@@ -1,6 +1,8 @@
 """One online round against a real gateway on the shipped tiny model: rollouts through the API,
 grading, update, atomic publish, server-side load, gate, promote or reject."""
 
+import dataclasses
+
 import httpx
 import pytest
 import torch
@@ -85,5 +87,17 @@ def test_one_round_publishes_gates_and_serves(tmp_path):
         broken = run_round(client, policy, prompts, gate, cfg, round_index=1)
         assert broken.version == "v0002" and not broken.promoted and "NaN" in broken.note
         assert client.adapters()["promoted"] == "v0001"
+
+        # A version that passes the gate but fails the check through the alias after promotion
+        # (here: a check no version can pass) is rolled back automatically.
+        policy.save_adapter = save
+        strict = dataclasses.replace(cfg, rollback_margin=-2.0)
+        rolled = run_round(client, policy, prompts, gate, strict, round_index=2)
+        assert rolled.version == "v0003" and not rolled.promoted and "rolled back" in rolled.note
+        assert rolled.metrics["rolled_back"] == 1.0 and "gate_served" in rolled.metrics
+        listing = client.adapters()
+        assert listing["promoted"] == "v0001"
+        assert not any(a["loaded"] for a in listing["data"] if a["version"] == "v0003")
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()["model"].endswith("@v0001")
     finally:
         server.stop()
