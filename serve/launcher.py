@@ -25,6 +25,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_url(proc: subprocess.Popen, url: str, timeout: float, interval: float = 0.2) -> bool:
+    """True once GET `url` answers 200; False when `proc` exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(interval)
+    return False
+
+
 class ServerProcess:
     """`openvlthinker serve ARGS --port P` in a subprocess; `stop()` is Ctrl-C, `kill()` is kill -9."""
 
@@ -50,16 +63,10 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float) -> None:
         """Block until /health answers 200; raise with the server's last log lines if it dies or times out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        if wait_for_url(self.proc, f"{self.url}/health", timeout, interval=0.1):
+            return
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
         self.kill()
         raise TimeoutError(f"server did not start in {timeout} s:\n{self.output()}")
 

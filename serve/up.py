@@ -42,26 +42,11 @@ def _start_demo(args: argparse.Namespace, api_url: str, admin_key: str, run_dir:
         stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def _wait_demo(demo: subprocess.Popen, url: str, timeout: float = 120) -> bool:
-    """True once the demo page answers (gradio takes a few seconds to import), False if it died or timed out."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and demo.poll() is None:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return True
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
 def run(args: argparse.Namespace) -> int:
     """Start the gateway, then the loop and the demo; wait; stop all three on Ctrl-C."""
     from openvlthinker.models import DEFAULT_MODEL
 
-    from .launcher import ServerProcess
+    from .launcher import ServerProcess, wait_for_url
 
     run_dir: Path = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_demo:
             print(f"starting the demo on {demo_url} (log: {run_dir / 'demo.log'}) ...", flush=True)
             demo = _start_demo(args, server.url, admin_key, run_dir)
-            if not _wait_demo(demo, demo_url):
+            # gradio takes a few seconds to import
+            if not wait_for_url(demo, demo_url, timeout=120, interval=0.5):
                 print(f"the demo did not start; see {run_dir / 'demo.log'}. Serving the API anyway.", flush=True)
                 demo.kill()
                 demo.wait()

@@ -10,13 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serve.launcher import ServerProcess, free_port
+from serve.launcher import ServerProcess, free_port, wait_for_url
 
 API_KEY, ADMIN_KEY = "sk-demo-test", "adm-demo-test"
 
@@ -32,16 +31,10 @@ class DemoProcess:
         self._log = open(log_path, "w+b")
         self.proc = subprocess.Popen([sys.executable, "-m", "openvlthinker.cli", "demo", "--port", str(self.port), *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"demo exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url, timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        if wait_for_url(self.proc, self.url, timeout):
+            return
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"demo exited with {self.proc.returncode}:\n{self.output()}")
         self.stop()
         raise TimeoutError(f"demo did not start in {timeout} s:\n{self.output()}")
 
