@@ -54,15 +54,22 @@ class RunningBatch:
 
     def __init__(self, adapters: AdapterSet, processor, ctx: DecodeContext, emit: Emit):
         self.adapters, self.processor, self.ctx, self.emit = adapters, processor, ctx, emit
+        self._clear()
+        self.tokens = 0  # tokens decoded so far (stats)
+        # transformers 5 renamed `past_key_values` to `cache`; pass whichever this version takes.
+        params = inspect.signature(self._base().forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _base(self) -> torch.nn.Module:
+        """The model under the PEFT wrapper (the same object whether or not adapters are loaded)."""
+        model = self.adapters.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def _clear(self) -> None:
         self.rows: list[RowState] = []
         self.kv: KVBatch | None = None
         self.next_pos = torch.zeros(0, dtype=torch.long)
         self.last = torch.zeros(0, dtype=torch.long)
-        self.tokens = 0  # tokens decoded so far (stats)
-        base = adapters.model.get_base_model() if hasattr(adapters.model, "get_base_model") else adapters.model
-        # transformers 5 renamed `past_key_values` to `cache`; pass whichever this version takes.
-        params = inspect.signature(base.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @property
     def size(self) -> int:
@@ -82,8 +89,7 @@ class RunningBatch:
                 images = [img for job in jobs for img in job.images]
                 enc, prompt_ids = encode_batch(self.processor, [job.prompt for job in jobs], images, model.device,
                                                model.dtype)
-                base = model.get_base_model() if hasattr(model, "get_base_model") else model
-                positions = prefill_positions(base, enc)
+                positions = prefill_positions(self._base(), enc)
                 cache = DynamicCache()
                 logits = self._forward(dict(enc), positions, cache, names)
                 rows = [RowState(job, job.request, ids, self.ctx, model.device, prefix=job.prefix)
@@ -148,10 +154,9 @@ class RunningBatch:
 
     def fail_all(self, exc: BaseException) -> None:
         """End every row with an error (engine stopping, or a step that failed)."""
-        jobs = [row.job for row in self.rows if not getattr(row.job, "cancelled", False)]
-        self.rows, self.kv = [], None
-        self.next_pos, self.last = self.next_pos[:0], self.last[:0]
-        self._fail_jobs(jobs, exc)
+        jobs = [row.job for row in self.rows]
+        self._clear()
+        self._fail_jobs(jobs, exc)  # skips the jobs whose clients already left
 
     def _fail_jobs(self, jobs: list[Any], exc: BaseException) -> None:
         if isinstance(exc, EngineError):
@@ -166,8 +171,7 @@ class RunningBatch:
         if len(keep) == len(self.rows):
             return
         if not keep:
-            self.rows, self.kv = [], None
-            self.next_pos, self.last = self.next_pos[:0], self.last[:0]
+            self._clear()
             return
         self.rows = [self.rows[i] for i in keep]
         self.kv.keep(keep)

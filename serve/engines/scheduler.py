@@ -3,7 +3,7 @@
 Clients append jobs from their event loop. The worker asks `next_work(room, busy)` between
 decoding steps: a command (adapter load/unload) always goes first; while rows are decoding
 it gets at once whatever jobs wait (at most `room`, so the running batch stays within
-`max_batch`); when idle it blocks until a job arrives and then waits up to `batch_wait`
+the engine's `max_batch`); when idle it blocks until a job arrives and then waits up to `batch_wait`
 seconds for company, so requests sent together are prefilled together. Results travel back
 with `loop.call_soon_threadsafe`, one callback per loop per decoding step, so the worker never
 touches asyncio objects and the event loop never touches torch.
@@ -56,8 +56,8 @@ def _deliver(items: list[tuple[Job, Any]]) -> None:
 class Scheduler:
     """Waiting jobs and commands, guarded by one condition variable."""
 
-    def __init__(self, max_batch: int, max_queue: int, batch_wait: float):
-        self.max_batch, self.max_queue, self.batch_wait = max_batch, max_queue, batch_wait
+    def __init__(self, max_queue: int, batch_wait: float):
+        self.max_queue, self.batch_wait = max_queue, batch_wait
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._commands: deque[Command] = deque()

@@ -55,7 +55,7 @@ class TransformersEngine:
         self._context_arg = max_context
         window = _config_context(self.model_name)
         self.max_context = max_context or min(window or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
-        self._sched = Scheduler(max_batch, max_queue, batch_wait_ms / 1000)
+        self._sched = Scheduler(max_queue, batch_wait_ms / 1000)
         self._thread: threading.Thread | None = None
         self._stopped: concurrent.futures.Future | None = None
         self._processor = self._count_tokenizer = self._adapters = self._ctx = None
