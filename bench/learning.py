@@ -32,11 +32,10 @@ from tqdm import tqdm
 
 from online_rl.client import GatewayClient
 from online_rl.config import RLConfig
-from online_rl.loop import gate_prompts, shapeworld_prompts
-from online_rl.policy import LoraPolicy, UpdateConfig
-from online_rl.rounds import Prompt, messages_for, metadata_for, run_round
+from online_rl.loop import gate_prompts, served_policy, shapeworld_prompts
+from online_rl.policy import UpdateConfig
+from online_rl.rounds import Prompt, graded_accuracy, messages_for, metadata_for, run_round
 from openvlthinker.models import DEFAULT_MODEL
-from openvlthinker.rewards import grade
 from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
 from serve.launcher import ServerProcess
 
@@ -80,9 +79,7 @@ def evaluate(client: GatewayClient, prompts: list[Prompt], model: str, max_token
     def one(prompt: Prompt) -> tuple[str, float]:
         resp = client.chat(messages_for(prompt), model=model, temperature=0.0, max_tokens=max_tokens,
                            metadata=metadata_for(prompt.record, source="rl-gate"))
-        msg = resp["choices"][0]["message"]
-        text = f"<thinking>{msg.get('reasoning_content') or ''}</thinking><answer>{msg['content']}</answer>"
-        return prompt.record.task, grade(prompt.record, text, require_thinking=False).accuracy
+        return prompt.record.task, graded_accuracy(prompt, resp["choices"][0]["message"])
 
     with ThreadPoolExecutor(8) as pool:
         scores = list(pool.map(one, prompts))
@@ -106,7 +103,7 @@ def run_estimator(name: str, args: argparse.Namespace, run_dir: Path, evalset: l
                        max_new_tokens=args.max_tokens, gate_margin=args.gate_margin, seed=args.seed,
                        update=UpdateConfig(lr=args.lr))
         torch.manual_seed(args.seed)  # the same LoRA initialisation for every estimator
-        policy = LoraPolicy.create(cfg.model, cfg.update, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
+        policy = served_policy(cfg, None)
         client = GatewayClient(server.url, "none", admin)
         gate = gate_prompts(cfg.gate_per_family)
         before = evaluate(client, evalset, "openvlthinker", args.max_tokens)
@@ -117,9 +114,7 @@ def run_estimator(name: str, args: argparse.Namespace, run_dir: Path, evalset: l
             result = run_round(client, policy, prompts, gate, cfg, index)
             rounds.append({"round": index, "promoted": result.promoted, **result.metrics})
             if result.version and not result.promoted:  # as the loop does: continue from what is served
-                promoted = client.adapters().get("promoted")
-                policy = LoraPolicy.create(cfg.model, cfg.update, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                           adapter_path=str(adapters / f"policy-{promoted}") if promoted else None)
+                policy = served_policy(cfg, client.adapters().get("promoted"))
         after = evaluate(client, evalset, "openvlthinker", args.max_tokens)
         pool_after = evaluate(client, pool, "openvlthinker", args.max_tokens) if pool else None
     finally:

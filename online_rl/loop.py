@@ -62,7 +62,8 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
-def _policy(cfg: RLConfig, promoted: str | None) -> LoraPolicy:
+def served_policy(cfg: RLConfig, promoted: str | None) -> LoraPolicy:
+    """The trainable policy on the weights being served: the promoted version's adapter, or a fresh LoRA."""
     adapter = str(Path(cfg.adapters_dir) / f"policy-{promoted}") if promoted else None
     return LoraPolicy.create(cfg.model, cfg.update, adapter_path=adapter, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
 
@@ -100,7 +101,7 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
         log(f"removed a partial publish left by a killed run: {name}")
     client = GatewayClient(cfg.endpoint, cfg.api_key, cfg.admin_key)
     promoted = client.adapters().get("promoted")
-    policy = _policy(cfg, promoted)
+    policy = served_policy(cfg, promoted)
     gate = gate_prompts(cfg.gate_per_family)
     stream = file_prompts(data, image_root, cfg.seed) if data else None
     writer = _tensorboard(out / "tensorboard")
@@ -134,7 +135,7 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
         tmp.write_text(json.dumps(state))
         tmp.replace(state_path)  # atomic: a kill never leaves a torn state file
         if result.version and not result.promoted:
-            policy = _policy(cfg, state["promoted"])  # back to the weights that are actually served
+            policy = served_policy(cfg, state["promoted"])  # back to the weights that are actually served
         log(f"round {index}: reward {result.metrics.get('reward_mean', 0):.3f} "
             f"accuracy {result.metrics.get('accuracy_mean', 0):.3f} -> {result.version or 'no update'} "
             f"{'promoted' if result.promoted else 'kept ' + str(state['promoted'])} "

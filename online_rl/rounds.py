@@ -116,6 +116,12 @@ def keep_informative(rollouts: Sequence[Rollout]) -> list[Rollout]:
     return [r for r, ok in zip(rollouts, acc_ok.tolist()) if ok or len(spread[r.group_id]) > 1]
 
 
+def graded_accuracy(prompt: Prompt, message: dict[str, Any]) -> float:
+    """Accuracy of a chat response's message: its thinking and answer back in their tags, graded."""
+    text = f"<thinking>{message.get('reasoning_content') or ''}</thinking><answer>{message['content']}</answer>"
+    return grade(prompt.record, text, require_thinking=False).accuracy
+
+
 def eval_reward(client: GatewayClient, prompts: Sequence[Prompt], model: str, max_tokens: int) -> tuple[float, bool]:
     """Mean greedy reward of `model` on the gate prompts, and whether every answer was well-formed."""
     total, well_formed = 0.0, True
@@ -125,8 +131,7 @@ def eval_reward(client: GatewayClient, prompts: Sequence[Prompt], model: str, ma
         choice = resp["choices"][0]
         lps = [t["logprob"] for t in (choice.get("logprobs") or {}).get("content") or []]
         well_formed &= all(math.isfinite(lp) for lp in lps) and choice["finish_reason"] in ("stop", "length")
-        text = f"<thinking>{choice['message'].get('reasoning_content') or ''}</thinking><answer>{choice['message']['content']}</answer>"
-        total += grade(prompt.record, text, require_thinking=False).accuracy
+        total += graded_accuracy(prompt, choice["message"])
     return total / max(1, len(prompts)), well_formed
 
 

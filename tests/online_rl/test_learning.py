@@ -5,14 +5,14 @@ users chatting meanwhile never see a failed request while versions are loaded an
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from openai import OpenAI
-
 import pytest
 import torch
+from openai import OpenAI
 
 from online_rl.client import GatewayClient
 from online_rl.config import RLConfig
-from online_rl.policy import LoraPolicy, UpdateConfig
+from online_rl.loop import served_policy
+from online_rl.policy import UpdateConfig
 from online_rl.rounds import Prompt, messages_for, metadata_for, run_round
 from openvlthinker.models import DEFAULT_MODEL
 from openvlthinker.rewards import grade
@@ -74,7 +74,7 @@ def test_rounds_raise_reward_serve_the_better_version_and_users_never_fail(tmp_p
                        group_size=8, prompts_per_round=8, max_new_tokens=128, update=UpdateConfig(lr=2e-3))
         client = GatewayClient(server.url, "none", "adm")
         torch.manual_seed(0)
-        policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
+        policy = served_policy(cfg, None)
         # The trained tasks: counting arithmetic and bar charts, a small fixed set of questions.
         prompts = [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("train", 20_000_000 + i))
                                                          for i in range(4) for f in ("math_reasoning", "chart"))]
@@ -85,9 +85,7 @@ def test_rounds_raise_reward_serve_the_better_version_and_users_never_fail(tmp_p
             for index in range(3):
                 results.append(run_round(client, policy, prompts, prompts, cfg, index))
                 if results[-1].version and not results[-1].promoted:  # as the loop does
-                    promoted = client.adapters()["promoted"]
-                    policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                               adapter_path=str(adapters / f"policy-{promoted}") if promoted else None)
+                    policy = served_policy(cfg, client.adapters()["promoted"])
         finally:
             users.stop()
         assert not users.failures, users.failures[:3]
