@@ -7,18 +7,16 @@ come back from the interaction export.
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 import httpx
 
+from openvlthinker.data import png_data_url
+
 
 def image_part(image) -> dict[str, Any]:
     """An OpenAI `image_url` content part carrying a PIL image as a PNG data URL."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}
+    return {"type": "image_url", "image_url": {"url": png_data_url(image)}}
 
 
 class GatewayClient:

@@ -74,3 +74,13 @@ def open_image(path: str | Path):
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
+
+
+def png_data_url(image) -> str:
+    """A PIL image as a lossless PNG `data:` URL, the form OpenAI `image_url` parts carry."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -12,15 +12,15 @@ Prompts are counted locally with the model's own tokenizer, without a round trip
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
-import io
 import json
 import logging
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import httpx
+
+from openvlthinker.data import png_data_url
 
 from .base import EngineError, EngineFailed, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, Mode, TokenEvent
 from .vllm_decode import Upstream, decode
@@ -72,12 +72,12 @@ class VllmEngine:
             return
         from openvlthinker.thinking import close_tag_suffix_ids
 
-        from .vllm_process import free_loopback_port
+        from ..launcher import free_port
 
         self._stopping = False
         self._processor, self._tokenizer = await asyncio.to_thread(load_tokenizers, self.model_name)
         if not self.launch.port:
-            self.launch.port = free_loopback_port()
+            self.launch.port = free_port()
         self._upstream = Upstream(self._stream, self._once, close_tag_suffix_ids(self._tokenizer),
                                   copy.deepcopy(self._tokenizer))
         self._client = httpx.AsyncClient(base_url=f"http://{self.launch.host}:{self.launch.port}",
@@ -301,15 +301,10 @@ def _openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         parts = []
         for part in content:
             if part.get("type") == "image":
-                parts.append({"type": "image_url", "image_url": {"url": _data_url(part["image"])}})
+                parts.append({"type": "image_url", "image_url": {"url": png_data_url(part["image"])}})
             else:
                 parts.append({"type": "text", "text": part.get("text", "")})
         out.append({"role": message["role"], "content": parts})
     return out
 
 
-def _data_url(image) -> str:
-    """A decoded (already size-checked) PIL image as a lossless PNG data URL."""
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -26,7 +26,7 @@ import httpx
 
 from .base import EngineError
 
-__all__ = ["VllmLaunch", "VllmProcess", "free_loopback_port", "log_tail"]
+__all__ = ["VllmLaunch", "VllmProcess", "log_tail"]
 
 
 @dataclass
@@ -84,15 +84,6 @@ def _is_multimodal(model: str) -> bool:
     except (OSError, ValueError):
         return True
     return "vision_config" in data
-
-
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (vLLM binds it a few seconds later)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
