@@ -17,7 +17,7 @@ import torch
 
 from .base import GenerationRequest, GenerationResult, TokenEvent
 from .sampling import GREEDY_EPS, choose_tokens, make_generator, top_logprobs
-from .text import IncrementalDetokenizer, find_stop, partial_stop_len
+from .text import IncrementalDetokenizer, StopWatch
 from openvlthinker.thinking import ThinkTracker, close_tag_suffix_ids
 
 __all__ = ["DecodeContext", "Emit", "RowState", "pick_tokens"]
@@ -67,7 +67,7 @@ class RowState:
         self.job, self.request, self.prompt_ids, self.ctx = job, request, prompt_ids, ctx
         self.temperature, self.top_p = float(s.temperature), float(s.top_p)
         self.k = int(s.top_logprobs)
-        self.stops = tuple(x for x in s.stop if x)
+        self.stops = StopWatch(s.stop)
         self.max_tokens = int(s.max_tokens)
         self.generator = make_generator(s.seed, device) if self.temperature > GREEDY_EPS else None
         budget = request.thinking_budget if request.mode == "think" and request.thinking_budget > 0 else None
@@ -76,7 +76,7 @@ class RowState:
         self.ids: list[int] = []
         self.logprobs: list[float] = []
         self.tops: list[tuple[tuple[str, float], ...]] = []
-        self.text, self.offsets, self.emitted, self._stop_scan = "", [], 0, 0
+        self.text, self.offsets = "", []
         self.finished = False
 
     @property
@@ -100,20 +100,14 @@ class RowState:
         reason, end = None, None
         if token in self.ctx.eos_ids:
             reason = "stop"
-        elif self.stops:
-            longest = max(map(len, self.stops))
-            pos = find_stop(self.text, self.stops, max(0, self._stop_scan - longest + 1))
-            self._stop_scan = len(self.text)
-            if pos >= 0:
-                reason, end = "stop", pos
+        elif (pos := self.stops.find(self.text)) >= 0:
+            reason, end = "stop", pos
         if reason is None and len(self.ids) >= self.max_tokens:
             reason = "length"
         if reason is not None and end is None:
             self.text += self.detok.flush()
             end = len(self.text)
-        safe = end if end is not None else len(self.text) - partial_stop_len(self.text, self.stops)
-        delta = self.text[self.emitted:safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
+        delta = self.stops.release(self.text, end)
         out: list[Any] = [TokenEvent(token_id=token, text=delta, logprob=logprob, top_logprobs=top)]
         if reason is not None:
             self.finished = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["IncrementalDetokenizer", "find_stop", "partial_stop_len"]
+__all__ = ["IncrementalDetokenizer", "StopWatch", "find_stop", "partial_stop_len"]
 
 _REPLACEMENT = "\ufffd"
 
@@ -64,3 +64,29 @@ def partial_stop_len(text: str, stops: Sequence[str]) -> int:
                 best = k
                 break
     return best
+
+
+class StopWatch:
+    """A completion's growing text against its stop strings: where one starts, and what may stream now."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(s for s in stops if s)
+        self._longest = max(map(len, self.stops), default=0)
+        self._scanned = 0  # text already searched (a stop can still end in the new text)
+        self.emitted = 0  # characters already released to the stream
+
+    def find(self, text: str) -> int:
+        """Where a stop string starts in `text`, searching only around what is new; -1 if none."""
+        if not self.stops:
+            return -1
+        pos = find_stop(text, self.stops, max(0, self._scanned - self._longest + 1))
+        self._scanned = len(text)
+        return pos
+
+    def release(self, text: str, end: int | None = None) -> str:
+        """The text that may stream now: up to `end` if the completion ends there, else up to where
+        a stop string might be starting (held back until it matches or cannot)."""
+        safe = end if end is not None else len(text) - partial_stop_len(text, self.stops)
+        delta = text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return delta

@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from openvlthinker.thinking import THINK_CLOSE, THINK_OPEN, ThinkTracker
 
 from .base import EngineFailed, GenerationRequest, GenerationResult, TokenEvent
-from .text import IncrementalDetokenizer, find_stop, partial_stop_len
+from .text import IncrementalDetokenizer, StopWatch
 
 __all__ = ["Upstream", "decode"]
 
@@ -78,12 +78,11 @@ class _Completion:
     def __init__(self, request: GenerationRequest, prefix: str):
         s = request.sampling
         self.request, self.prefix, self.k = request, prefix, int(s.top_logprobs)
-        self.stops = tuple(x for x in s.stop if x)
-        self.longest = max(map(len, self.stops), default=0)
+        self.stops = StopWatch(s.stop)
         self.ids: list[int] = []
         self.logprobs: list[float] = []
         self.tops: list[tuple[tuple[str, float], ...]] = []
-        self.text, self.offsets, self.emitted, self.scan = "", [], 0, 0
+        self.text, self.offsets = "", []
         self.think = ThinkTracker({}, budget=None, prefix=prefix)  # counting only: the budget is ours
         self.stop_at: int | None = None  # a request stop string starts here: the completion ends
         self.prompt_ids: list[int] | None = None
@@ -97,22 +96,14 @@ class _Completion:
         self.text += text
         self.offsets.append(len(self.text))
         self.think.observe(self.text, self.offsets)
-        if self.stops:
-            pos = find_stop(self.text, self.stops, max(0, self.scan - self.longest + 1))
-            self.scan = len(self.text)
-            if pos >= 0:
-                self.stop_at = pos
-        safe = self.stop_at if self.stop_at is not None else len(self.text) - partial_stop_len(self.text, self.stops)
-        delta = self.text[self.emitted:safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
+        if (pos := self.stops.find(self.text)) >= 0:
+            self.stop_at = pos
+        delta = self.stops.release(self.text, self.stop_at)
         return TokenEvent(token_id=token, text=delta, logprob=logprob, top_logprobs=top)
 
     def flush(self) -> str:
         """Text held back for a possible stop string that never came (the completion ended)."""
-        end = self.stop_at if self.stop_at is not None else len(self.text)
-        tail = self.text[self.emitted:end]
-        self.emitted = max(self.emitted, end)
-        return tail
+        return self.stops.release(self.text, self.stop_at if self.stop_at is not None else len(self.text))
 
     def inside_tokens(self) -> int:
         """Tokens since the opening tag was completed (open_end = -1 when it opened in the prefix)."""
@@ -134,7 +125,7 @@ def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]
     msgs, cont = _continued(messages, done.prefix + done.text)
     body = {
         "model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": s.temperature, "top_p": s.top_p,
-        "stop": list(dict.fromkeys([*done.stops, *extra_stops])), "include_stop_str_in_output": True,
+        "stop": list(dict.fromkeys([*done.stops.stops, *extra_stops])), "include_stop_str_in_output": True,
         "logprobs": True, "top_logprobs": s.top_logprobs + 1 if s.top_logprobs else 0, "return_token_ids": True,
         "add_generation_prompt": not cont, "continue_final_message": cont,
         "stream": request.stream, "skip_special_tokens": True,
