@@ -41,14 +41,23 @@ class TrainConfig:
     vision_hidden: int = 64
     vision_depth: int = 2
     families: tuple[str, ...] = field(default_factory=lambda: tuple(FAMILIES))
+    see_steps: int = 3000  # vision stage (openvlthinker.tiny.see) before SFT; 0 skips it
+    see_batch: int = 32
+    see_lr: float = 2e-3
+    see_ocr_share: float = 0.4  # fraction of vision-stage images that are OCR (the slowest target to learn)
+    vision_lr_scale: float = 0.0  # SFT learning rate of the vision tower (not its deepstack mergers) / lr; 0 freezes it
     log_every: int = 50
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        for name in ("steps", "batch_size", "vocab_size", "threads", "log_every"):
+        for name in ("steps", "batch_size", "vocab_size", "threads", "log_every", "see_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("flip_mode", "describe"):
+        if self.see_steps < 0:
+            raise ValueError(f"see_steps must be >= 0, got {self.see_steps}")
+        if self.vision_lr_scale < 0:
+            raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
+        for name in ("flip_mode", "describe", "see_ocr_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         unknown = set(self.families) - set(FAMILIES)
@@ -81,6 +90,21 @@ def build_untrained(cfg: TrainConfig):
     return model, tokenizer, tiny_processor(tokenizer, min_pixels=cfg.image_pixels, max_pixels=cfg.image_pixels)
 
 
+def _param_groups(model, vision_scale: float) -> list[dict]:
+    """Optimizer groups: the vision tower at `vision_scale` x lr (frozen at 0), everything else at lr.
+
+    The deepstack mergers stay at full rate: the vision stage does not train them.
+    """
+    vision = [p for n, p in model.model.visual.named_parameters() if "deepstack" not in n]
+    ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    if vision_scale == 0:
+        for p in vision:
+            p.requires_grad_(False)
+        return [{"params": rest, "scale": 1.0}]
+    return [{"params": rest, "scale": 1.0}, {"params": vision, "scale": vision_scale}]
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run the training and save the checkpoint to cfg.out_dir; returns the training log."""
     import torch
@@ -92,12 +116,20 @@ def train(cfg: TrainConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tokenizer, processor = build_untrained(cfg)
+    start = time.time()
+    see_log = []
+    if cfg.see_steps:
+        from openvlthinker.tiny.see import pretrain_vision
+
+        see_log = pretrain_vision(model, processor, cfg.see_steps, cfg.see_batch, cfg.see_lr, cfg.families,
+                                  cfg.image_size, cfg.seed,
+                                  ocr_share=cfg.see_ocr_share)
     model.train()
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    optim = torch.optim.AdamW(_param_groups(model, cfg.vision_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              betas=(0.9, 0.98))
     rng = random.Random(cfg.seed)
     pad_id = tokenizer.pad_token_id
     history: list[dict] = []
-    start = time.time()
     running = None
     bar = tqdm(range(cfg.steps), desc="train-tiny", unit="step")
     for step in bar:
@@ -110,7 +142,7 @@ def train(cfg: TrainConfig) -> dict:
                                    describe_scene=rng.random() < cfg.describe))
         batch = collate(examples, pad_id)
         for group in optim.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg) * group["scale"]
         loss = model(**batch).loss
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,26 +156,41 @@ def train(cfg: TrainConfig) -> dict:
     model.eval()
     out = save_tiny(model, tokenizer, cfg.out_dir, min_pixels=cfg.image_pixels, max_pixels=cfg.image_pixels)
     log = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-           "wall_time_s": round(time.time() - start, 1), "history": history}
+           "wall_time_s": round(time.time() - start, 1), "see": see_log,
+           "history": history}
     (Path(out) / "training_log.json").write_text(json.dumps(log, indent=1))
     return log
 
 
 def plot_history(log: dict, path: Path) -> Path:
-    """Write the training loss curve as a PNG."""
+    """Write the loss curves as a PNG: the vision stage's (if it ran) beside the SFT loss."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    see = log.get("see") or []
+    fig, axes = plt.subplots(1, 2 if see else 1, figsize=(11 if see else 6, 3.5), squeeze=False)
+    if see:
+        ax = axes[0, 0]
+        steps = [h["step"] for h in see]
+        for part in ("kind", "color", "size", "word", "box", "value"):
+            if not any(h[part] for h in see):
+                continue  # a target no family in this run has (bar values without charts)
+            ax.plot(steps, [max(h[part], 1e-4) for h in see], label=part)
+        ax.set_xlabel("vision-stage step")
+        ax.set_ylabel("loss per target")
+        ax.set_yscale("log")
+        ax.set_title("stage 1: vision tower on cell targets")
+        ax.legend(fontsize=7, ncol=2)
+    ax = axes[0, -1]
     steps = [h["step"] for h in log["history"]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [h["loss"] for h in log["history"]], alpha=0.4, label="batch loss")
     ax.plot(steps, [h["smoothed"] for h in log["history"]], label="smoothed")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (target tokens)")
     ax.set_yscale("log")
-    ax.set_title("tiny Qwen3-VL on ShapeWorld (SFT)")
+    ax.set_title(("stage 2: " if see else "") + "tiny Qwen3-VL on ShapeWorld (SFT)")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -125,12 +125,19 @@ def ocr(rng: random.Random, size: int) -> Draft:
     ink = rng.choice([(0, 0, 0), (40, 40, 40), (20, 30, 110), (110, 20, 20), (20, 80, 30)])
     x0 = rng.randint(margin, max(margin, int(size - margin - widest)))
     y0 = rng.randint(margin, max(margin, size - margin - line_h * len(lines)))
+    word_boxes = []
     for k, text in enumerate(lines):
-        draw.text((x0, y0 + k * line_h), text, fill=ink, font=font(fsize))
+        y = y0 + k * line_h
+        draw.text((x0, y), text, fill=ink, font=font(fsize))
+        x = float(x0)
+        for w in text.split(" "):  # each word's ink box, in reading order (= the order of `words`)
+            word_boxes.append([round(v) for v in draw.textbbox((x, y), w, font=font(fsize))])
+            x += draw.textlength(w + " ", font=font(fsize))
     question = rng.choice([
         "What text is written in the image?",
         "Read the text in the image.",
         "What does the text in the image say?",
     ])
-    facts = {"words": words, "lines": lines, "font_size": fsize, "background": list(bg), "ink": list(ink)}
+    facts = {"words": words, "lines": lines, "word_boxes": word_boxes, "font_size": fsize, "background": list(bg),
+             "ink": list(ink)}
     return Draft(question, "OCR", " ".join(words), image, "", (), facts)

@@ -24,7 +24,8 @@ def one_thread():
 
 def small_config(tmp_path, **kw):
     return TrainConfig(out_dir=tmp_path / "tiny", steps=kw.pop("steps", 30), batch_size=6, lr=3e-3, warmup=5,
-                       tokenizer_corpus=200, log_every=1, **kw)
+                       tokenizer_corpus=200, log_every=1,
+                       see_steps=kw.pop("see_steps", 5), see_batch=4, **kw)
 
 
 def test_targets_follow_the_mode():
