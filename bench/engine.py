@@ -1,7 +1,8 @@
 """Benchmark: the transformers engine alone (no HTTP), one request at a time vs 16 at once.
 
 Separates what continuous batching gives from what the gateway costs (bench/serve.py measures
-both together). The same ShapeWorld image questions, greedy, thinking budget 256.
+both together). The same ShapeWorld image questions, greedy, thinking budget 256, run with
+lean decoding steps (the default) and with the model's own forward, side by side.
 
     .venv/bin/python bench/engine.py [--requests 96] [--max-tokens 64]
 """
@@ -54,20 +55,24 @@ async def run(engine: TransformersEngine, conversations: list[list[dict]], concu
 
 async def main_async(args: argparse.Namespace) -> None:
     conversations = make_messages(args.requests)
-    engine = TransformersEngine(args.model, max_batch=16, max_queue=256)
-    await engine.start()
-    try:
-        await run(engine, conversations[:8], 4, args.max_tokens)  # warm-up
-        rows = [(c, *(await run(engine, conversations, c, args.max_tokens))) for c in (1, 4, 16)]
-    finally:
-        await engine.stop()
+    rows: dict[bool, list[tuple[int, float, int]]] = {}
+    for lean in (True, False):  # the same requests with lean decoding steps, then with the model's forward
+        engine = TransformersEngine(args.model, max_batch=16, max_queue=256, lean_decode=lean)
+        await engine.start()
+        try:
+            await run(engine, conversations[:8], 4, args.max_tokens)  # warm-up
+            rows[lean] = [(c, *(await run(engine, conversations, c, args.max_tokens))) for c in (1, 4, 16)]
+        finally:
+            await engine.stop()
     print(f"{args.requests} image requests, max_tokens={args.max_tokens}, greedy, engine alone (no HTTP), "
-          "1 torch thread, max_batch 16")
-    print(f"{'in flight':<12}{'req/s':>8}{'tok/s':>9}{'vs one at a time':>19}")
-    base = args.requests / rows[0][1]
-    for concurrency, seconds, tokens in rows:
-        print(f"{concurrency:<12}{args.requests / seconds:>8.1f}{tokens / seconds:>9.0f}"
-              f"{args.requests / seconds / base:>18.2f}x")
+          "1 torch thread, max_batch 16; decoding steps: lean (lean_decode.py) vs the model's forward")
+    print(f"{'in flight':<12}{'lean req/s':>11}{'tok/s':>8}{'vs one':>8}{'forward req/s':>15}{'tok/s':>8}{'vs one':>8}"
+          f"{'lean/forward':>14}")
+    one = {lean: args.requests / rows[lean][0][1] for lean in rows}
+    for (c, t_lean, n_lean), (_, t_full, n_full) in zip(rows[True], rows[False]):
+        lean_rps, full_rps = args.requests / t_lean, args.requests / t_full
+        print(f"{c:<12}{lean_rps:>11.1f}{n_lean / t_lean:>8.0f}{lean_rps / one[True]:>7.2f}x"
+              f"{full_rps:>15.1f}{n_full / t_full:>8.0f}{full_rps / one[False]:>7.2f}x{lean_rps / full_rps:>13.2f}x")
 
 
 def main() -> None:

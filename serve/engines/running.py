@@ -25,6 +25,7 @@ from .adapters import AdapterSet
 from .base import EngineError, EngineFailed
 from .inputs import encode_batch
 from .kv import KVBatch
+from .lean_decode import LeanDecoder
 from .rows import DecodeContext, Emit, RowState, pick_tokens
 
 __all__ = ["RunningBatch", "prefill_positions"]
@@ -52,13 +53,15 @@ def _next_positions(positions: torch.Tensor) -> torch.Tensor:
 class RunningBatch:
     """The rows in flight, their cache, positions and the tokens to feed at the next step."""
 
-    def __init__(self, adapters: AdapterSet, processor, ctx: DecodeContext, emit: Emit):
+    def __init__(self, adapters: AdapterSet, processor, ctx: DecodeContext, emit: Emit, lean: bool = True):
         self.adapters, self.processor, self.ctx, self.emit = adapters, processor, ctx, emit
         self._clear()
         self.tokens = 0  # tokens decoded so far (stats)
         # transformers 5 renamed `past_key_values` to `cache`; pass whichever this version takes.
         params = inspect.signature(self._base().forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # Decoding steps skip the transformers call stack where the model's shape is known.
+        self._lean = LeanDecoder.build(self._base()) if lean else None
 
     def _base(self) -> torch.nn.Module:
         """The model under the PEFT wrapper (the same object whether or not adapters are loaded)."""
@@ -121,8 +124,11 @@ class RunningBatch:
             with torch.inference_mode():
                 names = self.adapters.adapter_names([row.request.adapter for row in self.rows])
                 mask = self.kv.grow()
-                inputs = {"input_ids": self.last[:, None].to(device), "attention_mask": mask}
-                logits = self._forward(inputs, self.next_pos[:, None].to(device), self.kv.cache, names)
+                if self._lean is not None:
+                    logits = self._lean(self.last.to(device), self.next_pos.to(device), self.kv, names)
+                else:
+                    inputs = {"input_ids": self.last[:, None].to(device), "attention_mask": mask}
+                    logits = self._forward(inputs, self.next_pos[:, None].to(device), self.kv.cache, names)
                 tokens, out = pick_tokens(self.rows, logits)
         except Exception as exc:  # noqa: BLE001 - one broken step must not kill the worker
             self.fail_all(exc)

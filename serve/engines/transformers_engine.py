@@ -47,11 +47,13 @@ class TransformersEngine:
     """Engine protocol over `openvlthinker.models.load`, for the tiny default or any Qwen3-VL folder."""
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: Any = None, max_batch: int = 16,
-                 max_queue: int = 64, max_context: int | None = None, threads: int = 1, batch_wait_ms: float = 5):
+                 max_queue: int = 64, max_context: int | None = None, threads: int = 1, batch_wait_ms: float = 5,
+                 lean_decode: bool = True):
         if max_batch < 1 or max_queue < 1 or threads < 1 or batch_wait_ms < 0:
             raise ValueError("max_batch, max_queue and threads must be >= 1 and batch_wait_ms >= 0")
         self.model_name = str(model_path)
         self.device, self.dtype, self.threads = device, dtype, threads
+        self.lean_decode = lean_decode  # decoding steps outside the transformers call stack (lean_decode.py)
         self._context_arg = max_context
         window = _config_context(self.model_name)
         self.max_context = max_context or min(window or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
@@ -193,7 +195,8 @@ class TransformersEngine:
         ready.set_result(None)
         from .running import RunningBatch
 
-        batch = self._batch = RunningBatch(self._adapters, self._processor, self._ctx, self._sched.emit)
+        batch = self._batch = RunningBatch(self._adapters, self._processor, self._ctx, self._sched.emit,
+                                          lean=self.lean_decode)
         try:
             while (work := self._sched.next_work(self.max_batch - batch.size, busy=batch.size > 0)) is not None:
                 if isinstance(work, Command):

@@ -37,6 +37,25 @@ def test_kv_keep_drops_rows_and_trims_unused_columns():
     assert kv.grow().tolist() == [[1, 1, 1, 1], [0, 1, 1, 1]]
 
 
+def test_kv_append_equals_concatenation_through_room_growth_extend_and_keep():
+    from serve.engines.kv import ROOM
+
+    kv = KVBatch(_cache(2, 3), torch.tensor([[1, 1, 1], [0, 1, 1]]))
+    expected = [(layer.keys.clone(), layer.values.clone()) for layer in kv.cache.layers]
+    for step in range(ROOM + 5):  # past the first room, so it is reallocated once
+        kv.grow()
+        for i in range(2):
+            col_k, col_v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+            keys, values = kv.append(i, col_k, col_v)
+            expected[i] = (torch.cat([expected[i][0], col_k], -2), torch.cat([expected[i][1], col_v], -2))
+            assert torch.equal(keys, expected[i][0]) and torch.equal(values, expected[i][1])
+        if step == 2:
+            kv.extend(KVBatch(_cache(1, 4, fill=7.0), torch.ones(1, 4, dtype=torch.long)))
+            kv.keep([0, 2])  # rows joined and left between steps: the room is rebuilt from the new tensors
+            expected = [(layer.keys.clone(), layer.values.clone()) for layer in kv.cache.layers]
+    assert kv.width == kv.cache.layers[0].keys.shape[-2]
+
+
 def test_late_requests_join_the_running_batch_and_keep_their_tokens(make_engine, h):
     eng = make_engine(batch_wait_ms=0)
     img = h.shape_image

@@ -1,0 +1,98 @@
+"""One decoding step of a Qwen3 / Qwen3-VL text decoder, without the transformers call stack.
+
+A decoding step feeds one token per row. Through `model(...)` that token passes a dozen
+wrappers (output capture, kwarg deprecation, mask construction, cache bookkeeping) and
+Python-level RMSNorms of seven tensor ops each; on a small model on a CPU those, not the
+matrix products, are most of the step. This module runs the same layers' weights directly:
+fused `rms_norm`, the model's own rotary embedding, SDPA over the running batch's cache and
+mask, and the projection modules themselves, so LoRA layers (PEFT, mixed adapters per row via
+`adapter_names`) apply exactly as in the full forward. Keys and values go into room kept at the
+end of the cache (`KVBatch.append`) instead of a concatenation that copies the cache each step. Prefill (images, deepstack) still goes
+through the model. Any model of another shape gets `None` from `LeanDecoder.build` and the
+engine keeps using the model's forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .kv import KVBatch
+
+__all__ = ["LeanDecoder"]
+
+_SUPPORTED = {"Qwen3VLTextModel", "Qwen3Model"}
+
+
+def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """The model's RMSNorm: one fused op in float32; other dtypes follow HF's upcast-then-cast order."""
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
+def _linear(module: torch.nn.Module, x: torch.Tensor, names: list[str] | None) -> torch.Tensor:
+    """Apply a projection; LoRA-wrapped ones get the per-row adapter names."""
+    if names is not None and hasattr(module, "lora_A"):
+        return module(x, adapter_names=names)
+    return module(x)
+
+
+class LeanDecoder:
+    """Runs one token per row through a Qwen3-family decoder against a `KVBatch`'s cache."""
+
+    def __init__(self, base: torch.nn.Module, text_model: torch.nn.Module, multimodal_rope: bool):
+        self.base, self.text, self.mrope = base, text_model, multimodal_rope
+
+    @classmethod
+    def build(cls, base: torch.nn.Module) -> "LeanDecoder | None":
+        """A lean decoder for `base` (the model under any PEFT wrapper), or None if its shape is not known."""
+        inner = getattr(base, "model", None)
+        text = getattr(inner, "language_model", inner)
+        if type(text).__name__ not in _SUPPORTED or not hasattr(base, "lm_head"):
+            return None
+        attn = getattr(text.layers[0], "self_attn", None) if len(text.layers) else None
+        if attn is None or not all(hasattr(attn, n) for n in ("q_norm", "k_norm", "scaling", "head_dim")):
+            return None
+        if any(getattr(layer, "attention_type", "full_attention") != "full_attention" for layer in text.layers):
+            return None  # sliding-window layers would need their own mask
+        return cls(base, text, multimodal_rope=type(text).__name__ == "Qwen3VLTextModel")
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, kv: KVBatch,
+                 names: list[str] | None) -> torch.Tensor:
+        """Logits (B, V) for `tokens` (B,) at `positions` (B,); appends their keys/values to `kv`.
+
+        `kv.mask` (B, C + 1) must already mark the new column (`KVBatch.grow`).
+        """
+        b = tokens.shape[0]
+        h = self.text.embed_tokens(tokens[:, None])  # (B, 1, D)
+        pos = positions[:, None]
+        if self.mrope:  # a generated token's temporal, height and width positions are all the same
+            pos = pos[None].expand(3, b, 1)
+        cos, sin = self.text.rotary_emb(h, pos)
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        attn_mask = kv.mask.bool()[:, None, None, :]
+        for index, layer in enumerate(self.text.layers):
+            attn = layer.self_attn
+            x = _rms_norm(h, layer.input_layernorm)
+            q = _rms_norm(_linear(attn.q_proj, x, names).view(b, 1, -1, attn.head_dim), attn.q_norm).transpose(1, 2)
+            k = _rms_norm(_linear(attn.k_proj, x, names).view(b, 1, -1, attn.head_dim), attn.k_norm).transpose(1, 2)
+            v = _linear(attn.v_proj, x, names).view(b, 1, -1, attn.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            keys, values = kv.append(index, k, v)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask,
+                                                 scale=attn.scaling, enable_gqa=q.shape[1] != k.shape[1])
+            h = h + _linear(attn.o_proj, out.transpose(1, 2).reshape(b, 1, -1), names)
+            x = _rms_norm(h, layer.post_attention_layernorm)
+            mlp = layer.mlp
+            gated = mlp.act_fn(_linear(mlp.gate_proj, x, names)) * _linear(mlp.up_proj, x, names)
+            h = h + _linear(mlp.down_proj, gated, names)
+        h = _rms_norm(h, self.text.norm)
+        return _linear(self.base.lm_head, h, names)[:, -1]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

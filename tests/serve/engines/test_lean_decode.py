@@ -1,0 +1,47 @@
+"""The lean decoding step gives the tokens and logprobs of the model's own forward, adapters included."""
+
+import asyncio
+
+import pytest
+import torch
+
+from serve.engines.lean_decode import LeanDecoder
+
+
+@pytest.fixture(scope="module")
+def engines(make_engine, adapter_dirs):
+    """The same model twice, with the same two LoRA versions: lean decoding steps and full forwards."""
+    out = {}
+    for lean in (True, False):
+        eng = make_engine(batch_wait_ms=50, lean_decode=lean)
+        asyncio.run(eng.load_adapter("v1", adapter_dirs[0]))
+        asyncio.run(eng.load_adapter("v2", adapter_dirs[1]))
+        out[lean] = eng
+    return out
+
+
+def test_lean_and_full_forward_agree_on_a_mixed_batch(engines, h):
+    img = h.shape_image
+    plan = [(None, h.user("How many red circles?", [img()])),
+            ("v1", h.user("How many red circles?", [img()])),
+            ("v2", h.user("Count.")),
+            ("v1", h.user("What is the box?", [img(96, 160, "blue"), img()])),
+            (None, h.user("Count."))]
+    # Sampled at temperature 1 with seeds, so every step's whole distribution matters, not only the argmax.
+    reqs = [h.request(m, max_tokens=24, adapter=a, rid=str(i), temperature=1.0, seed=i, top_logprobs=3)
+            for i, (a, m) in enumerate(plan)]
+    lean = [res for _, res in h.run_many(engines[True], reqs)]
+    full = [res for _, res in h.run_many(engines[False], reqs)]
+    for a, b in zip(lean, full):
+        assert a.completion_token_ids == b.completion_token_ids
+        assert a.completion_logprobs == pytest.approx(b.completion_logprobs, abs=1e-4)
+        assert [[t for t, _ in alts] for alts in a.top_logprobs] == [[t for t, _ in alts] for alts in b.top_logprobs]
+    assert len({tuple(r.completion_token_ids) for r in lean}) > 2  # the rows really differ
+
+
+def test_only_known_decoders_get_a_lean_step(tiny_dir):
+    from openvlthinker.models import load
+
+    model, _ = load(str(tiny_dir))
+    assert LeanDecoder.build(model) is not None
+    assert LeanDecoder.build(torch.nn.Linear(2, 2)) is None
