@@ -53,6 +53,21 @@ def load_eval_data(spec: str, image_root: str | None = None) -> list[tuple[TaskR
     return [(r, [open_image(p) for p in r.images]) for r in records]
 
 
+def shuffle_images(data: Sequence[tuple[TaskRecord, list[Any]]]) -> list[tuple[TaskRecord, list[Any]]]:
+    """Give each record the images of the next record of the same task (cyclically), keeping the questions.
+
+    Graded against the unchanged answers, this scores what a model gets from the text alone.
+    """
+    by_task: dict[str, list[int]] = {}
+    for i, (record, _) in enumerate(data):
+        by_task.setdefault(record.task, []).append(i)
+    out = list(data)
+    for indices in by_task.values():
+        for i, j in zip(indices, indices[1:] + indices[:1]):
+            out[i] = (data[i][0], data[j][1])
+    return out
+
+
 def summarise(items: Sequence[EvalItem]) -> dict[str, dict[str, float]]:
     """Per-task means (and an `all` row) of accuracy, format, reward and token counts."""
     groups: dict[str, list[EvalItem]] = {}

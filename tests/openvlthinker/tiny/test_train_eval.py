@@ -103,3 +103,16 @@ def test_eval_cli_reports_bad_data_without_a_traceback(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "invalid JSON" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_shuffle_images_rotates_within_each_task_and_keeps_the_questions():
+    from openvlthinker.evaluation import shuffle_images
+
+    data = load_eval_data("shapeworld:eval:3")
+    shuffled = shuffle_images(data)
+    assert [r for r, _ in shuffled] == [r for r, _ in data]
+    for task in FAMILIES:
+        before = [imgs for r, imgs in data if r.task == task]
+        after = [imgs for r, imgs in shuffled if r.task == task]
+        assert after == before[1:] + before[:1]
+    assert shuffle_images([]) == []
