@@ -11,7 +11,6 @@ afterwards; the architecture of the shipped model does not change.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Sequence
@@ -120,13 +119,8 @@ def targets_for(samples, grid_thw: torch.Tensor, merge: int) -> dict[str, torch.
 
 
 def pretrain_vision(model, processor, steps: int, batch_size: int, lr: float, families: Sequence[str],
-                    image_size: int, seed: int, ocr_share: float = 0.0, first_index: int = 500_000,
-                    progress: bool = True) -> list[dict]:
-    """Train `model`'s vision tower (in place) on dense cell targets; returns a loss log every 25 steps.
-
-    Images come from `families` uniformly, except that `ocr_share` of them are OCR images when
-    "ocr" is among the families: reading 32 words is the hardest target, shapes are learnt fast.
-    """
+                    image_size: int, seed: int, first_index: int = 500_000, progress: bool = True) -> list[dict]:
+    """Train `model`'s vision tower (in place) on dense cell targets; returns a loss log every 25 steps."""
     from tqdm import tqdm
 
     from openvlthinker.tiny.shapeworld import generate, split_seed
@@ -141,19 +135,17 @@ def pretrain_vision(model, processor, steps: int, batch_size: int, lr: float, fa
     visual.train()
     log: list[dict] = []
     bar = tqdm(range(steps), desc="see (vision stage)", unit="step", disable=not progress)
-    others = [f for f in families if f != "ocr"] or ["ocr"]
     for step in bar:
         samples = []
         for j in range(batch_size):
             index = first_index + step * batch_size + j
-            family = "ocr" if "ocr" in families and rng.random() < ocr_share else rng.choice(others)
-            samples.append(generate(family, split_seed("train", index), image_size))
+            samples.append(generate(rng.choice(list(families)), split_seed("train", index), image_size))
         enc = processor.image_processor([s.image for s in samples], return_tensors="pt")
         tokens = visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"]).pooler_output
         pred, target = heads(tokens), targets_for(samples, enc["image_grid_thw"], merge)
         loss, parts = see_loss(pred, target)
-        for group in optim.param_groups:  # short warm-up, then cosine down to 10%
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+        for group in optim.param_groups:  # short warm-up, then constant: this stage is brief
+            group["lr"] = lr * min(1.0, (step + 1) / 50)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

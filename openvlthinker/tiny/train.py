@@ -41,10 +41,9 @@ class TrainConfig:
     vision_hidden: int = 64
     vision_depth: int = 2
     families: tuple[str, ...] = field(default_factory=lambda: tuple(FAMILIES))
-    see_steps: int = 3000  # vision stage (openvlthinker.tiny.see) before SFT; 0 skips it
+    see_steps: int = 1000  # vision stage (openvlthinker.tiny.see) before SFT; 0 skips it
     see_batch: int = 32
     see_lr: float = 2e-3
-    see_ocr_share: float = 0.4  # fraction of vision-stage images that are OCR (the slowest target to learn)
     vision_lr_scale: float = 0.0  # SFT learning rate of the vision tower (not its deepstack mergers) / lr; 0 freezes it
     log_every: int = 50
 
@@ -57,7 +56,7 @@ class TrainConfig:
             raise ValueError(f"see_steps must be >= 0, got {self.see_steps}")
         if self.vision_lr_scale < 0:
             raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
-        for name in ("flip_mode", "describe", "see_ocr_share"):
+        for name in ("flip_mode", "describe"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         unknown = set(self.families) - set(FAMILIES)
@@ -122,8 +121,7 @@ def train(cfg: TrainConfig) -> dict:
         from openvlthinker.tiny.see import pretrain_vision
 
         see_log = pretrain_vision(model, processor, cfg.see_steps, cfg.see_batch, cfg.see_lr, cfg.families,
-                                  cfg.image_size, cfg.seed,
-                                  ocr_share=cfg.see_ocr_share)
+                                  cfg.image_size, cfg.seed)
     model.train()
     optim = torch.optim.AdamW(_param_groups(model, cfg.vision_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay,
                               betas=(0.9, 0.98))
@@ -155,7 +153,8 @@ def train(cfg: TrainConfig) -> dict:
                             "elapsed_s": round(time.time() - start, 1)})
     model.eval()
     out = save_tiny(model, tokenizer, cfg.out_dir, min_pixels=cfg.image_pixels, max_pixels=cfg.image_pixels)
-    log = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+    # The output folder is where, not how: leaving it out keeps logs of the same recipe identical.
+    log = {"config": {k: v for k, v in asdict(cfg).items() if k != "out_dir"},
            "wall_time_s": round(time.time() - start, 1), "see": see_log,
            "history": history}
     (Path(out) / "training_log.json").write_text(json.dumps(log, indent=1))
