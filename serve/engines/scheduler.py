@@ -2,11 +2,9 @@
 
 Clients append jobs from their event loop. The worker asks `next_work(room, busy)` between
 decoding steps: a command (adapter load/unload) always goes first; while rows are decoding
-it gets the waiting jobs (at most `room`, so the running batch stays within the engine's
-`max_batch`) once `join_batch` of them wait or the oldest has waited `join_wait` seconds: a
-prefill's fixed cost is paid once per group, not per request, for a few steps of delay. When
-idle it blocks until a job arrives and then waits up to `batch_wait` seconds for company, so
-requests sent together are prefilled together. Results travel back
+it gets at once whatever jobs wait (at most `room`, so the running batch stays within
+the engine's `max_batch`); when idle it blocks until a job arrives and then waits up to `batch_wait`
+seconds for company, so requests sent together are prefilled together. Results travel back
 with `loop.call_soon_threadsafe`, one callback per loop per decoding step, so the worker never
 touches asyncio objects and the event loop never touches torch.
 """
@@ -58,9 +56,8 @@ def _deliver(items: list[tuple[Job, Any]]) -> None:
 class Scheduler:
     """Waiting jobs and commands, guarded by one condition variable."""
 
-    def __init__(self, max_queue: int, batch_wait: float, join_wait: float = 0.0, join_batch: int = 4):
+    def __init__(self, max_queue: int, batch_wait: float):
         self.max_queue, self.batch_wait = max_queue, batch_wait
-        self.join_wait, self.join_batch = join_wait, join_batch
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._commands: deque[Command] = deque()
@@ -105,19 +102,15 @@ class Scheduler:
     def next_work(self, room: int, busy: bool) -> Command | list[Job] | None:
         """Worker side: a command, or up to `room` jobs ([] when busy and none wait); None once closed.
 
-        busy: rows are decoding, so never block, and take jobs as a group (see the module doc);
-        idle: block for the first job, then let it wait up to batch_wait for company (until
-        `room` jobs wait).
+        busy: rows are decoding, so never block; idle: block for the first job, then let it
+        wait up to batch_wait for company (until `room` jobs wait).
         """
         with self._cond:
             while not self.closed:
                 if self._commands:
                     return self._commands.popleft()
                 if busy or room <= 0:
-                    if self._pending and (len(self._pending) >= min(room, self.join_batch)
-                                          or time.monotonic() - self._pending[0].arrival >= self.join_wait):
-                        return self._take(room)
-                    return []
+                    return self._take(room)
                 if self._pending:
                     wait = self._pending[0].arrival + self.batch_wait - time.monotonic()
                     if len(self._pending) >= room or wait <= 0:

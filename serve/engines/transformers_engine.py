@@ -31,8 +31,6 @@ __all__ = ["DEFAULT_MAX_CONTEXT", "TransformersEngine"]
 
 DEFAULT_MAX_CONTEXT = 4096  # cap on the config's window: the KV cache of a CPU batch must stay small
 MAX_TOP_LOGPROBS = 20
-# While rows decode, arrivals join in groups (scheduler.py): at most this long a wait for company.
-JOIN_WAIT_MS = 0.0
 
 
 def _config_context(model_path: str) -> int | None:
@@ -50,16 +48,16 @@ class TransformersEngine:
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: Any = None, max_batch: int = 16,
                  max_queue: int = 64, max_context: int | None = None, threads: int = 1, batch_wait_ms: float = 5,
-                 join_wait_ms: float = JOIN_WAIT_MS, lean_decode: bool = True):
-        if max_batch < 1 or max_queue < 1 or threads < 1 or batch_wait_ms < 0 or join_wait_ms < 0:
-            raise ValueError("max_batch, max_queue and threads must be >= 1; batch_wait_ms and join_wait_ms >= 0")
+                 lean_decode: bool = True):
+        if max_batch < 1 or max_queue < 1 or threads < 1 or batch_wait_ms < 0:
+            raise ValueError("max_batch, max_queue and threads must be >= 1 and batch_wait_ms >= 0")
         self.model_name = str(model_path)
         self.device, self.dtype, self.threads = device, dtype, threads
         self.lean_decode = lean_decode  # decoding steps outside the transformers call stack (lean_decode.py)
         self._context_arg = max_context
         window = _config_context(self.model_name)
         self.max_context = max_context or min(window or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
-        self._sched = Scheduler(max_queue, batch_wait_ms / 1000, join_wait_ms / 1000)
+        self._sched = Scheduler(max_queue, batch_wait_ms / 1000)
         self._thread: threading.Thread | None = None
         self._stopped: concurrent.futures.Future | None = None
         self._processor = self._count_tokenizer = self._adapters = self._ctx = None
