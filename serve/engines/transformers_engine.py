@@ -53,7 +53,8 @@ class TransformersEngine:
             raise ValueError("max_batch, max_queue and threads must be >= 1 and batch_wait_ms >= 0")
         self.model_name = str(model_path)
         self.device, self.dtype, self.threads = device, dtype, threads
-        self.lean_decode = lean_decode  # decoding steps outside the transformers call stack (lean_decode.py)
+        # Decoding steps outside the transformers call stack and the patch embedding as a matmul (lean_decode.py).
+        self.lean_decode = lean_decode
         self._context_arg = max_context
         window = _config_context(self.model_name)
         self.max_context = max_context or min(window or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
@@ -225,6 +226,10 @@ class TransformersEngine:
 
         torch.set_num_threads(self.threads)
         model, processor = load(self.model_name, device=self.device, dtype=self.dtype)
+        if self.lean_decode:
+            from .lean_decode import linear_patch_embed
+
+            linear_patch_embed(model)
         model_eos = model.generation_config.eos_token_id
         model_eos = model_eos if isinstance(model_eos, list) else [model_eos] if model_eos is not None else []
         ctx = DecodeContext.from_tokenizer(processor.tokenizer, extra_eos=model_eos)

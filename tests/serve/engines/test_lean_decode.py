@@ -45,3 +45,17 @@ def test_only_known_decoders_get_a_lean_step(tiny_dir):
     model, _ = load(str(tiny_dir))
     assert LeanDecoder.build(model) is not None
     assert LeanDecoder.build(torch.nn.Linear(2, 2)) is None
+
+
+def test_patch_embedding_as_a_matmul_equals_the_convolution(tiny_dir):
+    from openvlthinker.models import load
+    from serve.engines.lean_decode import linear_patch_embed
+
+    model, _ = load(str(tiny_dir))
+    embed = model.model.visual.patch_embed
+    pixels = torch.randn(64, embed.in_channels * embed.temporal_patch_size * embed.patch_size ** 2)
+    with torch.inference_mode():
+        expected = embed(pixels)
+        assert linear_patch_embed(model)
+        assert torch.allclose(embed(pixels), expected, atol=1e-5)
+    assert not linear_patch_embed(torch.nn.Linear(2, 2))
