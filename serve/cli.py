@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vllm-arg", dest="vllm_args", action="append", default=None, metavar="ARGS",
                         help="vLLM engine: extra vLLM arguments, passed through last (repeatable; write "
                              "--vllm-arg=--enforce-eager or --vllm-arg='--dtype float32')")
+    parser.add_argument("--engine-thread", dest="engine_process", action="store_const", const=False, default=None,
+                        help="transformers engine: decode in a thread of the gateway process instead of a child "
+                             "process (shares the GIL with HTTP handling; slower under load)")
     parser.add_argument("--allow-remote-images", dest="allow_remote_images", action="store_const", const=True,
                         default=None, help="also fetch http(s) image URLs (size and time limited)")
 
@@ -73,7 +76,7 @@ def build_config(args: argparse.Namespace):
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a mapping of serve options")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    dests = [dest for _, dest, _, _ in _FLAGS] + ["allow_remote_images", "vllm_args"]
+    dests = [dest for _, dest, _, _ in _FLAGS] + ["allow_remote_images", "vllm_args", "engine_process"]
     values.update({d: getattr(args, d) for d in dests if getattr(args, d, None) is not None})
     return ServeConfig.from_mapping(values)
 
@@ -88,7 +91,7 @@ def make_engine(config):
 
     resolve_model_path(config.model)  # a missing folder or an offline hub id fails here, with a hint
     return TransformersEngine(config.model, device=config.device, max_batch=config.max_batch,
-                              max_queue=config.max_queue, threads=config.threads)
+                              max_queue=config.max_queue, threads=config.threads, process=config.engine_process)
 
 
 def _vllm_engine(config, model: str):

@@ -47,6 +47,7 @@ class ServeConfig:
     max_body_bytes: int = 0  # request body cap (413 above it); 0 = room for max_images base64 images + 1 MiB
     default_max_tokens: int = 1024  # completion cap when the request gives none (bounded by the context)
     threads: int = 1  # torch intra-op threads (tiny tensors gain nothing from more)
+    engine_process: bool = True  # transformers engine: decode in a child process (False: a gateway thread)
     log_level: str = "info"
     # --- vLLM engine only (vLLM runs as a child process, usually from its own environment) ---
     vllm_python: str = ""  # interpreter of an environment with vLLM; "" = this one

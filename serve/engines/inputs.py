@@ -3,7 +3,9 @@
 Counting prompt tokens runs on the gateway's event loop for every request, so it must not
 preprocess pixels: the text is tokenized and each image placeholder is sized from the image
 dimensions alone (the processor's own `_get_num_multimodal_tokens`, which vLLM uses too).
-The pixels are processed later, in the engine's worker thread, for the whole batch at once.
+A request the engine admits is then encoded once, on the caller's side (`encode_one`: ids,
+token types, pixels), so the engine's thread or process only stacks prompts (`collate`)
+instead of running the image processor between two decoding steps.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 
 from .base import EngineError
 
-__all__ = ["IMAGE_PAD", "assistant_prefix", "collect_images", "count_tokens", "encode_batch", "render"]
+__all__ = ["IMAGE_PAD", "assistant_prefix", "collate", "collect_images", "count_tokens", "encode_batch", "encode_one",
+           "render"]
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -84,3 +87,45 @@ def encode_batch(processor, texts: list[str], images: list[Any], device, dtype):
     mask = enc["attention_mask"].bool()
     prompt_ids = [row[m].tolist() for row, m in zip(enc["input_ids"], mask)]
     return enc, prompt_ids
+
+
+def encode_one(processor, text: str, images: list[Any]) -> dict[str, Any]:
+    """One prompt's model inputs as numpy arrays: input_ids, mm_token_type_ids, pixel_values, image_grid_thw."""
+    try:
+        enc = processor(text=[text], images=images or None, return_tensors="np")
+    except Exception as exc:  # noqa: BLE001 - an image the processor refuses is the request's fault
+        raise EngineError(f"cannot encode the prompt and its images: {exc}") from exc
+    out = {"input_ids": enc["input_ids"][0]}
+    if "mm_token_type_ids" in enc:
+        out["mm_token_type_ids"] = enc["mm_token_type_ids"][0]
+    if images:
+        out["pixel_values"], out["image_grid_thw"] = enc["pixel_values"], enc["image_grid_thw"]
+    return out
+
+
+def collate(prompts: list[dict[str, Any]], pad_id: int, device, dtype) -> tuple[dict[str, Any], list[list[int]]]:
+    """Stack `encode_one` outputs as the processor batches prompts: left-padded, pixels concatenated.
+
+    Returns the model inputs on `device` and each row's prompt ids (no padding).
+    """
+    import numpy as np
+    import torch
+
+    width = max(len(p["input_ids"]) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    types = np.zeros((len(prompts), width), dtype=np.int64) if "mm_token_type_ids" in prompts[0] else None
+    for row, p in enumerate(prompts):
+        n = len(p["input_ids"])
+        ids[row, width - n:], mask[row, width - n:] = p["input_ids"], 1
+        if types is not None:
+            types[row, width - n:] = p["mm_token_type_ids"]
+    enc = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+    if types is not None:
+        enc["mm_token_type_ids"] = torch.from_numpy(types).to(device)
+    pixels = [p["pixel_values"] for p in prompts if "pixel_values" in p]
+    if pixels:
+        enc["pixel_values"] = torch.from_numpy(np.concatenate(pixels)).to(device=device, dtype=dtype)
+        enc["image_grid_thw"] = torch.from_numpy(np.concatenate([p["image_grid_thw"] for p in prompts
+                                                                 if "image_grid_thw" in p])).to(device)
+    return enc, [p["input_ids"].tolist() for p in prompts]

@@ -1,24 +1,32 @@
-"""The running batch's key/value cache: left-padded rows that join and leave between steps.
+"""The running batch's key/value cache: rows that join and leave between steps, without copying the cache.
 
-Every row's tokens sit right-aligned in one `(batch, heads, columns, head_dim)` tensor per
-layer, with a `(batch, columns)` attention mask marking the real ones, so each decoding step
-appends one column for all rows at once. Rows that join bring a cache of their own (their
-prefill); the narrower of the two is padded on the left and the two are stacked. Rows that
-leave are dropped by index, and columns that no remaining row uses are trimmed from the left,
-so the batch is never wider than its longest live row. Positions are not implied by columns
-(the engine passes explicit position ids), so padding never shifts a row's rotary positions.
+Each layer keeps one preallocated `(slots, kv_heads, capacity, head_dim)` buffer for keys and
+one for values, plus a `(slots, capacity)` attention mask. The live rows are the first `size`
+slots; every row's tokens end at the same column (`end`), right-aligned, and the mask marks
+the real ones, so a decoding step writes one column for all rows at once (`append`) and
+attention reads the views `[:size, :, start:end]`. Positions are not implied by columns (the
+engine passes explicit position ids), so padding never shifts a row's rotary positions.
 
-`append` (used by the lean decoding step) writes a step's column into spare room at the end
-of each layer's tensors instead of concatenating: `torch.cat` copied the whole cache at every
-step, which was the largest single cost of a decoding step at 16 rows.
+Why buffers: under load a row joins or leaves at almost every step. Concatenating on join,
+`index_select` on leave and concatenating a column per step each copied the whole cache
+(about a tenth of the engine's time at 16 clients). Now a leaving row's slot is refilled by
+moving one of the last rows into it (`keep` returns the new order), a joining row is copied
+once into free slots, columns no row uses are dropped by moving `start`, and buffers are
+reallocated only when they run out of slots or columns.
+
+Slots and columns outside the live views may hold stale values; they are finite (buffers
+start zeroed) and always masked, and columns that come back into view when `start` moves
+left are unmasked explicitly. The model-forward fallback path goes through `as_cache` /
+`store_last` (a DynamicCache of views, and the column that forward appended). Every method
+that writes runs in inference mode: buffers reallocated during a decoding step are inference
+tensors, and rows may join or leave outside one.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-ROOM = 64  # spare columns allocated at a time for `append`
+ROOM = 64  # spare columns allocated at a time (slots double when they run out)
 
 __all__ = ["KVBatch", "cache_layers"]
 
@@ -34,81 +42,135 @@ def cache_layers(cache) -> list:
     return layers
 
 
-def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """Pad tensor `t` with zeros on the left of `dim` up to `width`."""
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    pad = [0, 0] * (t.ndim - 1 - dim % t.ndim) + [missing, 0]
-    return F.pad(t, pad)
-
-
 class KVBatch:
-    """A DynamicCache plus its attention mask, for a batch whose rows change between steps."""
+    """Keys, values and attention mask of the rows being decoded, in reusable buffers."""
 
+    @torch.inference_mode()
     def __init__(self, cache, mask: torch.Tensor):
-        cache_layers(cache)
-        self.cache, self.mask = cache, mask.to(torch.long)
-        self._room: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (keys, values) with spare columns
+        """Take the cache and (B, W) mask of a prefill (a transformers DynamicCache)."""
+        layers = cache_layers(cache)
+        rows, width = mask.shape
+        self.size, self.start, self.end = rows, 0, width
+        self.keys = [self._alloc(layer.keys, rows, width + ROOM) for layer in layers]
+        self.values = [self._alloc(layer.values, rows, width + ROOM) for layer in layers]
+        self._mask = mask.new_zeros((rows, width + ROOM), dtype=torch.long)
+        for i, layer in enumerate(layers):
+            self.keys[i][:, :, :width] = layer.keys
+            self.values[i][:, :, :width] = layer.values
+        self._mask[:, :width] = mask
 
-    @property
-    def size(self) -> int:
-        """Rows in the batch."""
-        return self.mask.shape[0]
+    @staticmethod
+    def _alloc(like: torch.Tensor, slots: int, columns: int) -> torch.Tensor:
+        return like.new_zeros((slots, like.shape[1], columns, like.shape[3]))
+
+    # ---- views ---------------------------------------------------------------------------
 
     @property
     def width(self) -> int:
-        """Columns (cached positions, padding included)."""
-        return self.mask.shape[1]
+        """Columns in view (cached positions, padding included)."""
+        return self.end - self.start
 
+    @property
+    def mask(self) -> torch.Tensor:
+        """(size, width) attention mask of the live rows: 1 = a real token."""
+        return self._mask[: self.size, self.start : self.end]
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (size, kv_heads, width, head_dim) of layer `index` (views)."""
+        view = (slice(None, self.size), slice(None), slice(self.start, self.end))
+        return self.keys[index][view], self.values[index][view]
+
+    # ---- rows joining and leaving ----------------------------------------------------------
+
+    @torch.inference_mode()
     def extend(self, other: "KVBatch") -> None:
-        """Append `other`'s rows after this batch's rows (both left-padded to the wider one)."""
-        width = max(self.width, other.width)
-        mine, theirs = cache_layers(self.cache), cache_layers(other.cache)
-        if len(mine) != len(theirs):
-            raise ValueError(f"caches with {len(mine)} and {len(theirs)} layers cannot be merged")
-        for a, b in zip(mine, theirs):
-            a.keys = torch.cat([_pad_left(a.keys, width, -2), _pad_left(b.keys, width, -2)])
-            a.values = torch.cat([_pad_left(a.values, width, -2), _pad_left(b.values, width, -2)])
-        self.mask = torch.cat([_pad_left(self.mask, width, -1), _pad_left(other.mask, width, -1)])
-        self._room.clear()
+        """Add `other`'s rows after this batch's rows, right-aligned with them."""
+        if len(other.keys) != len(self.keys):
+            raise ValueError(f"caches with {len(self.keys)} and {len(other.keys)} layers cannot be merged")
+        if other.width > self.end:
+            self._reallocate(slots=self.size + other.size, left=other.width - self.width)
+        elif self.size + other.size > self._mask.shape[0]:
+            self._reallocate(slots=self.size + other.size, left=0)
+        first, rows = self.size, slice(self.size, self.size + other.size)
+        start = min(self.start, self.end - other.width)
+        if start < self.start:  # columns coming back into view: nothing of the old rows is there
+            self._mask[:first, start : self.start] = 0
+        self._mask[rows] = 0
+        self._mask[rows, self.end - other.width : self.end] = other.mask
+        for i in range(len(self.keys)):
+            keys, values = other.layer(i)
+            self.keys[i][rows, :, self.end - other.width : self.end] = keys
+            self.values[i][rows, :, self.end - other.width : self.end] = values
+        self.size, self.start = self.size + other.size, start
 
-    def keep(self, rows: list[int]) -> None:
-        """Keep only `rows` (in that order), then trim columns no kept row uses."""
-        if rows == list(range(self.size)):
-            return
-        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        self.mask = self.mask.index_select(0, index)
+    @torch.inference_mode()
+    def keep(self, rows: list[int]) -> list[int]:
+        """Keep only `rows`; returns them in their new slot order (a leaving row's slot takes a later row)."""
+        kept = sorted(set(rows))
+        if len(kept) == self.size:
+            return list(range(self.size))
+        n = len(kept)
+        holes = sorted(set(range(n)) - set(kept))
+        movers = [r for r in kept if r >= n]
+        order = list(range(n))
+        cols = slice(self.start, self.end)
+        for hole, mover in zip(holes, movers):
+            order[hole] = mover
+            self._mask[hole, cols] = self._mask[mover, cols]
+            for buf in (*self.keys, *self.values):
+                buf[hole, :, cols] = buf[mover, :, cols]
+        self.size = n
         used = self.mask.any(0).nonzero()
-        start = int(used[0]) if len(used) else self.width
-        self.mask = self.mask[:, start:]
-        for layer in cache_layers(self.cache):
-            layer.keys = layer.keys.index_select(0, index)[..., start:, :]
-            layer.values = layer.values.index_select(0, index)[..., start:, :]
-        self._room.clear()
+        self.start += int(used[0]) if len(used) else self.width
+        return order
 
-    def append(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add one column (B, heads, 1, head_dim) to layer `index`; returns the layer's keys and values.
+    # ---- decoding ----------------------------------------------------------------------------
 
-        The column goes into room kept after the layer's last column (allocated ROOM columns at
-        a time), so a step copies one column, not the cache. The layer's tensors become views
-        of that room; `extend` and `keep` build new tensors and drop it.
-        """
-        layer = cache_layers(self.cache)[index]
-        width = layer.keys.shape[-2]
-        room = self._room.get(index)
-        if room is None or room[0].shape[-2] <= width:
-            shape = (*layer.keys.shape[:-2], width + ROOM, layer.keys.shape[-1])
-            room = (layer.keys.new_empty(shape), layer.values.new_empty(shape))
-            room[0][..., :width, :] = layer.keys
-            room[1][..., :width, :] = layer.values
-            self._room[index] = room
-        room[0][..., width : width + 1, :] = keys
-        room[1][..., width : width + 1, :] = values
-        layer.keys, layer.values = room[0][..., : width + 1, :], room[1][..., : width + 1, :]
-        return layer.keys, layer.values
-
+    @torch.inference_mode()
     def grow(self) -> torch.Tensor:
-        """The mask for the next step: one more real column for every row (returned and kept)."""
-        self.mask = F.pad(self.mask, (0, 1), value=1)
+        """Open the next column for every row (marked real); returns the mask including it."""
+        if self.end == self._mask.shape[1]:
+            self._reallocate(slots=self.size, left=0)
+        self._mask[: self.size, self.end] = 1
+        self.end += 1
         return self.mask
+
+    @torch.inference_mode()
+    def append(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write layer `index`'s (size, kv_heads, 1, head_dim) column that `grow` opened; returns keys and values."""
+        self.keys[index][: self.size, :, self.end - 1 : self.end] = keys
+        self.values[index][: self.size, :, self.end - 1 : self.end] = values
+        return self.layer(index)
+
+    def as_cache(self):
+        """A DynamicCache over every layer's columns before the one `grow` opened (for the model's forward)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(len(self.keys)):
+            keys, values = self.layer(i)
+            cache.update(keys[:, :, :-1], values[:, :, :-1], i)
+        return cache
+
+    @torch.inference_mode()
+    def store_last(self, cache) -> None:
+        """Keep the column the model's forward appended to `as_cache()`'s cache."""
+        for i, layer in enumerate(cache_layers(cache)):
+            self.append(i, layer.keys[:, :, -1:], layer.values[:, :, -1:])
+
+    @torch.inference_mode()
+    def _reallocate(self, slots: int, left: int) -> None:
+        """New buffers with room for `slots` rows, `left` more columns before `start` and ROOM after `end`."""
+        width, have = self.width, self._mask.shape[0]
+        slots = have if slots <= have else max(slots, 2 * have)
+        columns = left + width + ROOM
+        at = slice(left, left + width)
+        old = (slice(None, self.size), slice(None), slice(self.start, self.end))
+        for bufs in (self.keys, self.values):
+            for i, buf in enumerate(bufs):
+                new = self._alloc(buf, slots, columns)
+                new[: self.size, :, at] = buf[old]
+                bufs[i] = new
+        mask = self._mask.new_zeros((slots, columns))
+        mask[: self.size, at] = self.mask
+        self._mask, self.start, self.end = mask, left, left + width

@@ -5,11 +5,11 @@ wrappers (output capture, kwarg deprecation, mask construction, cache bookkeepin
 Python-level RMSNorms of seven tensor ops each; on a small model on a CPU those, not the
 matrix products, are most of the step. This module runs the same layers' weights directly:
 fused `rms_norm`, the model's own rotary embedding, attention over the running batch's cache
-and mask as two batched matmuls, and the projection modules themselves, so LoRA layers (PEFT, mixed adapters per row via
-`adapter_names`) apply exactly as in the full forward. Keys and values go into room kept at the
-end of the cache (`KVBatch.append`) instead of a concatenation that copies the cache each step. Prefill (images, deepstack) still goes
-through the model. Any model of another shape gets `None` from `LeanDecoder.build` and the
-engine keeps using the model's forward.
+and mask as two batched matmuls, and the projection modules themselves, so LoRA layers (PEFT,
+mixed adapters per row via `adapter_names`) apply exactly as in the full forward. Keys and
+values are written into the running batch's buffers (`KVBatch.append`), one column per step.
+The prompt forward has its own lean path (`lean_prefill.py`). Any model of another shape gets
+`None` from `LeanDecoder.build` and the engine keeps using the model's forward.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .kv import KVBatch
 
-__all__ = ["LeanDecoder", "linear_patch_embed"]
+__all__ = ["LeanDecoder", "linear_patch_embed", "supported_text_model"]
 
 _SUPPORTED = {"Qwen3VLTextModel", "Qwen3Model"}
 
@@ -48,16 +48,8 @@ class LeanDecoder:
     @classmethod
     def build(cls, base: torch.nn.Module) -> "LeanDecoder | None":
         """A lean decoder for `base` (the model under any PEFT wrapper), or None if its shape is not known."""
-        inner = getattr(base, "model", None)
-        text = getattr(inner, "language_model", inner)
-        if type(text).__name__ not in _SUPPORTED or not hasattr(base, "lm_head"):
-            return None
-        attn = getattr(text.layers[0], "self_attn", None) if len(text.layers) else None
-        if attn is None or not all(hasattr(attn, n) for n in ("q_norm", "k_norm", "scaling", "head_dim")):
-            return None
-        if any(getattr(layer, "attention_type", "full_attention") != "full_attention" for layer in text.layers):
-            return None  # sliding-window layers would need their own mask
-        return cls(base, text, multimodal_rope=type(text).__name__ == "Qwen3VLTextModel")
+        text = supported_text_model(base)
+        return None if text is None else cls(base, text, multimodal_rope=type(text).__name__ == "Qwen3VLTextModel")
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, kv: KVBatch,
                  names: list[str] | None) -> torch.Tensor:
@@ -90,6 +82,20 @@ class LeanDecoder:
             h = h + _linear(mlp.down_proj, gated, names)
         h = _rms_norm(h, self.text.norm)
         return _linear(self.base.lm_head, h, names)[:, -1]
+
+
+def supported_text_model(base: torch.nn.Module) -> torch.nn.Module | None:
+    """The Qwen3 / Qwen3-VL text decoder of `base` if the lean paths know its shape, else None."""
+    inner = getattr(base, "model", None)
+    text = getattr(inner, "language_model", inner)
+    if type(text).__name__ not in _SUPPORTED or not hasattr(base, "lm_head"):
+        return None
+    attn = getattr(text.layers[0], "self_attn", None) if len(text.layers) else None
+    if attn is None or not all(hasattr(attn, n) for n in ("q_norm", "k_norm", "scaling", "head_dim")):
+        return None
+    if any(getattr(layer, "attention_type", "full_attention") != "full_attention" for layer in text.layers):
+        return None  # sliding-window layers would need their own mask
+    return text
 
 
 def linear_patch_embed(model: torch.nn.Module) -> bool:

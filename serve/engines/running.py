@@ -23,9 +23,10 @@ import torch
 
 from .adapters import AdapterSet
 from .base import EngineError, EngineFailed
-from .inputs import encode_batch
+from .inputs import collate, encode_batch
 from .kv import KVBatch
 from .lean_decode import LeanDecoder
+from .lean_prefill import LeanPrefill
 from .rows import DecodeContext, Emit, RowState, pick_tokens
 
 __all__ = ["RunningBatch", "prefill_positions"]
@@ -62,6 +63,7 @@ class RunningBatch:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         # Decoding steps skip the transformers call stack where the model's shape is known.
         self._lean = LeanDecoder.build(self._base()) if lean else None
+        self._prefill = LeanPrefill.build(self._base()) if lean else None
 
     def _base(self) -> torch.nn.Module:
         """The model under the PEFT wrapper (the same object whether or not adapters are loaded)."""
@@ -89,24 +91,35 @@ class RunningBatch:
         try:
             with torch.inference_mode():
                 names = self.adapters.adapter_names([job.request.adapter for job in jobs])
-                images = [img for job in jobs for img in job.images]
-                enc, prompt_ids = encode_batch(self.processor, [job.prompt for job in jobs], images, model.device,
-                                               model.dtype)
+                if all(job.inputs is not None for job in jobs):  # encoded by the caller: only stack them
+                    enc, prompt_ids = collate([job.inputs for job in jobs], self.ctx.pad_id, model.device, model.dtype)
+                else:
+                    images = [img for job in jobs for img in job.images]
+                    enc, prompt_ids = encode_batch(self.processor, [job.prompt for job in jobs], images, model.device,
+                                                   model.dtype)
                 positions = prefill_positions(self._base(), enc)
                 cache = DynamicCache()
-                logits = self._forward(dict(enc), positions, cache, names)
+                if self._prefill is not None and self._prefill.handles(enc):
+                    logits = self._prefill(enc, positions, cache, names)
+                else:
+                    logits = self._forward(dict(enc), positions, cache, names)
                 rows = [RowState(job, job.request, ids, self.ctx, model.device, prefix=job.prefix)
                         for job, ids in zip(jobs, prompt_ids)]
                 tokens, out = pick_tokens(rows, logits)
         except Exception as exc:  # noqa: BLE001 - a bad group fails its own requests, not the batch
             self._fail_jobs(jobs, exc)
             return
+        try:
+            joining = KVBatch(cache, enc["attention_mask"])
+            if self.kv is None:
+                self.kv = joining
+            else:
+                self.kv.extend(joining)
+        except Exception as exc:  # noqa: BLE001 - the running cache may be half merged: end every row
+            self.fail_all(exc)
+            self._fail_jobs(jobs, exc)
+            return
         self.tokens += len(rows)
-        joining = KVBatch(cache, enc["attention_mask"])
-        if self.kv is None:
-            self.kv = joining
-        else:
-            self.kv.extend(joining)
         self.rows.extend(rows)
         self.next_pos = torch.cat([self.next_pos, _next_positions(positions).to(self.next_pos.device)])
         self.last = torch.cat([self.last, torch.tensor(tokens, dtype=torch.long)])
@@ -128,7 +141,9 @@ class RunningBatch:
                     logits = self._lean(self.last.to(device), self.next_pos.to(device), self.kv, names)
                 else:
                     inputs = {"input_ids": self.last[:, None].to(device), "attention_mask": mask}
-                    logits = self._forward(inputs, self.next_pos[:, None].to(device), self.kv.cache, names)
+                    cache = self.kv.as_cache()
+                    logits = self._forward(inputs, self.next_pos[:, None].to(device), cache, names)
+                    self.kv.store_last(cache)
                 tokens, out = pick_tokens(self.rows, logits)
         except Exception as exc:  # noqa: BLE001 - one broken step must not kill the worker
             self.fail_all(exc)
@@ -179,7 +194,7 @@ class RunningBatch:
         if not keep:
             self._clear()
             return
-        self.rows = [self.rows[i] for i in keep]
-        self.kv.keep(keep)
-        index = torch.tensor(keep, dtype=torch.long)
+        order = self.kv.keep(keep)  # the cache refills freed slots with later rows: follow its order
+        self.rows = [self.rows[i] for i in order]
+        index = torch.tensor(order, dtype=torch.long)
         self.next_pos, self.last = self.next_pos[index], self.last[index]

@@ -29,14 +29,16 @@ class Job:
     """One admitted request, its prompt rendered on the event loop, and where its output goes."""
 
     request: GenerationRequest
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
+    loop: asyncio.AbstractEventLoop | None  # None in the engine's child process, which answers through a pipe
+    queue: asyncio.Queue | None
     prompt: str
     images: list[Any]
     prefix: str  # a continued assistant message, if any
     n_prompt: int
     arrival: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set from the client side; the worker drops the row
+    key: int = 0  # the job's number in the engine's child process (engine_process.py)
+    inputs: dict[str, Any] | None = None  # the prompt encoded on the caller's side (inputs.encode_one)
 
 
 @dataclass(eq=False)
@@ -56,8 +58,10 @@ def _deliver(items: list[tuple[Job, Any]]) -> None:
 class Scheduler:
     """Waiting jobs and commands, guarded by one condition variable."""
 
-    def __init__(self, max_queue: int, batch_wait: float):
+    def __init__(self, max_queue: int, batch_wait: float, emit: Callable[[list[tuple[Job, Any]]], None] | None = None):
         self.max_queue, self.batch_wait = max_queue, batch_wait
+        if emit is not None:  # the engine's child process sends to its pipe instead of to event loops
+            self.emit = emit  # type: ignore[method-assign]
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
         self._commands: deque[Command] = deque()

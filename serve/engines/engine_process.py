@@ -1,0 +1,328 @@
+"""The transformers engine's core in a child process, so that decoding never waits for the GIL.
+
+On a small model a decoding step is thousands of short torch calls, each of which gives the
+GIL up and has to take it back. In one process the gateway's threads (HTTP parsing, JSON,
+image decoding, the store) take it in between, and the engine thread waits: measured on two
+cores, the whole server never used more than one core. Here the `EngineCore` runs in a
+spawned child with its own interpreter; the gateway process keeps the processor (prompt
+rendering and token counting) and talks to the child over a pipe:
+
+    parent -> child   ("job", key, request, prompt, prefix, n_prompt, inputs)  ("cancel", key)
+                      ("command", key, name, args)  ("stop",)
+    child -> parent   ("ready", max_context) | ("failed", message)   once, after loading
+                      ("events", [(key, TokenEvent | GenerationResult | EngineError)], stats)
+                      ("reply", key, ok, value_or_error)
+
+Events of one decoding step travel as one message. If the child dies, every request in it
+fails with EngineUnavailable, a new child is started and the adapters loaded before are loaded
+into it again; requests that arrive meanwhile get EngineUnavailable (HTTP 503).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from .base import EngineError, EngineUnavailable, GenerationResult
+from .core import CoreSettings, EngineCore
+from .scheduler import Job, Scheduler
+
+__all__ = ["EngineProcess"]
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 15
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding `serve`, for the child's imports
+
+
+class EngineProcess:
+    """Parent side: starts the child, routes jobs, cancels, commands and their answers."""
+
+    def __init__(self, settings: CoreSettings, max_queue: int, batch_wait: float):
+        self.settings, self.max_queue, self.batch_wait = settings, max_queue, batch_wait
+        self.max_context = settings.max_context
+        self.adapters: dict[str, str] = {}  # loaded versions (name -> folder), reloaded into a restarted child
+        self.restarts = 0
+        self._keys = itertools.count(1)
+        self._jobs: dict[int, Job] = {}
+        self._replies: dict[int, concurrent.futures.Future] = {}
+        self._send_lock = threading.Lock()
+        self._stats: dict[str, float] = {}
+        self._proc = self._conn = self._reader = None
+        self._ready = threading.Event()
+        self._stopping = False
+
+    # ---- lifecycle (blocking: the engine calls these through a thread) ----------------------
+
+    def start(self) -> None:
+        """Spawn the child and wait until its model is loaded; EngineError with its reason if it fails."""
+        self._stopping = False
+        self._spawn()
+        self._ready.set()
+        self._reader = threading.Thread(target=self._read, name="engine-process-reader", daemon=True)
+        self._reader.start()
+
+    def _spawn(self) -> None:
+        # A plain `python -m` child on one end of a socket pair, not multiprocessing's spawn: that
+        # re-imports the parent's __main__, which breaks any script without a main guard.
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
+        proc = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        conn = Connection(ours.detach())
+        try:
+            conn.send((self.settings, self.max_queue, self.batch_wait))
+            message = conn.recv()
+        except (EOFError, OSError):
+            conn.close()
+            raise EngineError(f"the engine process exited while loading the model (exit code {proc.wait(5)})") from None
+        if message[0] != "ready":
+            conn.close()
+            proc.wait(5)
+            raise EngineError(message[1])
+        self.max_context = message[1]
+        self._proc, self._conn = proc, conn
+
+    def stop(self) -> None:
+        """Ask the child to stop (running requests fail with EngineUnavailable) and wait for it."""
+        self._stopping = True
+        self._ready.clear()
+        if self._proc is None:
+            return
+        try:
+            self._send(("stop",))
+        except EngineUnavailable:
+            pass
+        if self._reader is not None:
+            self._reader.join(STOP_TIMEOUT_S)
+        try:
+            self._proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._conn.close()
+        self._fail_outstanding(EngineUnavailable("engine stopped"))
+        self._proc = self._conn = self._reader = None
+
+    # ---- work ------------------------------------------------------------------------------
+
+    def admit(self, job: Job) -> None:
+        """Send a job to the child; its events come back to the job's loop and queue."""
+        job.key = next(self._keys)
+        self._jobs[job.key] = job
+        request = dataclasses.replace(job.request, messages=[])  # the images travel once, encoded in `inputs`
+        try:
+            self._send(("job", job.key, request, job.prompt, job.prefix, job.n_prompt, job.inputs))
+        except EngineError:
+            self._jobs.pop(job.key, None)
+            raise
+
+    def cancel(self, job: Job) -> None:
+        """The client left: the child drops the job (waiting or running)."""
+        job.cancelled = True
+        if self._jobs.pop(job.key, None) is not None:
+            try:
+                self._send(("cancel", job.key))
+            except EngineUnavailable:
+                pass
+
+    def command(self, name: str, *args: Any) -> concurrent.futures.Future:
+        """Run a named core command in the child between two steps; the future gets its answer."""
+        key = next(self._keys)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._replies[key] = future
+        try:
+            self._send(("command", key, name, args))
+        except EngineError as exc:
+            self._replies.pop(key, None)
+            future.set_exception(exc)
+        return future
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None when not running)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs sent to the child that have not ended."""
+        return len(self._jobs)
+
+    def stats(self) -> dict[str, float]:
+        """The child's gauges as of its last step, plus restarts."""
+        return {**self._stats, "engine_restarts": float(self.restarts)}
+
+    def _send(self, message: tuple) -> None:
+        if not self._ready.is_set() and message[0] != "stop":
+            raise EngineUnavailable("the engine process is not running (starting or restarting)")
+        with self._send_lock:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError, AttributeError) as exc:
+                raise EngineUnavailable(f"the engine process is not reachable: {exc}") from exc
+
+    # ---- the reader thread -----------------------------------------------------------------
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                if self._stopping:
+                    return
+                self._restart()
+                if self._conn is None:
+                    return
+                continue
+            kind = message[0]
+            if kind == "events":
+                self._stats = message[2]
+                self._deliver(message[1])
+            elif kind == "reply":
+                future = self._replies.pop(message[1], None)
+                if future is not None:
+                    (future.set_result if message[2] else future.set_exception)(message[3])
+            elif kind == "stopped":
+                return
+
+    def _deliver(self, pairs: list[tuple[int, Any]]) -> None:
+        routed = []
+        for key, item in pairs:
+            ended = isinstance(item, (GenerationResult, BaseException))
+            job = self._jobs.pop(key, None) if ended else self._jobs.get(key)
+            if job is not None:
+                routed.append((job, item))
+        Scheduler.emit(routed)
+
+    def _fail_outstanding(self, error: EngineError) -> None:
+        jobs, self._jobs = list(self._jobs.values()), {}
+        Scheduler.emit([(job, error) for job in jobs if not job.cancelled])
+        replies, self._replies = list(self._replies.values()), {}
+        for future in replies:
+            future.set_exception(error)
+
+    def _restart(self) -> None:
+        """The child died: fail what it held, start a new one, load the adapters again."""
+        self._ready.clear()
+        code = self._proc.wait() if self._proc is not None else None
+        log.error("the engine process exited unexpectedly (exit code %s); restarting it", code)
+        self._fail_outstanding(EngineUnavailable(f"the engine process exited (exit code {code}); it is restarting"))
+        try:
+            self._spawn()
+        except EngineError:
+            log.exception("could not restart the engine process")
+            self._proc = self._conn = None
+            return
+        for name, path in list(self.adapters.items()):
+            try:
+                self._conn.send(("command", 0, "load_adapter", (name, path)))
+                reply = self._conn.recv()
+                while reply[0] != "reply":  # nothing else runs yet, but stay robust
+                    reply = self._conn.recv()
+                if not reply[2]:
+                    raise reply[3]
+            except Exception:  # noqa: BLE001 - a version that no longer loads is dropped, not fatal
+                log.exception("adapter %s could not be reloaded after the restart; it is dropped", name)
+                self.adapters.pop(name, None)
+        self.restarts += 1
+        self._ready.set()
+
+
+# ---- the child ---------------------------------------------------------------------------------
+
+
+def _child_main(conn: Connection) -> None:
+    """The engine's child process: settings first, then load, then decode until told to stop."""
+    settings, max_queue, batch_wait = conn.recv()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the gateway, which stops us in order
+    send_lock = threading.Lock()
+    jobs: dict[int, Job] = {}
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            try:
+                conn.send(message)
+            except (OSError, ValueError):
+                pass  # the parent is gone; the receiver sees EOF and closes the scheduler
+
+    def emit(items: list[tuple[Job, Any]]) -> None:
+        pairs = []
+        for job, item in items:
+            if isinstance(item, (GenerationResult, BaseException)):
+                jobs.pop(job.key, None)
+            pairs.append((job.key, item))
+        send(("events", pairs, core.stats()))
+
+    sched = Scheduler(max_queue, batch_wait, emit=emit)
+    core = EngineCore(settings, sched)
+    try:
+        core.load()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        send(("failed", f"cannot load model {settings.model_path!r}: {type(exc).__name__}: {exc}"))
+        return
+    send(("ready", core.max_context))
+    threading.Thread(target=_receive, args=(conn, sched, core, jobs, send), name="engine-receiver",
+                     daemon=True).start()
+    core.run()
+    send(("stopped",))
+
+
+def _reply(key: int, future: concurrent.futures.Future) -> tuple:
+    """A command's answer as a message; errors become EngineError (any exception may not pickle)."""
+    exc = future.exception()
+    if exc is None:
+        return ("reply", key, True, future.result())
+    return ("reply", key, False, exc if isinstance(exc, EngineError) else EngineError(f"{type(exc).__name__}: {exc}"))
+
+
+def _receive(conn, sched: Scheduler, core: EngineCore, jobs: dict[int, Job], send) -> None:
+    """Child side: turn the parent's messages into scheduler work until told to stop or the pipe closes."""
+    from .scheduler import Command
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent died: stop decoding for nobody
+            sched.close(EngineUnavailable("the gateway went away"))
+            return
+        kind = message[0]
+        if kind == "job":
+            _, key, request, prompt, prefix, n_prompt, inputs = message
+            job = Job(request, None, None, prompt, [], prefix, n_prompt, key=key, inputs=inputs)
+            jobs[key] = job
+            try:
+                sched.admit(job)
+            except EngineError as exc:
+                jobs.pop(key, None)
+                send(("events", [(key, exc)], core.stats()))
+        elif kind == "cancel":
+            job = jobs.pop(message[1], None)
+            if job is not None:
+                sched.cancel(job)
+        elif kind == "command":
+            _, key, name, args = message
+            command = Command(lambda name=name, args=args: core.command(name, *args))
+            command.future.add_done_callback(lambda f, key=key: send(_reply(key, f)))
+            try:
+                sched.submit(command)
+            except EngineError as exc:
+                send(("reply", key, False, exc))
+        elif kind == "stop":
+            sched.close(EngineUnavailable("engine stopped"))
+            return
+
+
+if __name__ == "__main__":
+    _child_main(Connection(int(sys.argv[1])))

@@ -1,0 +1,100 @@
+"""The prompt forward (prefill) of a Qwen3 / Qwen3-VL batch, without the transformers call stack.
+
+Under load, requests join the running batch one or two at a time, so most prefills are small
+and their cost through `model(...)` is mostly the wrappers (output capture, mask
+construction, cache bookkeeping, Python RMSNorms), as it was for decoding steps
+(`lean_decode.py`). This runs the same weights directly: token embeddings, the vision tower
+(the model's own module, called once for all images of the batch), image features scattered
+into their placeholder positions, then each decoder layer with fused RMSNorm, the model's
+rotary embedding (M-RoPE positions from the caller), SDPA under a causal and left-padding
+mask, and the DeepStack features added to the visual positions after the first layers, as
+`Qwen3VLTextModel` does. Keys and values go into the transformers `DynamicCache` the running
+batch keeps. LoRA projections get the per-row adapter names; an adapter with layers in the
+vision tower (which PEFT cannot mix per row) sends the batch through the model instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .base import EngineError
+from .lean_decode import _linear, _rms_norm, _rotate_half, supported_text_model
+
+__all__ = ["LeanPrefill"]
+
+
+class LeanPrefill:
+    """Runs a left-padded prompt batch through a Qwen3-family model, filling a DynamicCache."""
+
+    def __init__(self, base: torch.nn.Module, text_model: torch.nn.Module):
+        self.base, self.text = base, text_model
+        self.mrope = type(text_model).__name__ == "Qwen3VLTextModel"
+        self.visual = getattr(base.model, "visual", None)
+        self.image_token_id = getattr(base.config, "image_token_id", None)
+
+    @classmethod
+    def build(cls, base: torch.nn.Module) -> "LeanPrefill | None":
+        """A lean prefill for `base` (the model under any PEFT wrapper), or None if its shape is not known."""
+        text = supported_text_model(base)
+        return None if text is None else cls(base, text)
+
+    def handles(self, enc: dict[str, Any]) -> bool:
+        """False when the batch must go through the model (videos, or LoRA layers in the vision tower)."""
+        if "pixel_values_videos" in enc:
+            return False
+        if "pixel_values" in enc:
+            if self.visual is None or self.image_token_id is None:
+                return False
+            if any(hasattr(m, "lora_A") for m in self.visual.modules()):
+                return False
+        return True
+
+    def __call__(self, enc: dict[str, Any], positions: torch.Tensor, cache, names: list[str] | None) -> torch.Tensor:
+        """Logits (B, V) of each row's last prompt token; the empty DynamicCache `cache` gets all keys/values."""
+        ids, mask = enc["input_ids"], enc["attention_mask"].bool()
+        b, length = ids.shape
+        h = self.text.embed_tokens(ids)
+        visual_pos, deepstack = None, []
+        if "pixel_values" in enc:
+            out = self.visual(enc["pixel_values"].type(self.visual.dtype), grid_thw=enc["image_grid_thw"],
+                              return_dict=True)
+            visual_pos = ids == self.image_token_id
+            features = out.pooler_output
+            if int(visual_pos.sum()) != features.shape[0]:
+                raise EngineError(f"the prompts hold {int(visual_pos.sum())} image tokens but the images give "
+                                  f"{features.shape[0]} features")
+            h[visual_pos] = features.to(h.dtype)
+            deepstack = [f.to(h.dtype) for f in out.deepstack_features]
+        if self.mrope and positions.ndim == 2:  # text only: temporal, height and width positions agree
+            positions = positions[None].expand(3, b, length)
+        cos, sin = self.text.rotary_emb(h, positions)
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        # Causal and left padding; a padding query may see itself, so no softmax row is empty
+        # (its output is never used: no real query attends to a padding key).
+        allowed = torch.ones(length, length, dtype=torch.bool, device=h.device).tril()[None] & mask[:, None, :]
+        allowed |= torch.eye(length, dtype=torch.bool, device=h.device)[None]
+        allowed = allowed[:, None]
+        for index, layer in enumerate(self.text.layers):
+            attn = layer.self_attn
+            x = _rms_norm(h, layer.input_layernorm)
+            heads = (b, length, -1, attn.head_dim)
+            q = _rms_norm(_linear(attn.q_proj, x, names).view(heads), attn.q_norm).transpose(1, 2)
+            k = _rms_norm(_linear(attn.k_proj, x, names).view(heads), attn.k_norm).transpose(1, 2)
+            v = _linear(attn.v_proj, x, names).view(heads).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            cache.update(k, v, index)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling,
+                                                 enable_gqa=q.shape[1] != k.shape[1])
+            h = h + _linear(attn.o_proj, out.transpose(1, 2).reshape(b, length, -1), names)
+            x = _rms_norm(h, layer.post_attention_layernorm)
+            mlp = layer.mlp
+            gated = mlp.act_fn(_linear(mlp.gate_proj, x, names)) * _linear(mlp.up_proj, x, names)
+            h = h + _linear(mlp.down_proj, gated, names)
+            if index < len(deepstack):
+                h[visual_pos] += deepstack[index]
+        h = _rms_norm(h[:, -1:], self.text.norm)  # left padding: the last column is real for every row
+        return _linear(self.base.lm_head, h, names)[:, -1]

@@ -1,0 +1,103 @@
+"""The engine in a child process: the same tokens as in a thread, adapters, cancels, a crash and its restart."""
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from serve.engines.base import EngineError, EngineUnavailable, GenerationResult
+
+
+@pytest.fixture(scope="module")
+def pair(make_engine, adapter_dirs):
+    """The same model in a thread and in a child process, each with the same LoRA version loaded."""
+    out = {}
+    for process in (False, True):
+        eng = make_engine(batch_wait_ms=50, process=process)
+        asyncio.run(eng.load_adapter("v1", adapter_dirs[0]))
+        out[process] = eng
+    return out
+
+
+def _plan(h):
+    img = h.shape_image
+    return [h.request(h.user("How many red circles?", [img()]), max_tokens=16, rid="a", top_logprobs=2),
+            h.request(h.user("What is the box?", [img(96, 160, "blue"), img()]), max_tokens=12, rid="b", adapter="v1"),
+            h.request(h.user("Count."), max_tokens=10, rid="c", temperature=1.0, seed=3),
+            h.request(h.user("Count."), max_tokens=10, rid="d", adapter="v1", stop=("a",))]
+
+
+def test_child_process_decodes_exactly_like_the_thread(pair, h):
+    assert pair[True].engine_pid not in (None, os.getpid()) and pair[False].engine_pid is None
+    reqs = _plan(h)
+    thread = h.run_many(pair[False], reqs)
+    child = h.run_many(pair[True], reqs)
+    for (te, tr), (ce, cr) in zip(thread, child):
+        assert cr.completion_token_ids == tr.completion_token_ids and cr.text == tr.text
+        assert cr.prompt_token_ids == tr.prompt_token_ids
+        assert cr.completion_logprobs == pytest.approx(tr.completion_logprobs, abs=1e-5)
+        assert [e.text for e in ce] == [e.text for e in te]
+        assert [[t for t, _ in alts] for alts in cr.top_logprobs] == [[t for t, _ in alts] for alts in tr.top_logprobs]
+        assert cr.adapter == tr.adapter
+    stats = pair[True].stats()
+    assert stats["adapters"] == 1 and stats["engine_restarts"] == 0 and stats["tokens_total"] > 0
+
+
+def test_adapter_errors_come_back_from_the_child_and_it_keeps_serving(pair, h, tmp_path):
+    eng = pair[True]
+    with pytest.raises(EngineError, match="does not exist"):
+        asyncio.run(eng.load_adapter("bad", str(tmp_path / "missing")))
+    with pytest.raises(EngineError, match="not loaded"):
+        asyncio.run(eng.unload_adapter("never-loaded"))
+    assert eng.loaded_adapters() == ["v1"]
+    assert h.run_one(eng, h.request(h.user("Count."), max_tokens=3))[1].finish_reason in ("stop", "length")
+
+
+def test_a_client_that_leaves_frees_its_row_in_the_child(pair, h):
+    eng = pair[True]
+
+    async def leave_early():
+        stream = eng.generate(h.request(h.user("Count."), max_tokens=200))
+        await stream.__anext__()
+        await stream.aclose()
+
+    asyncio.run(leave_early())
+    deadline = time.monotonic() + 10
+    while eng.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+        h.run_one(eng, h.request(h.user("Count."), max_tokens=1))  # stats travel with the child's steps
+    assert eng.stats()["running"] == 0
+
+
+def test_a_killed_child_fails_its_requests_then_restarts_with_the_adapters(make_engine, adapter_dirs, h):
+    eng = make_engine(process=True)
+    asyncio.run(eng.load_adapter("v1", adapter_dirs[0]))
+    req = h.request(h.user("Count."), max_tokens=4, adapter="v1")
+    before = h.run_one(eng, req)[1]
+
+    async def killed_mid_request():
+        stream = eng.generate(h.request(h.user("Count."), max_tokens=500))
+        await stream.__anext__()
+        os.kill(eng.engine_pid, signal.SIGKILL)
+        return [item async for item in stream]
+
+    with pytest.raises(EngineUnavailable, match="exited"):
+        asyncio.run(killed_mid_request())
+    deadline = time.monotonic() + 60
+    while eng.stats()["engine_restarts"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert eng.stats()["engine_restarts"] == 1 and eng.loaded_adapters() == ["v1"]
+    after = h.run_one(eng, req)[1]
+    assert isinstance(after, GenerationResult) and after.completion_token_ids == before.completion_token_ids
+
+
+def test_a_model_the_child_cannot_load_is_a_clear_error(tmp_path):
+    from serve.engines.transformers_engine import TransformersEngine
+
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    eng = TransformersEngine(str(tmp_path), process=True)
+    with pytest.raises(EngineError, match="cannot load model"):
+        asyncio.run(eng.start())
+    assert not eng.running
