@@ -2,7 +2,9 @@
 
 Starts `openvlthinker serve` on the tiny model, sends the same ShapeWorld image questions
 (greedy, fixed max_tokens, reasoning_effort auto) first strictly one after another, then
-from 1, 4 and 16 concurrent clients through the official `openai` SDK, in one run.
+from 1, 4 and 16 concurrent clients through the official `openai` SDK. It does so twice in
+one run: with the engine in its own process (the default) and in a thread of the gateway
+(`--engine-thread`), and prints the two side by side.
 
     .venv/bin/python bench/serve.py [--model PATH] [--requests 96]
 """
@@ -76,9 +78,29 @@ def main() -> None:
     args = parser.parse_args()
 
     requests = make_requests(args.requests)
+    results = {name: serve_and_measure(args, requests, extra) for name, extra in CONFIGS}
+    print(f"{args.requests} image chat requests, max_tokens={args.max_tokens}, greedy, tiny model, "
+          f"engine threads={args.threads}, max-batch 16")
+    for name, rows in results.items():
+        base = rows[0][1]
+        print(f"\nengine {name}")
+        print(f"{'clients':<16}{'req/s':>8}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'throughput vs sequential':>27}")
+        for label, r in rows:
+            print(f"{label:<16}{r['rps']:>8.2f}{r['tps']:>9.0f}{r['p50'] * 1e3:>9.0f}{r['p99'] * 1e3:>9.0f}"
+                  f"{r['rps'] / base['rps']:>26.2f}x")
+    (a, proc), (b, thread) = results.items()
+    print(f"\nthroughput, {a} / {b}: " + ", ".join(f"{label} {p['rps'] / t['rps']:.2f}x"
+                                              for (label, p), (_, t) in zip(proc, thread)))
+
+
+CONFIGS = [("in its own process (default)", []), ("in a gateway thread (--engine-thread)", ["--engine-thread"])]
+
+
+def serve_and_measure(args: argparse.Namespace, requests: list[list[dict]], extra: list[str]) -> list[tuple[str, dict]]:
+    """Start a server with `extra` flags; sequential, then 1, 4 and 16 clients."""
     with tempfile.TemporaryDirectory() as run_dir:
         server = ServerProcess(["--model", args.model, "--run-dir", run_dir, "--max-batch", "16", "--max-queue", "256",
-                                "--threads", str(args.threads), "--log-level", "warning"],
+                                "--threads", str(args.threads), "--log-level", "warning", *extra],
                                log_path=Path(run_dir) / "server.log")
         try:
             client = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=300)
@@ -88,14 +110,7 @@ def main() -> None:
                 rows.append((f"{c} concurrent", run(client, requests, c, args.max_tokens)))
         finally:
             server.stop()
-
-    base = rows[0][1]
-    print(f"{args.requests} image chat requests, max_tokens={args.max_tokens}, greedy, tiny model, "
-          f"engine threads={args.threads}, max-batch 16")
-    print(f"{'clients':<16}{'req/s':>8}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'throughput vs sequential':>27}")
-    for name, r in rows:
-        print(f"{name:<16}{r['rps']:>8.2f}{r['tps']:>9.0f}{r['p50'] * 1e3:>9.0f}{r['p99'] * 1e3:>9.0f}"
-              f"{r['rps'] / base['rps']:>26.2f}x")
+    return rows
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ into their placeholder positions, then each decoder layer with fused RMSNorm, th
 rotary embedding (M-RoPE positions from the caller), SDPA under a causal and left-padding
 mask, and the DeepStack features added to the visual positions after the first layers, as
 `Qwen3VLTextModel` does. Keys and values go into the transformers `DynamicCache` the running
-batch keeps. LoRA projections get the per-row adapter names; an adapter with layers in the
+batch keeps. What the vision tower derives from image sizes alone (position-embedding
+interpolation, rotary positions, attention segment bounds; a third of its time for one
+image) is computed once per combination of image grids and handed to it as the precomputed
+inputs transformers accepts. LoRA projections get the per-row adapter names; an adapter with layers in the
 vision tower (which PEFT cannot mix per row) sends the batch through the model instead.
 """
 
@@ -25,6 +28,8 @@ from .lean_decode import _linear, _rms_norm, _rotate_half, supported_text_model
 
 __all__ = ["LeanPrefill"]
 
+GEOMETRY_CACHE = 256  # distinct image-grid combinations remembered
+
 
 class LeanPrefill:
     """Runs a left-padded prompt batch through a Qwen3-family model, filling a DynamicCache."""
@@ -34,6 +39,7 @@ class LeanPrefill:
         self.mrope = type(text_model).__name__ == "Qwen3VLTextModel"
         self.visual = getattr(base.model, "visual", None)
         self.image_token_id = getattr(base.config, "image_token_id", None)
+        self._geometry: dict[tuple, dict[str, Any]] = {}  # image grids -> precomputed vision-tower inputs
 
     @classmethod
     def build(cls, base: torch.nn.Module) -> "LeanPrefill | None":
@@ -59,8 +65,9 @@ class LeanPrefill:
         h = self.text.embed_tokens(ids)
         visual_pos, deepstack = None, []
         if "pixel_values" in enc:
-            out = self.visual(enc["pixel_values"].type(self.visual.dtype), grid_thw=enc["image_grid_thw"],
-                              return_dict=True)
+            grid = enc["image_grid_thw"]
+            out = self.visual(enc["pixel_values"].type(self.visual.dtype), grid_thw=grid, return_dict=True,
+                              **self._vision_geometry(grid))
             visual_pos = ids == self.image_token_id
             features = out.pooler_output
             if int(visual_pos.sum()) != features.shape[0]:
@@ -98,3 +105,27 @@ class LeanPrefill:
                 h[visual_pos] += deepstack[index]
         h = _rms_norm(h[:, -1:], self.text.norm)  # left padding: the last column is real for every row
         return _linear(self.base.lm_head, h, names)[:, -1]
+
+    def _vision_geometry(self, grid: torch.Tensor) -> dict[str, Any]:
+        """The vision tower's size-only inputs for these image grids (cached); {} where transformers lacks them."""
+        key = tuple(map(tuple, grid.tolist()))
+        cached = self._geometry.get(key)
+        if cached is None:
+            try:
+                from transformers.vision_utils import (get_vision_attention_seqlens,
+                                                       get_vision_interpolation_indices_and_weights,
+                                                       get_vision_position_ids)
+
+                v = self.visual
+                indices, weights = get_vision_interpolation_indices_and_weights(
+                    grid, num_grid_per_side=v.num_grid_per_side, mode=v.interpolation_mode,
+                    align_corners=v.interpolation_align_corners, spatial_merge_size=v.config.spatial_merge_size)
+                cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid, v.config)
+                cached = {"interp_indices": indices, "interp_weights": weights, "cu_seqlens": cu_seqlens,
+                          "max_seqlen": max_seqlen, "position_ids": get_vision_position_ids(grid, v.spatial_merge_size)}
+            except (ImportError, AttributeError, TypeError):  # another transformers: let the tower compute them
+                cached = {}
+            if len(self._geometry) >= GEOMETRY_CACHE:
+                self._geometry.clear()
+            self._geometry[key] = cached
+        return dict(cached)  # the tower pops what it uses

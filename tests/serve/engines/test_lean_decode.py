@@ -62,7 +62,8 @@ def test_lean_prefill_equals_the_model_forward_on_a_padded_mixed_batch(tiny_dir,
             prefill = LeanPrefill.build(model)
             assert prefill.handles(enc)
             lean = prefill(enc, positions, lean_cache, None)
-        assert torch.allclose(lean, ref, atol=1e-5)
+            again = prefill(enc, positions, DynamicCache(), None)  # the vision geometry now comes from its cache
+        assert torch.allclose(lean, ref, atol=1e-5) and torch.equal(again, lean)
         real = enc["attention_mask"].bool()[:, None, :, None]
         for a, b in zip(lean_cache.layers, ref_cache.layers):  # padding columns may differ; they are masked
             assert torch.allclose(a.keys * real, b.keys * real, atol=1e-5)
