@@ -8,7 +8,8 @@ right shape, and every value is finite. Versions are loaded under internal PEFT 
 public version names are free-form. Mixed batches use PEFT's `adapter_names=` per row, with
 "__base__" for rows on the base model.
 
-Only call `AdapterSet.load` / `unload` from the thread that runs the engine core (`core.EngineCore`), between batches.
+Only call `AdapterSet.load` / `unload` from the thread that runs the engine core
+(`core.EngineCore`), between batches.
 """
 
 from __future__ import annotations

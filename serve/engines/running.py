@@ -1,8 +1,8 @@
 """Continuous batching: the set of rows being decoded, which requests join and leave at every step.
 
-The engine core (`core.EngineCore`, one thread) alternates two calls. `admit(jobs)` prefills newly arrived requests
-together (left-padded, images and mixed adapters alike), picks their first tokens and merges
-their caches into the running batch (`kv.KVBatch`). `step()` runs one decoding forward for
+The engine core (`core.EngineCore`, one thread) alternates two calls. `admit(jobs)` prefills
+newly arrived requests together (left-padded, images and mixed adapters alike), picks their
+first tokens and merges their caches into the running batch (`kv.KVBatch`). `step()` runs one decoding forward for
 every row at once, picks each row's next token (`rows.pick_tokens`) and drops the rows that
 ended, so a finished request frees its slot at once and a new one starts without waiting for
 the longest row of a batch, as it must with HF `generate`.
