@@ -35,6 +35,8 @@ class Metrics:
         self.queue_depth = Gauge("openvlthinker_engine_queue_depth", "requests waiting in the engine", registry=r)
         self.running = Gauge("openvlthinker_engine_running", "sequences being decoded", registry=r)
         self.batch_size = Gauge("openvlthinker_engine_batch_size", "size of the last decode batch", registry=r)
+        self.restarts = Gauge("openvlthinker_engine_restarts", "times the engine's child process was restarted",
+                              registry=r)
         self.in_flight = Gauge("openvlthinker_in_flight_requests", "chat requests in flight", registry=r)
 
     def record_completion(self, version: str | None, prompt_tokens: int, completion_tokens: int,
@@ -50,6 +52,7 @@ class Metrics:
         self.queue_depth.set(float(engine_stats.get("queue_depth", 0)))
         self.running.set(float(engine_stats.get("running", 0)))
         self.batch_size.set(float(engine_stats.get("last_batch_size", 0)))
+        self.restarts.set(float(engine_stats.get("restarts", 0)))
         return generate_latest(self.registry)
 
 

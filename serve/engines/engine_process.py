@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = ["EngineProcess"]
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 15
+RESTART_DELAY_MAX_S = 30
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding `serve`, for the child's imports
 
 
@@ -99,22 +101,26 @@ class EngineProcess:
         """Ask the child to stop (running requests fail with EngineUnavailable) and wait for it."""
         self._stopping = True
         self._ready.clear()
-        if self._proc is None:
-            return
         try:
             self._send(("stop",))
         except EngineUnavailable:
             pass
-        if self._reader is not None:
-            self._reader.join(STOP_TIMEOUT_S)
-        try:
-            self._proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._conn.close()
+        if self._reader is not None:  # it returns on "stopped", on EOF, or after a restart it was in
+            self._reader.join(STOP_TIMEOUT_S + RESTART_DELAY_MAX_S)
+        self._close_child()
         self._fail_outstanding(EngineUnavailable("engine stopped"))
-        self._proc = self._conn = self._reader = None
+        self._reader = None
+
+    def _close_child(self) -> None:
+        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        if proc is not None:
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if conn is not None:
+            conn.close()
 
     # ---- work ------------------------------------------------------------------------------
 
@@ -162,7 +168,7 @@ class EngineProcess:
 
     def stats(self) -> dict[str, float]:
         """The child's gauges as of its last step, plus restarts."""
-        return {**self._stats, "engine_restarts": float(self.restarts)}
+        return {**self._stats, "restarts": float(self.restarts)}
 
     def _send(self, message: tuple) -> None:
         if not self._ready.is_set() and message[0] != "stop":
@@ -179,7 +185,7 @@ class EngineProcess:
         while True:
             try:
                 message = self._conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError, AttributeError):  # AttributeError: stop() closed it meanwhile
                 if self._stopping:
                     return
                 self._restart()
@@ -216,14 +222,27 @@ class EngineProcess:
     def _restart(self) -> None:
         """The child died: fail what it held, start a new one, load the adapters again."""
         self._ready.clear()
-        code = self._proc.wait() if self._proc is not None else None
+        try:
+            code = self._proc.wait(5)
+        except subprocess.TimeoutExpired:  # the pipe broke but the process lives on: end it
+            self._proc.kill()
+            code = self._proc.wait()
         log.error("the engine process exited unexpectedly (exit code %s); restarting it", code)
         self._fail_outstanding(EngineUnavailable(f"the engine process exited (exit code {code}); it is restarting"))
-        try:
-            self._spawn()
-        except EngineError:
-            log.exception("could not restart the engine process")
-            self._proc = self._conn = None
+        self._proc = self._conn = None
+        delay = 1.0
+        while not self._stopping:
+            try:
+                self._spawn()
+                break
+            except EngineError as exc:  # e.g. out of memory right now: try again, less and less often
+                log.error("could not restart the engine process (%s); retrying in %.0f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RESTART_DELAY_MAX_S)
+        if self._conn is None:
+            return
+        if self._stopping:  # stop() came while the new child was loading
+            self._conn.send(("stop",))
             return
         for name, path in list(self.adapters.items()):
             try:

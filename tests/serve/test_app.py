@@ -244,6 +244,7 @@ def test_models_health_metrics_openapi(make_client):
     text = client.get("/metrics").text
     assert 'openvlthinker_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0' in text
     assert 'openvlthinker_version_requests_total{version="base"} 1.0' in text
+    assert "openvlthinker_engine_restarts" in text
     assert "openvlthinker_engine_queue_depth" in text and "openvlthinker_http_request_seconds_bucket" in text
     schema = client.get("/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"] and "ChatCompletionRequest" in schema["components"]["schemas"]

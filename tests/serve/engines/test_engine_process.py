@@ -42,7 +42,7 @@ def test_child_process_decodes_exactly_like_the_thread(pair, h):
         assert [[t for t, _ in alts] for alts in cr.top_logprobs] == [[t for t, _ in alts] for alts in tr.top_logprobs]
         assert cr.adapter == tr.adapter
     stats = pair[True].stats()
-    assert stats["adapters"] == 1 and stats["engine_restarts"] == 0 and stats["tokens_total"] > 0
+    assert stats["adapters"] == 1 and stats["restarts"] == 0 and stats["tokens_total"] > 0
 
 
 def test_adapter_errors_come_back_from_the_child_and_it_keeps_serving(pair, h, tmp_path):
@@ -86,11 +86,37 @@ def test_a_killed_child_fails_its_requests_then_restarts_with_the_adapters(make_
     with pytest.raises(EngineUnavailable, match="exited"):
         asyncio.run(killed_mid_request())
     deadline = time.monotonic() + 60
-    while eng.stats()["engine_restarts"] < 1 and time.monotonic() < deadline:
+    while eng.stats()["restarts"] < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert eng.stats()["engine_restarts"] == 1 and eng.loaded_adapters() == ["v1"]
+    assert eng.stats()["restarts"] == 1 and eng.loaded_adapters() == ["v1"]
     after = h.run_one(eng, req)[1]
     assert isinstance(after, GenerationResult) and after.completion_token_ids == before.completion_token_ids
+
+
+def test_a_restart_that_fails_is_retried_until_the_child_loads_again(tiny_dir, tmp_path, h):
+    import shutil
+
+    from serve.engines.transformers_engine import TransformersEngine
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    eng = TransformersEngine(str(folder), process=True)
+    asyncio.run(eng.start())
+    try:
+        folder.rename(tmp_path / "away")  # the next child cannot load the model
+        os.kill(eng.engine_pid, signal.SIGKILL)
+        time.sleep(2.5)  # at least one failed attempt (the first retry waits 1 s)
+        assert eng.stats()["restarts"] == 0
+        with pytest.raises(EngineUnavailable, match="restarting"):
+            h.run_one(eng, h.request(h.user("Count."), max_tokens=2))
+        (tmp_path / "away").rename(folder)
+        deadline = time.monotonic() + 60
+        while eng.stats()["restarts"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert h.run_one(eng, h.request(h.user("Count."), max_tokens=2))[1].finish_reason in ("stop", "length")
+    finally:
+        asyncio.run(eng.stop())
+    assert eng.engine_pid is None
 
 
 def test_a_model_the_child_cannot_load_is_a_clear_error(tmp_path):
