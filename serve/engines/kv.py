@@ -87,10 +87,9 @@ class KVBatch:
         """Add `other`'s rows after this batch's rows, right-aligned with them."""
         if len(other.keys) != len(self.keys):
             raise ValueError(f"caches with {len(self.keys)} and {len(other.keys)} layers cannot be merged")
-        if other.width > self.end:
-            self._reallocate(slots=self.size + other.size, left=other.width - self.width)
-        elif self.size + other.size > self._mask.shape[0]:
-            self._reallocate(slots=self.size + other.size, left=0)
+        if other.width > self.end or self.size + other.size > self._mask.shape[0]:
+            # New buffers start the live columns at `left`: leave room there for the wider joiners.
+            self._reallocate(slots=self.size + other.size, left=max(0, other.width - self.width))
         first, rows = self.size, slice(self.size, self.size + other.size)
         start = min(self.start, self.end - other.width)
         if start < self.start:  # columns coming back into view: nothing of the old rows is there

@@ -52,20 +52,32 @@ def test_kv_rows_join_outside_inference_mode_after_a_reallocation_inside_it():
     assert kv.size == 3 and (kv.layer(0)[0][2, :, -2:] == 5.0).all()
 
 
+def test_kv_rows_wider_than_the_trimmed_batch_join_when_the_slots_are_full():
+    """Slots full and columns trimmed: the new buffers must also make room on the left (a CI find)."""
+    kv = KVBatch(_cache(2, 10), torch.tensor([[1] * 10, [0] * 7 + [1] * 3]))
+    assert kv.keep([1]) == [1] and kv.width == 3  # the wide row left: columns 0-6 are dropped
+    kv.extend(KVBatch(_cache(2, 8, fill=5.0), torch.ones(2, 8, dtype=torch.long)))  # 3 rows > 2 slots
+    assert kv.size == 3 and kv.width == 8
+    assert kv.mask.tolist() == [[0] * 5 + [1] * 3, [1] * 8, [1] * 8]
+    keys, _ = kv.layer(0)
+    assert (keys[0, :, 5:] == 1.0).all() and (keys[1:] == 5.0).all()
+
+
 def _real(kv, layer):
     """Each row's cached keys and values at its real (unmasked) columns."""
     keys, values = kv.layer(layer)
     return [(keys[r][:, m.bool()], values[r][:, m.bool()]) for r, m in enumerate(kv.mask)]
 
 
-def test_kv_buffers_equal_per_row_concatenation_under_random_joins_leaves_and_steps():
+@pytest.mark.parametrize("seed", range(60))
+def test_kv_buffers_equal_per_row_concatenation_under_random_joins_leaves_and_steps(seed):
     """Property: whatever rows join (any width), leave (any subset) and decode, every live row's
     real keys and values are exactly its prefill followed by the columns appended to it."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     layers = 2
 
     def prefill(rows):
-        width = int(torch.randint(1, 9, (1,), generator=gen))
+        width = int(torch.randint(1, 16, (1,), generator=gen))
         lengths = torch.randint(1, width + 1, (rows,), generator=gen)
         lengths[0] = width  # a prefill is as wide as its longest prompt
         mask = (torch.arange(width)[None] >= width - lengths[:, None]).long()
