@@ -37,6 +37,22 @@ def make_engine(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def engine_variants(make_engine, adapter_dirs):
+    """{value: engine} for one constructor option, each engine with the same first `adapters` LoRA versions."""
+
+    def make(option, values, adapters=1):
+        out = {}
+        for value in values:
+            eng = make_engine(batch_wait_ms=50, **{option: value})
+            for i in range(adapters):
+                asyncio.run(eng.load_adapter(f"v{i + 1}", adapter_dirs[i]))
+            out[value] = eng
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def engine(make_engine):
     # A generous batch window so requests started together by asyncio.gather share one batch.
     return make_engine(batch_wait_ms=50)

@@ -11,14 +11,9 @@ from serve.engines.base import EngineError, EngineUnavailable, GenerationResult
 
 
 @pytest.fixture(scope="module")
-def pair(make_engine, adapter_dirs):
+def pair(engine_variants):
     """The same model in a thread and in a child process, each with the same LoRA version loaded."""
-    out = {}
-    for process in (False, True):
-        eng = make_engine(batch_wait_ms=50, process=process)
-        asyncio.run(eng.load_adapter("v1", adapter_dirs[0]))
-        out[process] = eng
-    return out
+    return engine_variants("process", (False, True))
 
 
 def _plan(h):

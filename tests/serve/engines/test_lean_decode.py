@@ -1,6 +1,5 @@
 """Lean decoding step and lean prefill: the tokens and logprobs of the model's own forward, adapters included."""
 
-import asyncio
 
 import pytest
 import torch
@@ -9,15 +8,9 @@ from serve.engines.lean_decode import LeanDecoder
 
 
 @pytest.fixture(scope="module")
-def engines(make_engine, adapter_dirs):
+def engines(engine_variants):
     """The same model twice, with the same two LoRA versions: lean decoding steps and full forwards."""
-    out = {}
-    for lean in (True, False):
-        eng = make_engine(batch_wait_ms=50, lean_decode=lean)
-        asyncio.run(eng.load_adapter("v1", adapter_dirs[0]))
-        asyncio.run(eng.load_adapter("v2", adapter_dirs[1]))
-        out[lean] = eng
-    return out
+    return engine_variants("lean_decode", (True, False), adapters=2)
 
 
 def test_lean_and_full_forward_agree_on_a_mixed_batch(engines, h):
