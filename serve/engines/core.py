@@ -14,7 +14,7 @@ removed under a running forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .base import EngineError, EngineUnavailable
 from .scheduler import Command, Scheduler
@@ -70,8 +70,11 @@ class EngineCore:
         self.ctx = DecodeContext.from_tokenizer(processor.tokenizer, extra_eos=model_eos)
         self.adapters, self.processor = AdapterSet(model), processor
 
-    def run(self) -> None:
-        """Admit jobs, step the running batch and run commands until the scheduler closes."""
+    def run(self, after: Callable[[], None] | None = None) -> None:
+        """Admit jobs, step the running batch and run commands until the scheduler closes.
+
+        `after` runs after every round (the child process reports gauges that changed without an emit).
+        """
         from .running import RunningBatch
 
         batch = self.batch = RunningBatch(self.adapters, self.processor, self.ctx, self.sched.emit,
@@ -84,12 +87,14 @@ class EngineCore:
                     except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller
                         work.future.set_exception(exc)
                     batch.drop_orphans()
-                    continue
-                if jobs := [j for j in work if not j.cancelled]:
-                    self.last_batch_size = len(jobs)
-                    self.batches_total += 1
-                    batch.admit(jobs)
-                batch.step()
+                else:
+                    if jobs := [j for j in work if not j.cancelled]:
+                        self.last_batch_size = len(jobs)
+                        self.batches_total += 1
+                        batch.admit(jobs)
+                    batch.step()
+                if after is not None:
+                    after()
         finally:
             batch.fail_all(EngineUnavailable("engine stopped"))
 

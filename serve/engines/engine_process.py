@@ -11,6 +11,7 @@ rendering and token counting) and talks to the child over a pipe:
                       ("command", key, name, args)  ("stop",)
     child -> parent   ("ready", max_context) | ("failed", message)   once, after loading
                       ("events", [(key, TokenEvent | GenerationResult | EngineError)], stats)
+                      ("stats", stats)   after a round that changed the gauges without events
                       ("reply", key, ok, value_or_error)
 
 Events of one decoding step travel as one message. If the child dies, every request in it
@@ -196,6 +197,8 @@ class EngineProcess:
             if kind == "events":
                 self._stats = message[2]
                 self._deliver(message[1])
+            elif kind == "stats":
+                self._stats = message[1]
             elif kind == "reply":
                 future = self._replies.pop(message[1], None)
                 if future is not None:
@@ -276,13 +279,24 @@ def _child_main(conn: Connection) -> None:
             except (OSError, ValueError):
                 pass  # the parent is gone; the receiver sees EOF and closes the scheduler
 
+    reported: dict[str, float] = {}
+
     def emit(items: list[tuple[Job, Any]]) -> None:
         pairs = []
         for job, item in items:
             if isinstance(item, (GenerationResult, BaseException)):
                 jobs.pop(job.key, None)
             pairs.append((job.key, item))
-        send(("events", pairs, core.stats()))
+        reported.update(core.stats())
+        send(("events", pairs, dict(reported)))
+
+    def report_changes() -> None:
+        # A row cancelled after a step's emit leaves without another one: say so, or the
+        # gateway's gauges would show it running until the next request.
+        stats = core.stats()
+        if any(stats[k] != reported.get(k) for k in ("running", "queue_depth")):
+            reported.update(stats)
+            send(("stats", dict(reported)))
 
     sched = Scheduler(max_queue, batch_wait, emit=emit)
     core = EngineCore(settings, sched)
@@ -294,7 +308,7 @@ def _child_main(conn: Connection) -> None:
     send(("ready", core.max_context))
     threading.Thread(target=_receive, args=(conn, sched, core, jobs, send), name="engine-receiver",
                      daemon=True).start()
-    core.run()
+    core.run(after=report_changes)
     send(("stopped",))
 
 

@@ -58,12 +58,12 @@ def test_a_client_that_leaves_frees_its_row_in_the_child(pair, h):
         await stream.__anext__()
         await stream.aclose()
 
-    asyncio.run(leave_early())
-    deadline = time.monotonic() + 10
-    while eng.stats()["running"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-        h.run_one(eng, h.request(h.user("Count."), max_tokens=1))  # stats travel with the child's steps
-    assert eng.stats()["running"] == 0
+    for _ in range(5):  # the cancel may land before, during or after the step that would emit next
+        asyncio.run(leave_early())
+        deadline = time.monotonic() + 10
+        while eng.stats()["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert eng.stats()["running"] == 0, "the child reports the row it dropped, without another request"
 
 
 def test_a_killed_child_fails_its_requests_then_restarts_with_the_adapters(make_engine, adapter_dirs, h):
