@@ -13,6 +13,7 @@ from typing import Any
 
 from openvlthinker.data.records import PROBLEM_TYPES
 from openvlthinker.prompts import instruction
+from openvlthinker.question_type import infer_problem_type
 from openvlthinker.reasoning import ReasoningPlan, plan
 
 from .errors import invalid
@@ -93,7 +94,8 @@ async def build_prompt(req: ChatCompletionRequest, limits: ImageLimits) -> Promp
     question = "\n".join(p["text"] for p in messages[last_user]["content"] if p["type"] == "text")
     reasoning = plan(req.reasoning_effort, question, problem_type, task_type)
     missing = [opt for opt in options if opt not in question]
-    suffix = "\n".join([*missing, instruction(problem_type, reasoning.mode)])
+    # Without a stated type, the question's own shape picks the answer-format tail (question_type.py).
+    suffix = "\n".join([*missing, instruction(problem_type or infer_problem_type(question), reasoning.mode)])
     _append_text(messages[last_user]["content"], suffix)
     prefix = ""
     if messages[-1]["role"] == "assistant":

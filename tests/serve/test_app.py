@@ -50,6 +50,19 @@ def test_image_chat_splits_thinking_and_logs_the_interaction(make_client, h):
     assert page["next_cursor"] == item["cursor"]
 
 
+@pytest.mark.parametrize("question, tail", [
+    ("Which shape is red?\nA. circle\nB. square", "option letter only"),
+    ("Locate the red circle and give its bounding box.", "bounding box as JSON"),
+    ("Describe the picture.", None),  # an open question keeps the plain instruction
+])
+def test_a_question_without_metadata_gets_the_tail_its_shape_asks_for(make_client, question, tail):
+    client = make_client()
+    assert chat(client, messages=[{"role": "user", "content": question}]).status_code == 200
+    text = client.app.state.engine.requests[-1].messages[0]["content"][-1]["text"]
+    end = text.split("</answer> tags", 1)[1]
+    assert (tail in end) if tail else end.strip(" .") == "", text
+
+
 def test_effort_none_is_direct_and_options_are_listed(make_client):
     client = make_client()
     r = chat(client, reasoning_effort="none",
