@@ -114,10 +114,13 @@ class TransformersEngine:
 
         from .engine_process import EngineProcess
 
+        try:  # the gateway's copy renders, counts and encodes prompts; first, so a bad folder starts no child
+            processor = await asyncio.to_thread(load_processor, self.model_name)
+        except Exception as exc:
+            raise EngineError(f"cannot load model {self.model_name!r}: {exc}") from exc
         child = EngineProcess(self.settings, self.max_queue, self._batch_wait)
         await asyncio.to_thread(child.start)
-        self._child, self.max_context = child, child.max_context
-        self._processor = await asyncio.to_thread(load_processor, self.model_name)
+        self._child, self.max_context, self._processor = child, child.max_context, processor
 
     async def stop(self) -> None:
         """Fail waiting requests, abort the running batch (its clients get EngineError), end the worker."""

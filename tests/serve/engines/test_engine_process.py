@@ -114,11 +114,20 @@ def test_a_restart_that_fails_is_retried_until_the_child_loads_again(tiny_dir, t
     assert eng.engine_pid is None
 
 
-def test_a_model_the_child_cannot_load_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("broken", ["no processor", "corrupt weights"])
+def test_a_model_that_cannot_be_loaded_is_a_clear_error(tiny_dir, tmp_path, broken):
+    import shutil
+
     from serve.engines.transformers_engine import TransformersEngine
 
-    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    if broken == "no processor":  # the gateway's side fails before any child starts
+        (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    else:  # the processor loads; the child fails on the weights and says why
+        shutil.copytree(tiny_dir, tmp_path, dirs_exist_ok=True)
+        (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
     eng = TransformersEngine(str(tmp_path), process=True)
-    with pytest.raises(EngineError, match="cannot load model"):
+    with pytest.raises(EngineError, match="cannot load model") as info:
         asyncio.run(eng.start())
     assert not eng.running
+    if broken == "corrupt weights":
+        assert "safetensors" in str(info.value).lower() or "header" in str(info.value).lower(), info.value
