@@ -66,22 +66,32 @@ class LeanDecoder:
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         bias = torch.zeros(kv.mask.shape, dtype=h.dtype, device=h.device).masked_fill_(kv.mask == 0, float("-inf"))
         for index, layer in enumerate(self.text.layers):
-            attn = layer.self_attn
-            x = _rms_norm(h, layer.input_layernorm)
-            q = _rms_norm(_linear(attn.q_proj, x, names).view(b, 1, -1, attn.head_dim), attn.q_norm).transpose(1, 2)
-            k = _rms_norm(_linear(attn.k_proj, x, names).view(b, 1, -1, attn.head_dim), attn.k_norm).transpose(1, 2)
-            v = _linear(attn.v_proj, x, names).view(b, 1, -1, attn.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k, v = attention_inputs(layer, h, names, cos, sin)
             keys, values = kv.append(index, k, v)
-            out = _attend(q, keys, values, bias, attn.scaling)
-            h = h + _linear(attn.o_proj, out.reshape(b, 1, -1), names)
-            x = _rms_norm(h, layer.post_attention_layernorm)
-            mlp = layer.mlp
-            gated = mlp.act_fn(_linear(mlp.gate_proj, x, names)) * _linear(mlp.up_proj, x, names)
-            h = h + _linear(mlp.down_proj, gated, names)
+            out = _attend(q, keys, values, bias, layer.self_attn.scaling)
+            h = mlp_residual(layer, h + _linear(layer.self_attn.o_proj, out.reshape(b, 1, -1), names), names)
         h = _rms_norm(h, self.text.norm)
         return _linear(self.base.lm_head, h, names)[:, -1]
+
+
+def attention_inputs(layer: torch.nn.Module, h: torch.Tensor, names: list[str] | None, cos: torch.Tensor,
+                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A decoder layer's queries, keys and values (B, heads, L, head_dim) for h (B, L, D): normed and rotated."""
+    attn = layer.self_attn
+    x = _rms_norm(h, layer.input_layernorm)
+    heads = (*h.shape[:2], -1, attn.head_dim)
+    q = _rms_norm(_linear(attn.q_proj, x, names).view(heads), attn.q_norm).transpose(1, 2)
+    k = _rms_norm(_linear(attn.k_proj, x, names).view(heads), attn.k_norm).transpose(1, 2)
+    v = _linear(attn.v_proj, x, names).view(heads).transpose(1, 2)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
+def mlp_residual(layer: torch.nn.Module, h: torch.Tensor, names: list[str] | None) -> torch.Tensor:
+    """h plus the layer's gated MLP of its post-attention norm."""
+    x = _rms_norm(h, layer.post_attention_layernorm)
+    mlp = layer.mlp
+    gated = mlp.act_fn(_linear(mlp.gate_proj, x, names)) * _linear(mlp.up_proj, x, names)
+    return h + _linear(mlp.down_proj, gated, names)
 
 
 def supported_text_model(base: torch.nn.Module) -> torch.nn.Module | None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import EngineError
-from .lean_decode import _linear, _rms_norm, _rotate_half, supported_text_model
+from .lean_decode import _linear, _rms_norm, attention_inputs, mlp_residual, supported_text_model
 
 __all__ = ["LeanPrefill"]
 
@@ -85,22 +85,12 @@ class LeanPrefill:
         allowed |= torch.eye(length, dtype=torch.bool, device=h.device)[None]
         allowed = allowed[:, None]
         for index, layer in enumerate(self.text.layers):
-            attn = layer.self_attn
-            x = _rms_norm(h, layer.input_layernorm)
-            heads = (b, length, -1, attn.head_dim)
-            q = _rms_norm(_linear(attn.q_proj, x, names).view(heads), attn.q_norm).transpose(1, 2)
-            k = _rms_norm(_linear(attn.k_proj, x, names).view(heads), attn.k_norm).transpose(1, 2)
-            v = _linear(attn.v_proj, x, names).view(heads).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k, v = attention_inputs(layer, h, names, cos, sin)
             cache.update(k, v, index)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling,
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=layer.self_attn.scaling,
                                                  enable_gqa=q.shape[1] != k.shape[1])
-            h = h + _linear(attn.o_proj, out.transpose(1, 2).reshape(b, length, -1), names)
-            x = _rms_norm(h, layer.post_attention_layernorm)
-            mlp = layer.mlp
-            gated = mlp.act_fn(_linear(mlp.gate_proj, x, names)) * _linear(mlp.up_proj, x, names)
-            h = h + _linear(mlp.down_proj, gated, names)
+            attended = _linear(layer.self_attn.o_proj, out.transpose(1, 2).reshape(b, length, -1), names)
+            h = mlp_residual(layer, h + attended, names)
             if index < len(deepstack):
                 h[visual_pos] += deepstack[index]
         h = _rms_norm(h[:, -1:], self.text.norm)  # left padding: the last column is real for every row
