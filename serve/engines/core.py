@@ -77,8 +77,7 @@ class EngineCore:
         """
         from .running import RunningBatch
 
-        batch = self.batch = RunningBatch(self.adapters, self.processor, self.ctx, self.sched.emit,
-                                          lean=self.settings.lean_decode)
+        batch = self.batch = RunningBatch(self.adapters, self.ctx, self.sched.emit, lean=self.settings.lean_decode)
         try:
             while (work := self.sched.next_work(self.settings.max_batch - batch.size, busy=batch.size > 0)) is not None:
                 if isinstance(work, Command):

@@ -7,7 +7,7 @@ cores, the whole server never used more than one core. Here the `EngineCore` run
 spawned child with its own interpreter; the gateway process keeps the processor (prompt
 rendering and token counting) and talks to the child over a pipe:
 
-    parent -> child   ("job", key, request, prompt, prefix, n_prompt, inputs)  ("cancel", key)
+    parent -> child   ("job", key, request, prefix, inputs)  ("cancel", key)
                       ("command", key, name, args)  ("stop",)
     child -> parent   ("ready", max_context) | ("failed", message)   once, after loading
                       ("events", [(key, TokenEvent | GenerationResult | EngineError)], stats)
@@ -131,7 +131,7 @@ class EngineProcess:
         self._jobs[job.key] = job
         request = dataclasses.replace(job.request, messages=[])  # the images travel once, encoded in `inputs`
         try:
-            self._send(("job", job.key, request, job.prompt, job.prefix, job.n_prompt, job.inputs))
+            self._send(("job", job.key, request, job.prefix, job.inputs))
         except EngineError:
             self._jobs.pop(job.key, None)
             raise
@@ -332,8 +332,8 @@ def _receive(conn, sched: Scheduler, core: EngineCore, jobs: dict[int, Job], sen
             return
         kind = message[0]
         if kind == "job":
-            _, key, request, prompt, prefix, n_prompt, inputs = message
-            job = Job(request, None, None, prompt, [], prefix, n_prompt, key=key, inputs=inputs)
+            _, key, request, prefix, inputs = message
+            job = Job(request, None, None, inputs, prefix, key=key)
             jobs[key] = job
             try:
                 sched.admit(job)

@@ -14,8 +14,7 @@ from typing import Any
 
 from .base import EngineError
 
-__all__ = ["IMAGE_PAD", "assistant_prefix", "collate", "collect_images", "count_tokens", "encode_batch", "encode_one",
-           "render"]
+__all__ = ["IMAGE_PAD", "assistant_prefix", "collate", "collect_images", "count_tokens", "encode_one", "render"]
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -75,18 +74,6 @@ def count_tokens(tokenizer, processor, text: str, images: list[Any]) -> int:
         raise EngineError(f"unsupported image size: {exc}") from exc
     # Each placeholder is one token in `text` and expands to per_image[i] tokens.
     return n_text + sum(n - 1 for n in per_image)
-
-
-def encode_batch(processor, texts: list[str], images: list[Any], device, dtype):
-    """Left-padded processor outputs for a batch (mm_token_type_ids included), on `device`."""
-    enc = processor(text=texts, images=images or None, return_tensors="pt", padding=True, padding_side="left")
-    enc = enc.to(device)
-    if "pixel_values" in enc and dtype is not None and enc["pixel_values"].dtype != dtype:
-        enc["pixel_values"] = enc["pixel_values"].to(dtype)
-    # Rows' real prompt ids (padding dropped), for the result's prompt_token_ids.
-    mask = enc["attention_mask"].bool()
-    prompt_ids = [row[m].tolist() for row, m in zip(enc["input_ids"], mask)]
-    return enc, prompt_ids
 
 
 def encode_one(processor, text: str, images: list[Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 
 from .adapters import AdapterSet
 from .base import EngineError, EngineFailed
-from .inputs import collate, encode_batch
+from .inputs import collate
 from .kv import KVBatch
 from .lean_decode import LeanDecoder
 from .lean_prefill import LeanPrefill
@@ -54,8 +54,8 @@ def _next_positions(positions: torch.Tensor) -> torch.Tensor:
 class RunningBatch:
     """The rows in flight, their cache, positions and the tokens to feed at the next step."""
 
-    def __init__(self, adapters: AdapterSet, processor, ctx: DecodeContext, emit: Emit, lean: bool = True):
-        self.adapters, self.processor, self.ctx, self.emit = adapters, processor, ctx, emit
+    def __init__(self, adapters: AdapterSet, ctx: DecodeContext, emit: Emit, lean: bool = True):
+        self.adapters, self.ctx, self.emit = adapters, ctx, emit
         self._clear()
         self.tokens = 0  # tokens decoded so far (stats)
         # transformers 5 renamed `past_key_values` to `cache`; pass whichever this version takes.
@@ -91,12 +91,7 @@ class RunningBatch:
         try:
             with torch.inference_mode():
                 names = self.adapters.adapter_names([job.request.adapter for job in jobs])
-                if all(job.inputs is not None for job in jobs):  # encoded by the caller: only stack them
-                    enc, prompt_ids = collate([job.inputs for job in jobs], self.ctx.pad_id, model.device, model.dtype)
-                else:
-                    images = [img for job in jobs for img in job.images]
-                    enc, prompt_ids = encode_batch(self.processor, [job.prompt for job in jobs], images, model.device,
-                                                   model.dtype)
+                enc, prompt_ids = collate([job.inputs for job in jobs], self.ctx.pad_id, model.device, model.dtype)
                 positions = prefill_positions(self._base(), enc)
                 cache = DynamicCache()
                 if self._prefill is not None and self._prefill.handles(enc):

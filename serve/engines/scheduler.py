@@ -26,19 +26,16 @@ __all__ = ["Command", "Job", "Scheduler"]
 
 @dataclass(eq=False)
 class Job:
-    """One admitted request, its prompt rendered on the event loop, and where its output goes."""
+    """One admitted request, its prompt encoded on the caller's side, and where its output goes."""
 
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop | None  # None in the engine's child process, which answers through a pipe
     queue: asyncio.Queue | None
-    prompt: str
-    images: list[Any]
+    inputs: dict[str, Any]  # the prompt's model inputs (inputs.encode_one)
     prefix: str  # a continued assistant message, if any
-    n_prompt: int
     arrival: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set from the client side; the worker drops the row
     key: int = 0  # the job's number in the engine's child process (engine_process.py)
-    inputs: dict[str, Any] | None = None  # the prompt encoded on the caller's side (inputs.encode_one)
 
 
 @dataclass(eq=False)

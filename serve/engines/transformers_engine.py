@@ -28,7 +28,8 @@ import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from .base import EngineError, EngineUnavailable, GenerationRequest, GenerationResult, Mode, TokenEvent
+from .base import (EngineError, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, Mode,
+                   TokenEvent)
 from .core import DEFAULT_MAX_CONTEXT, CoreSettings, EngineCore
 from .scheduler import Command, Job, Scheduler
 
@@ -191,9 +192,10 @@ class TransformersEngine:
                               f"context window of {self.max_context} tokens")
         from .inputs import encode_one
 
-        # Encoded here, on the caller's side: the engine's thread (or process) only stacks prompts.
-        job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), text, [], prefix, n_prompt,
-                  inputs=encode_one(self._processor, text, images))
+        # Encoded here, on the caller's side (after the checks, which need no pixels): the engine's
+        # thread or process only stacks prompts.
+        inputs = encode_one(self._processor, text, images)
+        job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), inputs, prefix)
         (self._child or self._sched).admit(job)
         return job
 
@@ -201,8 +203,6 @@ class TransformersEngine:
         if self._child is None:
             self._sched.check_room()
         elif self._child.in_flight >= self.max_batch + self.max_queue:  # the child checks its own queue too
-            from .base import EngineOverloaded
-
             raise EngineOverloaded(f"{self._child.in_flight} requests are already in the engine "
                                    f"(max_batch {self.max_batch} + max_queue {self.max_queue})")
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from openvlthinker.models import load_processor
-from serve.engines.inputs import collate, encode_batch, encode_one, render
+from serve.engines.inputs import collate, encode_one, render
 
 
 def test_collated_prompts_equal_the_processor_batch(tiny_dir, h):
@@ -17,11 +17,12 @@ def test_collated_prompts_equal_the_processor_batch(tiny_dir, h):
     one = [encode_one(processor, t, i) for t, i in zip(texts, images)]
     assert all(isinstance(v, np.ndarray) for p in one for v in p.values())  # what crosses the process pipe
     got, got_ids = collate(one, processor.tokenizer.pad_token_id, "cpu", torch.float32)
-    ref, ref_ids = encode_batch(processor, texts, [i for imgs in images for i in imgs], "cpu", torch.float32)
+    ref = processor(text=texts, images=[i for imgs in images for i in imgs], return_tensors="pt", padding=True,
+                    padding_side="left")  # the processor's own left-padded batch
     assert set(got) == set(ref) - {"token_type_ids"}
     for key in got:
         assert torch.equal(got[key], ref[key].to(got[key].dtype)), key
-    assert got_ids == ref_ids
+    assert got_ids == [row[m.bool()].tolist() for row, m in zip(ref["input_ids"], ref["attention_mask"])]
 
 
 def test_an_image_the_processor_refuses_is_an_engine_error(tiny_dir, h):

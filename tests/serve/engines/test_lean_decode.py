@@ -36,7 +36,7 @@ def test_lean_prefill_equals_the_model_forward_on_a_padded_mixed_batch(tiny_dir,
     from transformers import DynamicCache
 
     from openvlthinker.models import load
-    from serve.engines.inputs import encode_batch, render
+    from serve.engines.inputs import render
     from serve.engines.lean_prefill import LeanPrefill
     from serve.engines.running import prefill_positions
 
@@ -47,7 +47,7 @@ def test_lean_prefill_equals_the_model_forward_on_a_padded_mixed_batch(tiny_dir,
     for group in (convs, convs[1:2]):  # padded rows with one and two images and none; text only
         texts = [render(processor, m) for m in group]
         images = [part["image"] for m in group for part in m[0]["content"] if part.get("type") == "image"]
-        enc, _ = encode_batch(processor, texts, images, "cpu", torch.float32)
+        enc = dict(processor(text=texts, images=images or None, return_tensors="pt", padding=True, padding_side="left"))
         positions = prefill_positions(model, enc)
         with torch.inference_mode():
             ref_cache, lean_cache = DynamicCache(), DynamicCache()
