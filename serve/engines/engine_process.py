@@ -232,7 +232,7 @@ class EngineProcess:
             code = self._proc.wait()
         log.error("the engine process exited unexpectedly (exit code %s); restarting it", code)
         self._fail_outstanding(EngineUnavailable(f"the engine process exited (exit code {code}); it is restarting"))
-        self._proc = self._conn = None
+        self._close_child()  # the dead child's end of the pipe is closed too, not leaked per restart
         delay = 1.0
         while not self._stopping:
             try:
