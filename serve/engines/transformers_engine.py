@@ -57,9 +57,9 @@ class TransformersEngine:
         if max_batch < 1 or max_queue < 1 or threads < 1 or batch_wait_ms < 0:
             raise ValueError("max_batch, max_queue and threads must be >= 1 and batch_wait_ms >= 0")
         self.model_name = str(model_path)
-        self.device, self.dtype, self.threads, self.process = device, dtype, threads, process
-        # Decoding steps outside the transformers call stack and the patch embedding as a matmul (lean_decode.py).
-        self.lean_decode = lean_decode
+        self.process = process
+        # What the core loads and how it runs (lean_decode: decoding steps and prefill outside the
+        # transformers call stack, lean_decode.py / lean_prefill.py); the single copy of these options.
         self.settings = CoreSettings(self.model_name, device=device, dtype=dtype, threads=threads, max_batch=max_batch,
                                      max_context=max_context, lean_decode=lean_decode)
         window = _config_context(self.model_name)
