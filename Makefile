@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python bench/advantages.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/answer_format.py
 
 # The gateway's overhead over vLLM itself, 1 and 16 concurrent clients (CPU: the tiny text model).
 bench-vllm: install vllm-env

@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -45,8 +46,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run(client: OpenAI, requests: list[list[dict]], concurrency: int, max_tokens: int) -> dict[str, float]:
-    """Send every request with `concurrency` clients; returns throughput and latency figures."""
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of process `pid` ("gateway") and of its children ("engine", when the
+    engine runs in its own process; in a thread it is part of the gateway's figure); Linux /proc."""
+    def one(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        children = [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                    for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+        return {"gateway": one(pid), **({"engine": sum(one(c) for c in children)} if children else {})}
+    except (OSError, ValueError, IndexError):  # not Linux, or a process just ended: no CPU columns
+        return {}
+
+
+def run(client: OpenAI, requests: list[list[dict]], concurrency: int, max_tokens: int,
+        server_pid: int | None = None) -> dict[str, float]:
+    """Send every request with `concurrency` clients; throughput, latency and CPU per request figures."""
     latencies: list[float] = []
     tokens: list[int] = []
 
@@ -57,6 +74,8 @@ def run(client: OpenAI, requests: list[list[dict]], concurrency: int, max_tokens
         latencies.append(time.perf_counter() - start)
         tokens.append(resp.usage.completion_tokens)
 
+    cpu_before = cpu_seconds(server_pid) if server_pid else {}
+    client_before = time.process_time()
     start = time.perf_counter()
     if concurrency == 0:  # strictly sequential: no overlap at all
         for messages in requests:
@@ -65,8 +84,14 @@ def run(client: OpenAI, requests: list[list[dict]], concurrency: int, max_tokens
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(one, requests))
     wall = time.perf_counter() - start
-    return {"wall": wall, "rps": len(requests) / wall, "tps": sum(tokens) / wall,
-            "p50": statistics.median(latencies), "p99": percentile(latencies, 0.99)}
+    out = {"wall": wall, "rps": len(requests) / wall, "tps": sum(tokens) / wall,
+           "p50": statistics.median(latencies), "p99": percentile(latencies, 0.99),
+           "client_ms": (time.process_time() - client_before) * 1e3 / len(requests)}
+    cpu_after = cpu_seconds(server_pid) if server_pid else {}
+    if cpu_before and cpu_after:
+        for part in cpu_before.keys() & cpu_after.keys():
+            out[f"{part}_ms"] = (cpu_after[part] - cpu_before[part]) * 1e3 / len(requests)
+    return out
 
 
 def main() -> None:
@@ -84,10 +109,12 @@ def main() -> None:
     for name, rows in results.items():
         base = rows[0][1]
         print(f"\nengine {name}")
-        print(f"{'clients':<16}{'req/s':>8}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'throughput vs sequential':>27}")
+        print(f"{'clients':<16}{'req/s':>8}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'throughput vs sequential':>27}"
+              f"   CPU ms per request: {'gateway':>7}{'engine':>8}{'client':>8}")
         for label, r in rows:
+            cpu = "".join(f"{r[k]:>8.1f}" if k in r else f"{'-':>8}" for k in ("gateway_ms", "engine_ms", "client_ms"))
             print(f"{label:<16}{r['rps']:>8.2f}{r['tps']:>9.0f}{r['p50'] * 1e3:>9.0f}{r['p99'] * 1e3:>9.0f}"
-                  f"{r['rps'] / base['rps']:>26.2f}x")
+                  f"{r['rps'] / base['rps']:>26.2f}x{'':>20}{cpu}")
     (a, proc), (b, thread) = results.items()
     print(f"\nthroughput, {a} / {b}: " + ", ".join(f"{label} {p['rps'] / t['rps']:.2f}x"
                                               for (label, p), (_, t) in zip(proc, thread)))
@@ -105,9 +132,10 @@ def serve_and_measure(args: argparse.Namespace, requests: list[list[dict]], extr
         try:
             client = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=300)
             run(client, requests[:8], 4, args.max_tokens)  # warm-up
-            rows = [("sequential", run(client, requests, 0, args.max_tokens))]
+            pid = server.proc.pid
+            rows = [("sequential", run(client, requests, 0, args.max_tokens, pid))]
             for c in (1, 4, 16):
-                rows.append((f"{c} concurrent", run(client, requests, c, args.max_tokens)))
+                rows.append((f"{c} concurrent", run(client, requests, c, args.max_tokens, pid)))
         finally:
             server.stop()
     return rows
