@@ -59,7 +59,7 @@ class EngineCore:
         torch.set_num_threads(s.threads)
         model, processor = load(s.model_path, device=s.device, dtype=s.dtype)
         if s.lean_decode:
-            from .lean_decode import linear_patch_embed
+            from .lean_layers import linear_patch_embed
 
             linear_patch_embed(model)
         model_eos = model.generation_config.eos_token_id
@@ -90,8 +90,7 @@ class EngineCore:
                     if jobs := [j for j in work if not j.cancelled]:
                         self.last_batch_size = len(jobs)
                         self.batches_total += 1
-                        batch.admit(jobs)
-                    batch.step()
+                    batch.advance(jobs)
                 if after is not None:
                     after()
         finally:

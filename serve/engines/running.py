@@ -1,11 +1,14 @@
 """Continuous batching: the set of rows being decoded, which requests join and leave at every step.
 
-The engine core (`core.EngineCore`, one thread) alternates two calls. `admit(jobs)` prefills
-newly arrived requests together (left-padded, images and mixed adapters alike), picks their
-first tokens and merges their caches into the running batch (`kv.KVBatch`). `step()` runs one decoding forward for
-every row at once, picks each row's next token (`rows.pick_tokens`) and drops the rows that
-ended, so a finished request frees its slot at once and a new one starts without waiting for
-the longest row of a batch, as it must with HF `generate`.
+The engine core (`core.EngineCore`, one thread) calls `advance(jobs)` in a loop: the newly
+arrived requests join (their prompts prefilled, left-padded, images and mixed adapters alike)
+and every row already running decodes one token, in one forward (`lean_step.LeanStep`), then
+each row's token is picked (`rows.pick_tokens`), the joined rows' caches are merged into the
+running batch (`kv.KVBatch`) and the rows that ended leave. So a finished request frees its slot
+at once and a new one starts without waiting for the longest row of a batch, as it must with HF
+`generate`, and without a prefill forward of its own. Models the lean step does not know (and
+prompts whose adapters reach into the vision tower) take the model's own forward: the prompts
+first, then a decoding step for every row.
 
 Positions are explicit: the prefill's (M-RoPE for Qwen3-VL images, via the model's own
 `get_rope_index`) and then one more per step and row, so the padding columns that merging
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,8 +29,7 @@ from .adapters import AdapterSet
 from .base import EngineError, EngineFailed
 from .inputs import collate
 from .kv import KVBatch
-from .lean_decode import LeanDecoder
-from .lean_prefill import LeanPrefill
+from .lean_step import Decoding, LeanStep, Prompts
 from .rows import DecodeContext, Emit, RowState, pick_tokens
 
 __all__ = ["RunningBatch", "prefill_positions"]
@@ -51,6 +54,19 @@ def _next_positions(positions: torch.Tensor) -> torch.Tensor:
     return (last.amax(0) if last.ndim == 2 else last) + 1
 
 
+@dataclass
+class _Joining:
+    """Requests about to join: their RowStates, collated prompts, positions, adapter names, image features."""
+
+    jobs: list[Any]
+    rows: list[RowState]
+    enc: dict[str, Any]
+    positions: torch.Tensor
+    names: list[str] | None
+    lean: bool  # the lean step can take them (else the model's forward prefills them)
+    vision: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+
+
 class RunningBatch:
     """The rows in flight, their cache, positions and the tokens to feed at the next step."""
 
@@ -61,9 +77,8 @@ class RunningBatch:
         # transformers 5 renamed `past_key_values` to `cache`; pass whichever this version takes.
         params = inspect.signature(self._base().forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        # Decoding steps skip the transformers call stack where the model's shape is known.
-        self._lean = LeanDecoder.build(self._base()) if lean else None
-        self._prefill = LeanPrefill.build(self._base()) if lean else None
+        # Steps skip the transformers call stack where the model's shape is known.
+        self._lean = LeanStep.build(self._base()) if lean else None
 
     def _base(self) -> torch.nn.Module:
         """The model under the PEFT wrapper (the same object whether or not adapters are loaded)."""
@@ -81,50 +96,110 @@ class RunningBatch:
         """Rows being decoded."""
         return len(self.rows)
 
+    def advance(self, jobs: list[Any]) -> None:
+        """Let `jobs` join (prefilled, first token picked) and decode one token for every running row.
+
+        With the lean step both happen in one forward; otherwise the prompts get the model's
+        forward first, then every row (the joined ones too) a decoding step.
+        """
+        joining = self._prepare(jobs) if jobs else None
+        if joining is not None and not (self._lean is not None and joining.lean):
+            self._admit_with_model(joining)
+            joining = None
+        if self._lean is not None:
+            self._lean_step(joining)
+        else:
+            self._model_step()
+
     # ---- joining -------------------------------------------------------------------------
 
-    def admit(self, jobs: list[Any]) -> None:
-        """Prefill `jobs` together, emit their first tokens and add those that go on to the batch."""
-        from transformers import DynamicCache
-
+    def _prepare(self, jobs: list[Any]) -> _Joining | None:
+        """Collate the jobs' prompts and encode their images; a bad group fails its own requests, not the batch."""
         model = self.adapters.model
         try:
             with torch.inference_mode():
                 names = self.adapters.adapter_names([job.request.adapter for job in jobs])
                 enc, prompt_ids = collate([job.inputs for job in jobs], self.ctx.pad_id, model.device, model.dtype)
                 positions = prefill_positions(self._base(), enc)
-                cache = DynamicCache()
-                if self._prefill is not None and self._prefill.handles(enc):
-                    logits = self._prefill(enc, positions, cache, names)
-                else:
-                    logits = self._forward(dict(enc), positions, cache, names)
+                lean = self._lean is not None and self._lean.handles(enc)
+                vision = self._lean.encode_images(enc) if lean else None
                 rows = [RowState(job, job.request, ids, self.ctx, model.device, prefix=job.prefix)
                         for job, ids in zip(jobs, prompt_ids)]
-                tokens, out = pick_tokens(rows, logits)
         except Exception as exc:  # noqa: BLE001 - a bad group fails its own requests, not the batch
             self._fail_jobs(jobs, exc)
-            return
+            return None
+        return _Joining(jobs, rows, enc, positions, names, lean, vision)
+
+    def _admit_with_model(self, joining: _Joining) -> None:
+        """Prefill `joining` with the model's forward, emit their first tokens and add those that go on."""
+        from transformers import DynamicCache
+
         try:
-            joining = KVBatch(cache, enc["attention_mask"])
+            with torch.inference_mode():
+                cache = DynamicCache()
+                logits = self._forward(dict(joining.enc), joining.positions, cache, joining.names)
+                tokens, out = pick_tokens(joining.rows, logits)
+        except Exception as exc:  # noqa: BLE001 - a bad group fails its own requests, not the batch
+            self._fail_jobs(joining.jobs, exc)
+            return
+        if self._join(joining, cache, tokens):
+            self.tokens += len(joining.rows)
+            self.emit(out)  # after the rows joined, so `running` already counts them
+            self._prune()
+
+    def _join(self, joining: _Joining, cache, tokens: list[int]) -> bool:
+        """Merge the joining rows' prompt cache into the batch; False (everything failed) if that breaks."""
+        try:
+            joined = KVBatch(cache, joining.enc["attention_mask"])
             if self.kv is None:
-                self.kv = joining
+                self.kv = joined
             else:
-                self.kv.extend(joining)
+                self.kv.extend(joined)
         except Exception as exc:  # noqa: BLE001 - the running cache may be half merged: end every row
             self.fail_all(exc)
-            self._fail_jobs(jobs, exc)
-            return
-        self.tokens += len(rows)
-        self.rows.extend(rows)
-        self.next_pos = torch.cat([self.next_pos, _next_positions(positions).to(self.next_pos.device)])
+            self._fail_jobs(joining.jobs, exc)
+            return False
+        self.rows.extend(joining.rows)
+        self.next_pos = torch.cat([self.next_pos, _next_positions(joining.positions).to(self.next_pos.device)])
         self.last = torch.cat([self.last, torch.tensor(tokens, dtype=torch.long)])
-        self.emit(out)  # after the rows joined, so `running` already counts them
-        self._prune()
+        return True
 
     # ---- decoding ------------------------------------------------------------------------
 
-    def step(self) -> None:
-        """One token for every row; finished and abandoned rows leave the batch."""
+    def _lean_step(self, joining: _Joining | None) -> None:
+        """One lean forward: the running rows' next tokens and the joining prompts' first tokens."""
+        b = len(self.rows)
+        rows = self.rows + (joining.rows if joining is not None else [])
+        if not rows:
+            return
+        device = self.adapters.model.device
+        try:
+            with torch.inference_mode():
+                names = self.adapters.adapter_names([row.request.adapter for row in self.rows])
+                if names is not None and joining is not None:
+                    names = names + joining.names
+                decoding = None
+                if b:
+                    self.kv.grow()
+                    decoding = Decoding(self.last.to(device), self.next_pos.to(device), self.kv)
+                prompts = Prompts(joining.enc, joining.positions, joining.vision) if joining is not None else None
+                logits, cache = self._lean(decoding, prompts, names)
+                tokens, out = pick_tokens(rows, logits)
+        except Exception as exc:  # noqa: BLE001 - one broken step must not kill the worker
+            self.fail_all(exc)
+            if joining is not None:
+                self._fail_jobs(joining.jobs, exc)
+            return
+        self.next_pos += 1
+        self.last = torch.tensor(tokens[:b], dtype=torch.long)
+        if joining is not None and not self._join(joining, cache, tokens[b:]):
+            return
+        self.tokens += len(rows)
+        self.emit(out)
+        self._prune()
+
+    def _model_step(self) -> None:
+        """One decoding step for every row through the model's own forward."""
         if not self.rows:
             return
         device = self.adapters.model.device
@@ -132,13 +207,10 @@ class RunningBatch:
             with torch.inference_mode():
                 names = self.adapters.adapter_names([row.request.adapter for row in self.rows])
                 mask = self.kv.grow()
-                if self._lean is not None:
-                    logits = self._lean(self.last.to(device), self.next_pos.to(device), self.kv, names)
-                else:
-                    inputs = {"input_ids": self.last[:, None].to(device), "attention_mask": mask}
-                    cache = self.kv.as_cache()
-                    logits = self._forward(inputs, self.next_pos[:, None].to(device), cache, names)
-                    self.kv.store_last(cache)
+                inputs = {"input_ids": self.last[:, None].to(device), "attention_mask": mask}
+                cache = self.kv.as_cache()
+                logits = self._forward(inputs, self.next_pos[:, None].to(device), cache, names)
+                self.kv.store_last(cache)
                 tokens, out = pick_tokens(self.rows, logits)
         except Exception as exc:  # noqa: BLE001 - one broken step must not kill the worker
             self.fail_all(exc)

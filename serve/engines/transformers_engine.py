@@ -59,7 +59,7 @@ class TransformersEngine:
         self.model_name = str(model_path)
         self.process = process
         # What the core loads and how it runs (lean_decode: decoding steps and prefill outside the
-        # transformers call stack, lean_decode.py / lean_prefill.py); the single copy of these options.
+        # transformers call stack, lean_step.py); the single copy of these options.
         self.settings = CoreSettings(self.model_name, device=device, dtype=dtype, threads=threads, max_batch=max_batch,
                                      max_context=max_context, lean_decode=lean_decode)
         window = _config_context(self.model_name)

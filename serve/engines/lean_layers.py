@@ -1,15 +1,13 @@
-"""One decoding step of a Qwen3 / Qwen3-VL text decoder, without the transformers call stack.
+"""The pieces of a Qwen3 / Qwen3-VL decoder layer, run without the transformers call stack.
 
-A decoding step feeds one token per row. Through `model(...)` that token passes a dozen
-wrappers (output capture, kwarg deprecation, mask construction, cache bookkeeping) and
-Python-level RMSNorms of seven tensor ops each; on a small model on a CPU those, not the
-matrix products, are most of the step. This module runs the same layers' weights directly:
-fused `rms_norm`, the model's own rotary embedding, attention over the running batch's cache
-and mask as two batched matmuls, and the projection modules themselves, so LoRA layers (PEFT,
-mixed adapters per row via `adapter_names`) apply exactly as in the full forward. Keys and
-values are written into the running batch's buffers (`KVBatch.append`), one column per step.
-The prompt forward has its own lean path (`lean_prefill.py`). Any model of another shape gets
-`None` from `LeanDecoder.build` and the engine keeps using the model's forward.
+Through `model(...)` a token passes a dozen wrappers (output capture, kwarg deprecation, mask
+construction, cache bookkeeping) and Python-level RMSNorms of seven tensor ops each; on a small
+model on a CPU those, not the matrix products, are most of the time. These functions run the same
+layers' weights directly: fused `rms_norm`, the model's own rotary embedding, attention of one
+query per row over the running batch's cache as two batched matmuls, and the projection modules
+themselves, so LoRA layers (PEFT, mixed adapters per row via `adapter_names`) apply exactly as in
+the full forward. `lean_step.LeanStep` puts them together; `supported_text_model` says which
+decoders they know (any other model keeps the model's forward).
 """
 
 from __future__ import annotations
@@ -17,14 +15,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .kv import KVBatch
-
-__all__ = ["LeanDecoder", "linear_patch_embed", "supported_text_model"]
+__all__ = ["attend_cache", "attention_inputs", "linear", "linear_patch_embed", "mlp_residual", "rms_norm",
+           "supported_text_model"]
 
 _SUPPORTED = {"Qwen3VLTextModel", "Qwen3Model"}
 
 
-def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """The model's RMSNorm: one fused op in float32; other dtypes follow HF's upcast-then-cast order."""
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
     if x.dtype == torch.float32:
@@ -32,66 +29,31 @@ def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
 
 
-def _linear(module: torch.nn.Module, x: torch.Tensor, names: list[str] | None) -> torch.Tensor:
+def linear(module: torch.nn.Module, x: torch.Tensor, names: list[str] | None) -> torch.Tensor:
     """Apply a projection; LoRA-wrapped ones get the per-row adapter names."""
     if names is not None and hasattr(module, "lora_A"):
         return module(x, adapter_names=names)
     return module(x)
 
 
-class LeanDecoder:
-    """Runs one token per row through a Qwen3-family decoder against a `KVBatch`'s cache."""
-
-    def __init__(self, base: torch.nn.Module, text_model: torch.nn.Module, multimodal_rope: bool):
-        self.base, self.text, self.mrope = base, text_model, multimodal_rope
-
-    @classmethod
-    def build(cls, base: torch.nn.Module) -> "LeanDecoder | None":
-        """A lean decoder for `base` (the model under any PEFT wrapper), or None if its shape is not known."""
-        text = supported_text_model(base)
-        return None if text is None else cls(base, text, multimodal_rope=type(text).__name__ == "Qwen3VLTextModel")
-
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, kv: KVBatch,
-                 names: list[str] | None) -> torch.Tensor:
-        """Logits (B, V) for `tokens` (B,) at `positions` (B,); appends their keys/values to `kv`.
-
-        `kv.mask` (B, C + 1) must already mark the new column (`KVBatch.grow`).
-        """
-        b = tokens.shape[0]
-        h = self.text.embed_tokens(tokens[:, None])  # (B, 1, D)
-        pos = positions[:, None]
-        if self.mrope:  # a generated token's temporal, height and width positions are all the same
-            pos = pos[None].expand(3, b, 1)
-        cos, sin = self.text.rotary_emb(h, pos)
-        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
-        bias = torch.zeros(kv.mask.shape, dtype=h.dtype, device=h.device).masked_fill_(kv.mask == 0, float("-inf"))
-        for index, layer in enumerate(self.text.layers):
-            q, k, v = attention_inputs(layer, h, names, cos, sin)
-            keys, values = kv.append(index, k, v)
-            out = _attend(q, keys, values, bias, layer.self_attn.scaling)
-            h = mlp_residual(layer, h + _linear(layer.self_attn.o_proj, out.reshape(b, 1, -1), names), names)
-        h = _rms_norm(h, self.text.norm)
-        return _linear(self.base.lm_head, h, names)[:, -1]
-
-
 def attention_inputs(layer: torch.nn.Module, h: torch.Tensor, names: list[str] | None, cos: torch.Tensor,
                      sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A decoder layer's queries, keys and values (B, heads, L, head_dim) for h (B, L, D): normed and rotated."""
     attn = layer.self_attn
-    x = _rms_norm(h, layer.input_layernorm)
+    x = rms_norm(h, layer.input_layernorm)
     heads = (*h.shape[:2], -1, attn.head_dim)
-    q = _rms_norm(_linear(attn.q_proj, x, names).view(heads), attn.q_norm).transpose(1, 2)
-    k = _rms_norm(_linear(attn.k_proj, x, names).view(heads), attn.k_norm).transpose(1, 2)
-    v = _linear(attn.v_proj, x, names).view(heads).transpose(1, 2)
+    q = rms_norm(linear(attn.q_proj, x, names).view(heads), attn.q_norm).transpose(1, 2)
+    k = rms_norm(linear(attn.k_proj, x, names).view(heads), attn.k_norm).transpose(1, 2)
+    v = linear(attn.v_proj, x, names).view(heads).transpose(1, 2)
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
 
 
 def mlp_residual(layer: torch.nn.Module, h: torch.Tensor, names: list[str] | None) -> torch.Tensor:
     """h plus the layer's gated MLP of its post-attention norm."""
-    x = _rms_norm(h, layer.post_attention_layernorm)
+    x = rms_norm(h, layer.post_attention_layernorm)
     mlp = layer.mlp
-    gated = mlp.act_fn(_linear(mlp.gate_proj, x, names)) * _linear(mlp.up_proj, x, names)
-    return h + _linear(mlp.down_proj, gated, names)
+    gated = mlp.act_fn(linear(mlp.gate_proj, x, names)) * linear(mlp.up_proj, x, names)
+    return h + linear(mlp.down_proj, gated, names)
 
 
 def supported_text_model(base: torch.nn.Module) -> torch.nn.Module | None:
@@ -133,7 +95,7 @@ def linear_patch_embed(model: torch.nn.Module) -> bool:
     return True
 
 
-def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+def attend_cache(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
             scale: float) -> torch.Tensor:
     """Attention of one query per row (B, H, 1, d) over the cache (B, KVH, C, d), grouped-query aware.
 

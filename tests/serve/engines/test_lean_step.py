@@ -1,0 +1,197 @@
+"""The lean step (decoding rows and joining prompts in one forward) and the lean vision tower give what the
+model's own forward gives: tokens, logprobs, logits, caches and image features, adapters included."""
+
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from serve.engines.kv import KVBatch
+from serve.engines.lean_step import Decoding, LeanStep, Prompts
+from serve.engines.lean_vision import LeanVision
+
+
+@pytest.fixture(scope="module")
+def engines(engine_variants):
+    """The same model twice, with the same two LoRA versions: lean steps and full forwards."""
+    return engine_variants("lean_decode", (True, False), adapters=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    from openvlthinker.models import load
+
+    return load(str(tiny_dir))
+
+
+def _encode(processor, convs):
+    """Left-padded model inputs of several conversations, as the engine collates them."""
+    from serve.engines.inputs import collate, collect_images, encode_one, render
+
+    prompts = [encode_one(processor, render(processor, m), collect_images(m)) for m in convs]
+    return collate(prompts, processor.tokenizer.pad_token_id or 0, "cpu", torch.float32)[0]
+
+
+def _model_prefill(model, enc):
+    """The model's forward over a prompt batch: last-token logits and its cache."""
+    from serve.engines.running import prefill_positions
+
+    cache = DynamicCache()
+    logits = model(**enc, position_ids=prefill_positions(model, enc), cache=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
+    return logits, cache
+
+
+def test_lean_and_full_forward_agree_on_a_mixed_batch(engines, h):
+    img = h.shape_image
+    plan = [(None, h.user("How many red circles?", [img()])),
+            ("v1", h.user("How many red circles?", [img()])),
+            ("v2", h.user("Count.")),
+            ("v1", h.user("What is the box?", [img(96, 160, "blue"), img()])),
+            (None, h.user("Count."))]
+    # Sampled at temperature 1 with seeds, so every step's whole distribution matters, not only the argmax.
+    reqs = [h.request(m, max_tokens=24, adapter=a, rid=str(i), temperature=1.0, seed=i, top_logprobs=3)
+            for i, (a, m) in enumerate(plan)]
+    lean = [res for _, res in h.run_many(engines[True], reqs)]
+    full = [res for _, res in h.run_many(engines[False], reqs)]
+    for a, b in zip(lean, full):
+        assert a.completion_token_ids == b.completion_token_ids
+        assert a.completion_logprobs == pytest.approx(b.completion_logprobs, abs=1e-4)
+        assert [[t for t, _ in alts] for alts in a.top_logprobs] == [[t for t, _ in alts] for alts in b.top_logprobs]
+    assert len({tuple(r.completion_token_ids) for r in lean}) > 2  # the rows really differ
+
+
+def test_requests_joining_mid_decode_with_adapters_get_the_full_forwards_tokens(engines, h):
+    """Joiners go through the same forward as the running rows' step (adapters per token): their
+    sampled tokens and logprobs, and the running row's, equal those of the model's forward."""
+    import asyncio
+
+    img = h.shape_image
+    long_req = h.request(h.user("How many red circles?", [img()]), max_tokens=40, adapter="v1", rid="long",
+                         temperature=1.0, seed=7)
+    late = [h.request(h.user("What is the box?", [img(96, 160, "blue"), img()]), max_tokens=12, adapter="v2",
+                      rid="a", temperature=1.0, seed=8),
+            h.request(h.user("Count."), max_tokens=12, rid="b", temperature=1.0, seed=9)]
+
+    async def staggered(engine):
+        stream = engine.generate(long_req)
+        for _ in range(5):  # the long row is decoding when the others arrive
+            await stream.__anext__()
+        tasks = [asyncio.create_task(h.collect(engine, r)) for r in late]
+        tail = [item async for item in stream]
+        return [tail[-1]] + [(await t)[1] for t in tasks]
+
+    lean, full = (asyncio.run(staggered(engines[flag])) for flag in (True, False))
+    for a, b in zip(lean, full):
+        assert a.completion_token_ids == b.completion_token_ids
+        assert a.completion_logprobs == pytest.approx(b.completion_logprobs, abs=1e-4)
+
+
+def test_a_prefill_alone_equals_the_model_forward_on_a_padded_batch(tiny, h):
+    from serve.engines.running import prefill_positions
+
+    model, processor = tiny
+    img = h.shape_image
+    convs = [h.user("How many red circles are in this picture?", [img()]), h.user("Count."),
+             h.user("What is the box?", [img(96, 160, "blue"), img()])]
+    step = LeanStep.build(model)
+    for group in (convs, convs[1:2]):  # padded rows with one and two images and none; text only
+        enc = _encode(processor, group)
+        with torch.inference_mode():
+            ref, ref_cache = _model_prefill(model, enc)
+            assert step.handles(enc)
+            lean, cache = step(None, Prompts(enc, prefill_positions(model, enc), step.encode_images(enc)), None)
+        assert torch.allclose(lean, ref, atol=1e-5)
+        real = enc["attention_mask"].bool()[:, None, :, None]
+        for a, b in zip(cache.layers, ref_cache.layers):  # padding columns may differ; they are masked
+            assert torch.allclose(a.keys * real, b.keys * real, atol=1e-5)
+            assert torch.allclose(a.values * real, b.values * real, atol=1e-5)
+
+
+def test_decoding_rows_and_joining_prompts_in_one_forward_equal_two_model_forwards(tiny, h):
+    """The running rows' next-token logits and cache column, and the joiners' first-token logits and
+    cache, are those of a decoding step and of a prefill through the model, each on its own."""
+    from serve.engines.running import prefill_positions
+
+    model, processor = tiny
+    img = h.shape_image
+    running = _encode(processor, [h.user("How many red circles?", [img()]), h.user("Count the shapes.")])
+    joining = _encode(processor, [h.user("What is the box?", [img(96, 160, "blue")]), h.user("Count.")])
+    step = LeanStep.build(model)
+    with torch.inference_mode():
+        logits, cache = _model_prefill(model, running)
+        tokens = logits.argmax(-1)
+        positions = prefill_positions(model, running)[..., -1].amax(0) + 1
+        # Reference decoding step: the model's forward over the prompt cache, one token per row.
+        ref_cache = DynamicCache()
+        for i, layer in enumerate(cache.layers):
+            ref_cache.update(layer.keys.clone(), layer.values.clone(), i)
+        mask = torch.cat([running["attention_mask"], torch.ones(2, 1, dtype=torch.long)], 1)
+        ref_next = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
+                         cache=ref_cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        ref_join, ref_join_cache = _model_prefill(model, joining)
+
+        kv = KVBatch(cache, running["attention_mask"])
+        kv.grow()
+        join_pos = prefill_positions(model, joining)
+        both, join_cache = step(Decoding(tokens, positions, kv),
+                                Prompts(joining, join_pos, step.encode_images(joining)), None)
+    assert both.shape[0] == 4
+    assert torch.allclose(both[:2], ref_next, atol=1e-5)
+    assert torch.allclose(both[2:], ref_join, atol=1e-5)
+    for i, layer in enumerate(ref_cache.layers):  # the column the step appended
+        keys, values = kv.layer(i)
+        assert torch.allclose(keys[:, :, -1], layer.keys[:, :, -1], atol=1e-5)
+        assert torch.allclose(values[:, :, -1], layer.values[:, :, -1], atol=1e-5)
+    real = joining["attention_mask"].bool()[:, None, :, None]
+    for a, b in zip(join_cache.layers, ref_join_cache.layers):
+        assert torch.allclose(a.keys * real, b.keys * real, atol=1e-5)
+
+
+def test_lean_vision_equals_the_tower_for_equal_and_different_image_sizes(tiny, h):
+    model, processor = tiny
+    lean = LeanVision.build(model.model.visual)
+    for images in ([h.shape_image()] * 3, [h.shape_image(96, 160, "blue"), h.shape_image()]):
+        enc = processor.image_processor(images=images, return_tensors="pt")
+        with torch.inference_mode():
+            ref = model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"], return_dict=True)
+            features, deepstack = lean(enc["pixel_values"], enc["image_grid_thw"])
+            again, _ = lean(enc["pixel_values"], enc["image_grid_thw"])  # the grid inputs now come from the cache
+        assert torch.allclose(features, ref.pooler_output, atol=1e-5) and torch.equal(again, features)
+        assert len(deepstack) == len(ref.deepstack_features)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(deepstack, ref.deepstack_features))
+
+
+def test_lora_in_the_vision_tower_is_left_to_the_model(tiny_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from openvlthinker.models import load
+
+    model, _ = load(str(tiny_dir))
+    step = LeanStep.build(model)
+    images = {"input_ids": None, "pixel_values": None}
+    assert step.handles(images) and step.handles({"input_ids": None})
+    get_peft_model(model, LoraConfig(r=2, target_modules=["qkv"]))  # the vision blocks' attention
+    assert not step.handles(images) and step.handles({"input_ids": None})
+    assert not step.handles({"pixel_values_videos": None})
+
+
+def test_only_known_models_get_a_lean_step(tiny):
+    model, _ = tiny
+    assert LeanStep.build(model) is not None
+    assert LeanStep.build(torch.nn.Linear(2, 2)) is None
+    assert LeanVision.build(torch.nn.Linear(2, 2)) is None
+
+
+def test_patch_embedding_as_a_matmul_equals_the_convolution(tiny_dir):
+    from openvlthinker.models import load
+    from serve.engines.lean_layers import linear_patch_embed
+
+    model, _ = load(str(tiny_dir))
+    embed = model.model.visual.patch_embed
+    pixels = torch.randn(64, embed.in_channels * embed.temporal_patch_size * embed.patch_size ** 2)
+    with torch.inference_mode():
+        expected = embed(pixels)
+        assert linear_patch_embed(model)
+        assert torch.allclose(embed(pixels), expected, atol=1e-5)
+    assert not linear_patch_embed(torch.nn.Linear(2, 2))
