@@ -27,6 +27,9 @@ from .base import EngineError
 __all__ = ["BASE", "AdapterSet", "linear_shapes", "validate_adapter"]
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+# Adapters reach the language model only: the gateway computes image features with the base tower
+# (gateway_vision.py), and vLLM's LoRA for Qwen-VL models covers the language model alone too.
+VISION_TOWER = "model.visual."
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
 
 
@@ -82,6 +85,9 @@ def validate_adapter(path: str | Path, shapes: dict[str, tuple[int, int]]) -> di
                 module, ab = m["module"], m["ab"]
                 if module not in shapes:
                     raise EngineError(f"adapter {folder} is not a LoRA for this base model: no linear layer {module!r}")
+                if module.startswith(VISION_TOWER):
+                    raise EngineError(f"adapter {folder}: {module} is in the vision tower; the serving engines apply "
+                                      "LoRA to the language model only (as vLLM does for Qwen-VL models)")
                 tensor = f.get_tensor(key)
                 n_in, n_out = shapes[module]
                 ok = tensor.ndim == 2 and (tensor.shape[1] == n_in if ab == "A" else tensor.shape[0] == n_out)

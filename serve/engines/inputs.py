@@ -91,7 +91,8 @@ def encode_one(processor, text: str, images: list[Any]) -> dict[str, Any]:
 
 
 def collate(prompts: list[dict[str, Any]], pad_id: int, device, dtype) -> tuple[dict[str, Any], list[list[int]]]:
-    """Stack `encode_one` outputs as the processor batches prompts: left-padded, pixels concatenated.
+    """Stack `encode_one` outputs as the processor batches prompts: left-padded, pixels (or image features
+    computed on the gateway's side, `gateway_vision.py`) concatenated.
 
     Returns the model inputs on `device` and each row's prompt ids (no padding).
     """
@@ -110,9 +111,16 @@ def collate(prompts: list[dict[str, Any]], pad_id: int, device, dtype) -> tuple[
     enc = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
     if types is not None:
         enc["mm_token_type_ids"] = torch.from_numpy(types).to(device)
+    features = [p for p in prompts if "image_features" in p]  # the vision tower ran on the gateway's side
+    if features:
+        enc["image_features"] = torch.from_numpy(np.concatenate([p["image_features"] for p in features])).to(
+            device=device, dtype=dtype)
+        enc["deepstack_features"] = torch.from_numpy(np.concatenate([p["deepstack_features"] for p in features],
+                                                                    axis=1)).to(device=device, dtype=dtype)
+    grids = [p["image_grid_thw"] for p in prompts if "image_grid_thw" in p]
+    if grids:
+        enc["image_grid_thw"] = torch.from_numpy(np.concatenate(grids)).to(device)
     pixels = [p["pixel_values"] for p in prompts if "pixel_values" in p]
     if pixels:
         enc["pixel_values"] = torch.from_numpy(np.concatenate(pixels)).to(device=device, dtype=dtype)
-        enc["image_grid_thw"] = torch.from_numpy(np.concatenate([p["image_grid_thw"] for p in prompts
-                                                                 if "image_grid_thw" in p])).to(device)
     return enc, [p["input_ids"].tolist() for p in prompts]

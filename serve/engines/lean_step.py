@@ -71,16 +71,21 @@ class LeanStep:
         """False when prompts must go through the model (videos, or LoRA layers in the vision tower)."""
         if "pixel_values_videos" in enc:
             return False
+        if "image_features" in enc:  # the gateway ran the tower
+            return self.image_token_id is not None
         if "pixel_values" in enc:
             return self.vision is not None and self.image_token_id is not None and not self.vision.has_adapters()
         return True
 
     def encode_images(self, enc: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
-        """The prompts' image features and DeepStack features (None without images); EngineError if the
-        prompts' placeholders and the images disagree."""
-        if "pixel_values" not in enc:
+        """The prompts' image features and DeepStack features (None without images), from the vision tower
+        or as the gateway sent them; EngineError if the prompts' placeholders and the images disagree."""
+        if "image_features" in enc:  # computed on the gateway's side (gateway_vision.py)
+            features, deepstack = enc["image_features"], list(enc["deepstack_features"])
+        elif "pixel_values" in enc:
+            features, deepstack = self.vision(enc["pixel_values"], enc["image_grid_thw"])
+        else:
             return None
-        features, deepstack = self.vision(enc["pixel_values"], enc["image_grid_thw"])
         placeholders = int((enc["input_ids"] == self.image_token_id).sum())
         if placeholders != features.shape[0]:
             raise EngineError(f"the prompts hold {placeholders} image tokens but the images give {features.shape[0]} features")

@@ -122,6 +122,9 @@ class RunningBatch:
                 enc, prompt_ids = collate([job.inputs for job in jobs], self.ctx.pad_id, model.device, model.dtype)
                 positions = prefill_positions(self._base(), enc)
                 lean = self._lean is not None and self._lean.handles(enc)
+                if not lean and "image_features" in enc:
+                    raise EngineError("image features computed by the gateway need the lean step; this model "
+                                      "or adapter needs pixels (start the engine without the gateway's vision tower)")
                 vision = self._lean.encode_images(enc) if lean else None
                 rows = [RowState(job, job.request, ids, self.ctx, model.device, prefix=job.prefix)
                         for job, ids in zip(jobs, prompt_ids)]

@@ -71,6 +71,7 @@ class TransformersEngine:
         self._thread: threading.Thread | None = None
         self._stopped: concurrent.futures.Future | None = None
         self._processor = self._count_tokenizer = self._ctx = None
+        self._vision = None  # process mode: the vision tower on this side of the pipe (gateway_vision.py)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -111,17 +112,24 @@ class TransformersEngine:
         self._processor, self._ctx, self.max_context = self._core.processor, self._core.ctx, self._core.max_context
 
     async def _start_child(self) -> None:
+        import torch
+
         from openvlthinker.models import load_processor
 
         from .engine_process import EngineProcess
+        from .gateway_vision import GatewayVision
 
         try:  # the gateway's copy renders, counts and encodes prompts; first, so a bad folder starts no child
             processor = await asyncio.to_thread(load_processor, self.model_name)
+            vision = None
+            if self.settings.lean_decode:  # the vision tower runs here too (the model's forward needs pixels)
+                torch.set_num_threads(1)  # small work; the other core belongs to the engine's process
+                vision = await asyncio.to_thread(GatewayVision.load, self.model_name, self.settings.dtype)
         except Exception as exc:
             raise EngineError(f"cannot load model {self.model_name!r}: {exc}") from exc
         child = EngineProcess(self.settings, self.max_queue, self._batch_wait)
         await asyncio.to_thread(child.start)
-        self._child, self.max_context, self._processor = child, child.max_context, processor
+        self._child, self.max_context, self._processor, self._vision = child, child.max_context, processor, vision
 
     async def stop(self) -> None:
         """Fail waiting requests, abort the running batch (its clients get EngineError), end the worker."""
@@ -132,7 +140,7 @@ class TransformersEngine:
             self._sched.close(EngineUnavailable("engine stopped"))
             await asyncio.wrap_future(self._stopped)
             self._thread = self._core = None
-        self._processor = self._count_tokenizer = self._ctx = None
+        self._processor = self._count_tokenizer = self._ctx = self._vision = None
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -195,6 +203,8 @@ class TransformersEngine:
         # Encoded here, on the caller's side (after the checks, which need no pixels): the engine's
         # thread or process only stacks prompts.
         inputs = encode_one(self._processor, text, images)
+        if self._vision is not None:
+            inputs = self._vision.encode(inputs)
         job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), inputs, prefix)
         (self._child or self._sched).admit(job)
         return job
