@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attend_cache", "attention_inputs", "linear", "linear_patch_embed", "mlp_residual", "rms_norm",
-           "supported_text_model"]
+from .base import EngineError
+
+__all__ = ["Fused", "attend_cache", "attention_inputs", "fuse_layer", "linear", "linear_patch_embed", "mlp_residual",
+           "rms_norm", "rotate", "signed_sin", "supported_text_model"]
 
 _SUPPORTED = {"Qwen3VLTextModel", "Qwen3Model"}
 
@@ -37,23 +39,29 @@ def linear(module: torch.nn.Module, x: torch.Tensor, names: list[str] | None) ->
 
 
 def attention_inputs(layer: torch.nn.Module, h: torch.Tensor, names: list[str] | None, cos: torch.Tensor,
-                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A decoder layer's queries, keys and values (B, heads, L, head_dim) for h (B, L, D): normed and rotated."""
+                     sin_signed: torch.Tensor, fused: "Fused | None" = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A decoder layer's queries, keys and values (B, heads, L, head_dim) for h (B, L, D): normed and rotated.
+
+    `sin_signed` is `signed_sin(sin)`; `fused` the layer's q/k/v as one product (`fuse_layer`)."""
     attn = layer.self_attn
     x = rms_norm(h, layer.input_layernorm)
     heads = (*h.shape[:2], -1, attn.head_dim)
-    q = rms_norm(linear(attn.q_proj, x, names).view(heads), attn.q_norm).transpose(1, 2)
-    k = rms_norm(linear(attn.k_proj, x, names).view(heads), attn.k_norm).transpose(1, 2)
-    v = linear(attn.v_proj, x, names).view(heads).transpose(1, 2)
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+    if fused is not None:
+        q, k, v = fused(x, names)
+    else:
+        q, k, v = (linear(proj, x, names) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    q = rms_norm(q.view(heads), attn.q_norm).transpose(1, 2)
+    k = rms_norm(k.view(heads), attn.k_norm).transpose(1, 2)
+    return rotate(q, cos, sin_signed), rotate(k, cos, sin_signed), v.view(heads).transpose(1, 2)
 
 
-def mlp_residual(layer: torch.nn.Module, h: torch.Tensor, names: list[str] | None) -> torch.Tensor:
-    """h plus the layer's gated MLP of its post-attention norm."""
+def mlp_residual(layer: torch.nn.Module, h: torch.Tensor, names: list[str] | None,
+                 fused: "Fused | None" = None) -> torch.Tensor:
+    """h plus the layer's gated MLP of its post-attention norm (`fused`: gate and up as one product)."""
     x = rms_norm(h, layer.post_attention_layernorm)
     mlp = layer.mlp
-    gated = mlp.act_fn(linear(mlp.gate_proj, x, names)) * linear(mlp.up_proj, x, names)
-    return h + linear(mlp.down_proj, gated, names)
+    gate, up = fused(x, names) if fused is not None else (linear(mlp.gate_proj, x, names), linear(mlp.up_proj, x, names))
+    return h + linear(mlp.down_proj, mlp.act_fn(gate) * up, names)
 
 
 def supported_text_model(base: torch.nn.Module) -> torch.nn.Module | None:
@@ -112,6 +120,81 @@ def attend_cache(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias
     return torch.bmm(torch.softmax(scores, dim=-1), values.reshape(b * kv_heads, cols, dim)).view(b, heads, dim)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated: rotate_half(x) * sin == swap_halves(x) * signed_sin(sin), exactly."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding x * cos + rotate_half(x) * sin, with the halves swapped by one flip."""
+    d = x.shape[-1]
+    return x * cos + x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2) * sin_signed
+
+
+class Fused:
+    """Projections of one decoder layer that read the same input, as one matrix: q/k/v, or gate/up.
+
+    One product instead of three (or two) per layer and step; the modules' own weights become views
+    of the fused matrix, so nothing is stored twice and the modules (and PEFT's wrappers around them)
+    keep working. LoRA adapters add their own low-rank terms per row on top (`_add_lora`). The
+    modules are looked up by name at every call: loading an adapter wraps them in place.
+    """
+
+    def __init__(self, owner: torch.nn.Module, names: list[str], weight: torch.Tensor):
+        self.owner, self.names, self.weight = owner, names, weight
+        self.sizes = [_base(getattr(owner, n)).out_features for n in names]
+
+    @classmethod
+    def build(cls, owner: torch.nn.Module, names: list[str]) -> "Fused | None":
+        """Fuse `owner`'s Linears `names` (plain or LoRA-wrapped, no bias, one device and dtype), or None."""
+        bases = [_base(getattr(owner, n)) for n in names]
+        if not all(isinstance(b, torch.nn.Linear) and b.bias is None for b in bases):
+            return None
+        if len({(b.weight.dtype, b.weight.device, b.in_features) for b in bases}) != 1:
+            return None
+        with torch.no_grad():
+            weight = torch.cat([b.weight.detach() for b in bases])
+            for b, view in zip(bases, weight.split([b.out_features for b in bases])):
+                b.weight.data = view
+        return cls(owner, names, weight)
+
+    def valid(self) -> bool:
+        """The modules still read their weights from the fused matrix (nothing replaced them since)."""
+        return _base(getattr(self.owner, self.names[0])).weight.data_ptr() == self.weight.data_ptr()
+
+    def __call__(self, x: torch.Tensor, names: list[str] | None) -> list[torch.Tensor]:
+        """Every module's output for x, as views of one product (with each row's LoRA terms added)."""
+        y = F.linear(x, self.weight)
+        outs = list(y.split(self.sizes, dim=-1))
+        if names is not None:
+            for attr, out in zip(self.names, outs):
+                module = getattr(self.owner, attr)
+                if hasattr(module, "lora_A"):
+                    _add_lora(out, module, x, names)
+        return outs
+
+
+def fuse_layer(layer: torch.nn.Module) -> tuple[Fused, Fused] | None:
+    """The fused q/k/v and gate/up projections of a Qwen3 decoder layer (None if they cannot be fused)."""
+    qkv = Fused.build(layer.self_attn, ["q_proj", "k_proj", "v_proj"])
+    gate_up = Fused.build(layer.mlp, ["gate_proj", "up_proj"])
+    return None if qkv is None or gate_up is None else (qkv, gate_up)
+
+
+def _base(module: torch.nn.Module) -> torch.nn.Module:
+    """The Linear under a PEFT LoRA wrapper (or the module itself)."""
+    return getattr(module, "base_layer", module)
+
+
+def _add_lora(out: torch.Tensor, module: torch.nn.Module, x: torch.Tensor, names: list[str]) -> None:
+    """out[rows] += the LoRA term of each row's adapter, as PEFT's mixed-batch forward computes it."""
+    for name in set(names):
+        if name not in module.lora_A:  # the base model ("__base__"), or an adapter without this module
+            continue
+        if name in getattr(module, "lora_variant", {}):
+            raise EngineError(f"adapter {name!r} uses a LoRA variant the lean step does not apply")
+        rows = [i for i, n in enumerate(names) if n == name]
+        lora_a = module.lora_A[name]
+        sub = x[rows].to(lora_a.weight.dtype)
+        out[rows] += (module.lora_B[name](lora_a(module.lora_dropout[name](sub))) * module.scaling[name]).to(out.dtype)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .base import EngineError
 from .kv import KVBatch
-from .lean_layers import attend_cache, attention_inputs, linear, mlp_residual, rms_norm, supported_text_model
+from .lean_layers import (attend_cache, attention_inputs, fuse_layer, linear, mlp_residual, rms_norm, signed_sin,
+                          supported_text_model)
 from .lean_vision import LeanVision
 
 __all__ = ["Decoding", "LeanStep", "Prompts"]
@@ -60,6 +61,8 @@ class LeanStep:
         visual = getattr(getattr(base, "model", None), "visual", None)
         self.vision = LeanVision.build(visual) if visual is not None else None
         self.image_token_id = getattr(base.config, "image_token_id", None)
+        # q/k/v and gate/up as one product each; their modules' weights become views of the fused matrices.
+        self.fused = [fuse_layer(layer) for layer in text_model.layers]
 
     @classmethod
     def build(cls, base: torch.nn.Module) -> "LeanStep | None":
@@ -108,12 +111,13 @@ class LeanStep:
             h[visual] = features.to(h.dtype)[:, None]
             deepstack = [f.to(h.dtype)[:, None] for f in deepstack]
         cos, sin = self.text.rotary_emb(h, positions)
-        cos, sin = cos[:, None], sin[:, None]  # (N, 1, 1, d): broadcast over heads
+        cos, sin = cos[:, None], signed_sin(sin[:, None])  # (N, 1, 1, d): broadcast over heads
         bias = _cache_bias(decoding.kv.mask, h.dtype) if decoding is not None else None
         allowed = _prompt_mask(prompts.enc["attention_mask"]) if prompts is not None else None
         cache = DynamicCache() if prompts is not None else None
         for index, layer in enumerate(self.text.layers):
-            q, k, v = attention_inputs(layer, h, token_names, cos, sin)  # (N, heads, 1, d)
+            fused = self.fused[index] if self.fused[index] is not None and self.fused[index][0].valid() else (None, None)
+            q, k, v = attention_inputs(layer, h, token_names, cos, sin, fused[0])  # (N, heads, 1, d)
             parts = []
             if decoding is not None:
                 keys, values = decoding.kv.append(index, k[:b], v[:b])
@@ -125,7 +129,8 @@ class LeanStep:
                                                      enable_gqa=qp.shape[1] != kp.shape[1])
                 parts.append(out.transpose(1, 2).reshape(bp * length, -1))
             attended = parts[0] if len(parts) == 1 else torch.cat(parts)
-            h = mlp_residual(layer, h + linear(layer.self_attn.o_proj, attended[:, None], token_names), token_names)
+            attended = linear(layer.self_attn.o_proj, attended[:, None], token_names)
+            h = mlp_residual(layer, h + attended, token_names, fused[1])
             if index < len(deepstack):
                 h[visual] += deepstack[index]
         # Left padding: a prompt's last column is real.

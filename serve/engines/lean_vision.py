@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .lean_layers import rotate, signed_sin
+
 __all__ = ["LeanVision"]
 
 GEOMETRY_CACHE = 256  # distinct image-grid combinations remembered
@@ -76,7 +78,7 @@ class LeanVision:
         attn = block.attn
         n = h.shape[0]
         qkv = F.linear(_layer_norm(h, block.norm1), attn.qkv.weight, attn.qkv.bias).view(n, 3, self.heads, self.head_dim)
-        qk = _rotate(qkv[:, :2], cos, sin_signed)  # queries and keys rotated together: (N, 2, heads, d)
+        qk = rotate(qkv[:, :2], cos, sin_signed)  # queries and keys rotated together: (N, 2, heads, d)
         q, k, v = qk[:, 0], qk[:, 1], qkv[:, 2]
         if len(set(lengths)) == 1:  # images of one size: one attention call over (images, heads, patches, d)
             shape = (len(lengths), lengths[0], self.heads, self.head_dim)
@@ -111,20 +113,7 @@ class LeanVision:
         position_ids = get_vision_position_ids(grid, v.spatial_merge_size)
         cos, sin = v.rotary_pos_emb(pos_embeds, position_ids)
         lengths = [int(t * h * w) for t, h, w in grid.tolist()]
-        return pos_embeds, cos[:, None, None], _signed(sin)[:, None, None], lengths
-
-
-def _signed(sin: torch.Tensor) -> torch.Tensor:
-    """sin with its first half negated: rotate_half(x) * sin == swap_halves(x) * _signed(sin), exactly."""
-    half = sin.shape[-1] // 2
-    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin over the last dim, with the halves swapped by one flip."""
-    d = x.shape[-1]
-    swapped = x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2)
-    return x * cos + swapped * sin_signed
+        return pos_embeds, cos[:, None, None], signed_sin(sin)[:, None, None], lengths
 
 
 def _layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:

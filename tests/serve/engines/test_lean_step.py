@@ -195,3 +195,27 @@ def test_patch_embedding_as_a_matmul_equals_the_convolution(tiny_dir):
         assert linear_patch_embed(model)
         assert torch.allclose(embed(pixels), expected, atol=1e-5)
     assert not linear_patch_embed(torch.nn.Linear(2, 2))
+
+
+def test_fused_projections_equal_the_modules_with_and_without_adapters(tiny_dir, adapter_dirs):
+    from openvlthinker.models import load
+    from serve.engines.adapters import AdapterSet
+    from serve.engines.lean_layers import fuse_layer
+
+    model, _ = load(str(tiny_dir))
+    layer = model.model.language_model.layers[0]
+    qkv, gate_up = fuse_layer(layer)
+    assert layer.self_attn.q_proj.weight.data_ptr() == qkv.weight.data_ptr()  # views: nothing stored twice
+    adapters = AdapterSet(model)
+    x = torch.randn(5, 1, layer.self_attn.q_proj.in_features)
+    for names in (None, "load"):
+        if names == "load":  # PEFT wraps the modules in place; the fused matrix stays theirs
+            adapters.load("v1", adapter_dirs[0])
+            names = adapters.adapter_names(["v1", None, "v1", None, "v1"])
+        kwargs = {"adapter_names": names} if names else {}
+        with torch.inference_mode():
+            expected = [getattr(layer.self_attn, p)(x, **kwargs) for p in ("q_proj", "k_proj", "v_proj")]
+            expected += [getattr(layer.mlp, p)(x, **kwargs) for p in ("gate_proj", "up_proj")]
+            got = qkv(x, names) + gate_up(x, names)
+        assert qkv.valid() and all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert hasattr(layer.self_attn.q_proj, "lora_A")
