@@ -1,8 +1,11 @@
 """Benchmark: the transformers engine alone (no HTTP), one request at a time vs 16 at once.
 
 Separates what continuous batching gives from what the gateway costs (bench/serve.py measures
-both together). The same ShapeWorld image questions, greedy, thinking budget 256, run with
-lean decoding steps (the default) and with the model's own forward, side by side.
+both together). The same ShapeWorld image questions, greedy, thinking budget 256, run with the
+lean step (lean_step.py: joining prompts and decoding rows in one forward, the vision tower on
+the caller's side; the default) and with the model's own forward, side by side. The engine runs in
+its own process, as it serves: in a thread, the encoding of 16 clients' prompts on the event loop
+held the GIL the engine thread needed, and both paths measured that instead.
 
     .venv/bin/python bench/engine.py [--requests 96] [--max-tokens 64]
 """
@@ -57,15 +60,15 @@ async def main_async(args: argparse.Namespace) -> None:
     conversations = make_messages(args.requests)
     rows: dict[bool, list[tuple[int, float, int]]] = {}
     for lean in (True, False):  # the same requests with lean decoding steps, then with the model's forward
-        engine = TransformersEngine(args.model, max_batch=16, max_queue=256, lean_decode=lean)
+        engine = TransformersEngine(args.model, max_batch=16, max_queue=256, lean_decode=lean, process=True)
         await engine.start()
         try:
             await run(engine, conversations[:8], 4, args.max_tokens)  # warm-up
             rows[lean] = [(c, *(await run(engine, conversations, c, args.max_tokens))) for c in (1, 4, 16)]
         finally:
             await engine.stop()
-    print(f"{args.requests} image requests, max_tokens={args.max_tokens}, greedy, engine alone (no HTTP), "
-          "1 torch thread, max_batch 16; decoding steps: lean (lean_decode.py) vs the model's forward")
+    print(f"{args.requests} image requests, max_tokens={args.max_tokens}, greedy, engine alone (no HTTP) in its own "
+          "process, 1 torch thread, max_batch 16; lean step (lean_step.py) vs the model's forward")
     print(f"{'in flight':<12}{'lean req/s':>11}{'tok/s':>8}{'vs one':>8}{'forward req/s':>15}{'tok/s':>8}{'vs one':>8}"
           f"{'lean/forward':>14}")
     one = {lean: args.requests / rows[lean][0][1] for lean in rows}

@@ -146,7 +146,7 @@ class ChatService:
                                     stop=tuple(req.stop or ()), seed=None if req.seed is None else req.seed + i,
                                     top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0),
             mode=call.prompt.plan.mode, thinking_budget=call.prompt.plan.budget, adapter=call.lease.engine_name,
-            stream=bool(req.stream),
+            stream=bool(req.stream), token_events=bool(req.stream or req.logprobs),
         ) for i in range(req.n)]
 
     def _fingerprint(self, lease: Lease) -> str:

@@ -54,6 +54,8 @@ class GenerationRequest:
     adapter: the adapter *version name* to decode with (None = the base model).
     stream: the client reads tokens as they come; False lets an engine fetch the completion in
       one piece (its TokenEvents then all arrive just before the result).
+    token_events: the caller reads every TokenEvent; False (a plain answer without logprobs) lets an
+      engine deliver only the first one, which tells the caller the request was admitted, and the result.
     """
 
     request_id: str
@@ -63,6 +65,7 @@ class GenerationRequest:
     thinking_budget: int = 0
     adapter: str | None = None
     stream: bool = True
+    token_events: bool = True
 
 
 @dataclass(frozen=True)

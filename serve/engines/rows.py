@@ -89,7 +89,8 @@ class RowState:
         return self.think.forced_next(self.text, len(self.ids))
 
     def advance(self, token: int, logprob: float, top: tuple[tuple[str, float], ...]) -> list[Any]:
-        """Take one token; return the TokenEvent (and the GenerationResult if this row ends here)."""
+        """Take one token; return its TokenEvent (unless the caller reads only results) and the GenerationResult
+        if this row ends here."""
         self.ids.append(token)
         self.logprobs.append(logprob)
         if self.k:
@@ -108,7 +109,11 @@ class RowState:
             self.text += self.detok.flush()
             end = len(self.text)
         delta = self.stops.release(self.text, end)
-        out: list[Any] = [TokenEvent(token_id=token, text=delta, logprob=logprob, top_logprobs=top)]
+        out: list[Any] = []
+        # Every event travels (a pipe, an event loop) to a caller that may only want the result:
+        # then only the first goes, which tells it the request was admitted.
+        if self.request.token_events or len(self.ids) == 1:
+            out.append(TokenEvent(token_id=token, text=delta, logprob=logprob, top_logprobs=top))
         if reason is not None:
             self.finished = True
             out.append(self._result(self.text[:end], reason))

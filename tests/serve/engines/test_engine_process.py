@@ -131,3 +131,16 @@ def test_a_model_that_cannot_be_loaded_is_a_clear_error(tiny_dir, tmp_path, brok
     assert not eng.running
     if broken == "corrupt weights":
         assert "safetensors" in str(info.value).lower() or "header" in str(info.value).lower(), info.value
+
+
+@pytest.mark.parametrize("process", [False, True])
+def test_a_caller_that_reads_only_results_gets_one_event_and_the_same_result(pair, h, process):
+    """token_events=False (a plain answer without logprobs): the first event (admission) and the result."""
+    import dataclasses
+
+    req = h.request(h.user("How many red circles?", [h.shape_image()]), max_tokens=12, rid="quiet")
+    events, result = h.run_one(pair[process], req)
+    quiet_events, quiet = h.run_one(pair[process], dataclasses.replace(req, token_events=False))
+    assert len(events) == len(result.completion_token_ids) > 1 and len(quiet_events) == 1
+    assert quiet.completion_token_ids == result.completion_token_ids and quiet.text == result.text
+    assert quiet_events[0].token_id == result.completion_token_ids[0]
