@@ -8,21 +8,25 @@ import pytest
 pytestmark = pytest.mark.vllm
 
 # Text-only questions are off the shipped model's training distribution (every ShapeWorld task
-# has an image): on many its greedy output closes the block and then answers nothing. These are
-# ones it still answers (probed on vLLM with the checkpoint trained with the vision stage).
+# has an image): on some its greedy output never closes the block (then all of it is reasoning and
+# the answer is empty), and which ones can move with the last bits of float arithmetic: the second
+# question answered when this test was written, and on 2026-11-29 it ran to </answer> without
+# closing the block, with the code of that time too (and identically under transformers). So every
+# question checks what must hold whatever the model writes; the set must think and answer at least once.
 QUESTIONS = ["Is the red circle left of the blue square?", "Which bar is the largest?",
              "Is the green square above the red circle?"]
 TAGS = ("<thinking>", "</thinking>", "<answer>", "</answer>")
 
 
 def test_model_opens_and_closes_its_own_block(trained_client):
-    thought = 0
+    thought = answered = 0
     for q in QUESTIONS:
         kw = dict(model="openvlthinker", messages=[{"role": "user", "content": q}], max_tokens=120, temperature=0,
                   reasoning_effort="medium")
         r = trained_client.chat.completions.create(**kw)
         msg = r.choices[0].message
-        assert msg.content and not any(tag in msg.content + (msg.reasoning_content or "") for tag in TAGS)
+        assert not any(tag in (msg.content or "") + (msg.reasoning_content or "") for tag in TAGS)
+        answered += bool(msg.content)
         reasoning = r.usage.completion_tokens_details.reasoning_tokens
         assert reasoning <= 256 + 1 and (reasoning > 0) == bool(msg.reasoning_content)
         thought += reasoning > 0
@@ -32,5 +36,5 @@ def test_model_opens_and_closes_its_own_block(trained_client):
         streamed = "".join(d.content or "" for d in deltas)
         # Stray text before a late <answer> streams as content but is not the final answer (see
         # serve/reasoning_split.py); a well-formed completion streams exactly its answer.
-        assert streamed == msg.content if reasoning else streamed.endswith(msg.content)
-    assert thought >= 1  # the trained model thinks on at least one of these questions
+        assert streamed == (msg.content or "") if reasoning else streamed.endswith(msg.content or "")
+    assert thought >= 1 and answered >= 1  # the trained model thinks, and answers, on at least one of them
