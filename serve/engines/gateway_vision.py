@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .base import EngineError
 from .lean_vision import LeanVision
 
 __all__ = ["GatewayVision", "VISION_PREFIX"]
@@ -73,8 +74,11 @@ class GatewayVision:
         if "pixel_values" not in inputs:
             return inputs
         pixels, grid = (torch.from_numpy(inputs[k]) for k in ("pixel_values", "image_grid_thw"))
-        with torch.inference_mode():
-            features, deepstack = self.lean(pixels, grid)
+        try:
+            with torch.inference_mode():
+                features, deepstack = self.lean(pixels, grid)
+        except Exception as exc:  # noqa: BLE001 - images the tower cannot take are the request's fault
+            raise EngineError(f"cannot encode the images: {exc}") from exc
         out = {k: v for k, v in inputs.items() if k != "pixel_values"}
         # float32 on the wire (numpy has no bfloat16); the engine casts back to its dtype, exactly.
         out["image_features"] = features.float().numpy()

@@ -6,9 +6,8 @@ and every row already running decodes one token, in one forward (`lean_step.Lean
 each row's token is picked (`rows.pick_tokens`), the joined rows' caches are merged into the
 running batch (`kv.KVBatch`) and the rows that ended leave. So a finished request frees its slot
 at once and a new one starts without waiting for the longest row of a batch, as it must with HF
-`generate`, and without a prefill forward of its own. Models the lean step does not know (and
-prompts whose adapters reach into the vision tower) take the model's own forward: the prompts
-first, then a decoding step for every row.
+`generate`, and without a prefill forward of its own. Models the lean step does not know take the
+model's own forward: the prompts first, then a decoding step for every row.
 
 Positions are explicit: the prefill's (M-RoPE for Qwen3-VL images, via the model's own
 `get_rope_index`) and then one more per step and row, so the padding columns that merging
@@ -123,8 +122,8 @@ class RunningBatch:
                 positions = prefill_positions(self._base(), enc)
                 lean = self._lean is not None and self._lean.handles(enc)
                 if not lean and "image_features" in enc:
-                    raise EngineError("image features computed by the gateway need the lean step; this model "
-                                      "or adapter needs pixels (start the engine without the gateway's vision tower)")
+                    raise EngineError("image features computed by the gateway reached a path that needs pixels "
+                                      "(the model's own forward); the gateway sends features only to the lean step")
                 vision = self._lean.encode_images(enc) if lean else None
                 rows = [RowState(job, job.request, ids, self.ctx, model.device, prefix=job.prefix)
                         for job, ids in zip(jobs, prompt_ids)]

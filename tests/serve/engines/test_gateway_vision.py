@@ -31,6 +31,9 @@ def test_gateway_features_equal_the_engines_tower(tiny_dir, h):
     assert sent["image_features"].nbytes + sent["deepstack_features"].nbytes < inputs["pixel_values"].nbytes / 4
     text_only = encode_one(processor, render(processor, h.user("Count.")), [])
     assert vision.encode(text_only) is text_only
+    bad = dict(inputs, image_grid_thw=np.array([[1, 4, 4]]))  # the grid disagrees with the pixels
+    with pytest.raises(EngineError, match="cannot encode the images"):
+        vision.encode(bad)
 
 
 def test_only_qwen3_vl_folders_get_a_gateway_tower(tmp_path):
