@@ -166,10 +166,14 @@ class VllmEngine:
         model = request.adapter or BASE
         messages = _openai_messages(request.messages)
         self._in_flight += 1
+        admitted = False
         try:
             async for item in decode(request, model, messages, assistant_prefix(request.messages), self._upstream):
                 if isinstance(item, TokenEvent):
                     self._stats["tokens_total"] += 1
+                    if admitted and not request.token_events:  # the caller reads the first event and the result
+                        continue
+                    admitted = True
                 yield item
         finally:
             self._in_flight -= 1
