@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .base import EngineError
 
-__all__ = ["Fused", "attend_cache", "attention_inputs", "fuse_layer", "linear", "linear_patch_embed", "mlp_residual",
+__all__ = ["Fused", "attend_cache", "attention_inputs", "fuse_layer", "conv_as_linear", "linear", "linear_patch_embed", "mlp_residual",
            "rms_norm", "rotate", "signed_sin", "supported_text_model"]
 
 _SUPPORTED = {"Qwen3VLTextModel", "Qwen3Model"}
@@ -87,11 +87,10 @@ def linear_patch_embed(model: torch.nn.Module) -> bool:
     """
     embed = getattr(getattr(getattr(model, "model", None), "visual", None), "patch_embed", None)
     conv = getattr(embed, "proj", None)
-    if not isinstance(conv, torch.nn.Conv3d) or tuple(conv.kernel_size) != tuple(conv.stride) or any(conv.padding):
+    linear_map = conv_as_linear(conv)
+    if linear_map is None:
         return False
-    weight = conv.weight.detach().reshape(conv.out_channels, -1)  # a view: adapters or reloads see the same data
-    bias = conv.bias.detach() if conv.bias is not None else None
-
+    weight, bias = linear_map
     original = embed.forward
 
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
@@ -103,8 +102,17 @@ def linear_patch_embed(model: torch.nn.Module) -> bool:
     return True
 
 
+def conv_as_linear(conv: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """A patch embedding's Conv3d whose kernel equals its stride, as (weight, bias) of a linear map of the
+    flattened patch (each patch meets the kernel exactly once); None for any other layer. The weight is a
+    view: adapters or reloads see the same data."""
+    if not isinstance(conv, torch.nn.Conv3d) or tuple(conv.kernel_size) != tuple(conv.stride) or any(conv.padding):
+        return None
+    return conv.weight.detach().reshape(conv.out_channels, -1), conv.bias.detach() if conv.bias is not None else None
+
+
 def attend_cache(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-            scale: float) -> torch.Tensor:
+                 scale: float) -> torch.Tensor:
     """Attention of one query per row (B, H, 1, d) over the cache (B, KVH, C, d), grouped-query aware.
 
     Two batched matmuls over (row, kv head) pairs, each kv head serving its group of query

@@ -116,8 +116,8 @@ class LeanStep:
         allowed = _prompt_mask(prompts.enc["attention_mask"]) if prompts is not None else None
         cache = DynamicCache() if prompts is not None else None
         for index, layer in enumerate(self.text.layers):
-            fused = self.fused[index] if self.fused[index] is not None and self.fused[index][0].valid() else (None, None)
-            q, k, v = attention_inputs(layer, h, token_names, cos, sin, fused[0])  # (N, heads, 1, d)
+            qkv, gate_up = self._fused(index)
+            q, k, v = attention_inputs(layer, h, token_names, cos, sin, qkv)  # (N, heads, 1, d)
             parts = []
             if decoding is not None:
                 keys, values = decoding.kv.append(index, k[:b], v[:b])
@@ -130,13 +130,18 @@ class LeanStep:
                 parts.append(out.transpose(1, 2).reshape(bp * length, -1))
             attended = parts[0] if len(parts) == 1 else torch.cat(parts)
             attended = linear(layer.self_attn.o_proj, attended[:, None], token_names)
-            h = mlp_residual(layer, h + attended, token_names, fused[1])
+            h = mlp_residual(layer, h + attended, token_names, gate_up)
             if index < len(deepstack):
                 h[visual] += deepstack[index]
         # Left padding: a prompt's last column is real.
         last = torch.cat([torch.arange(b), b + torch.arange(1, bp + 1) * length - 1]) if bp else slice(None)
         h = rms_norm(h[last], self.text.norm)
         return linear(self.base.lm_head, h, names)[:, -1], cache
+
+    def _fused(self, index: int) -> tuple[Any, Any]:
+        """Layer `index`'s fused q/k/v and gate/up, each None where it cannot be used (then the modules run)."""
+        fused = self.fused[index] or (None, None)
+        return tuple(f if f is not None and f.valid() else None for f in fused)  # type: ignore[return-value]
 
     def _tokens(self, decoding: Decoding | None, prompts: Prompts | None, names: list[str] | None, b: int,
                 length: int) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:

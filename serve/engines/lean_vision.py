@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .lean_layers import rotate, signed_sin
+from .lean_layers import conv_as_linear, rotate, signed_sin
 
 __all__ = ["LeanVision"]
 
@@ -31,16 +31,13 @@ GEOMETRY_CACHE = 256  # distinct image-grid combinations remembered
 class LeanVision:
     """Image features and DeepStack features of a Qwen3-VL vision tower, for patch rows and their grids."""
 
-    def __init__(self, visual: torch.nn.Module):
+    def __init__(self, visual: torch.nn.Module, patch_embed: tuple[torch.Tensor, torch.Tensor | None]):
         self.visual = visual
         cfg = visual.config
         self.merge = cfg.spatial_merge_size
         self.heads = cfg.num_heads
         self.head_dim = cfg.hidden_size // cfg.num_heads
-        conv = visual.patch_embed.proj
-        # Each patch meets the Conv3d kernel exactly once (kernel == stride): a linear map of the flat patch.
-        self.patch_weight = conv.weight.detach().reshape(conv.out_channels, -1)
-        self.patch_bias = conv.bias.detach() if conv.bias is not None else None
+        self.patch_weight, self.patch_bias = patch_embed  # the Conv3d as a linear map of the flat patch
         self.deepstack = {layer: visual.deepstack_merger_list[i] for i, layer in enumerate(cfg.deepstack_visual_indexes)}
         self._geometry: dict[tuple, tuple] = {}
 
@@ -49,10 +46,8 @@ class LeanVision:
         """A lean forward for a Qwen3-VL vision tower, or None if `visual` is something else."""
         if type(visual).__name__ != "Qwen3VLVisionModel":
             return None
-        conv = getattr(getattr(visual, "patch_embed", None), "proj", None)
-        if not isinstance(conv, torch.nn.Conv3d) or tuple(conv.kernel_size) != tuple(conv.stride) or any(conv.padding):
-            return None
-        return cls(visual)
+        patch_embed = conv_as_linear(getattr(getattr(visual, "patch_embed", None), "proj", None))
+        return None if patch_embed is None else cls(visual, patch_embed)
 
     def has_adapters(self) -> bool:
         """True when LoRA layers sit in the tower (its weights are then not the ones this path uses)."""
