@@ -55,20 +55,22 @@ class Prompts:
 class LeanStep:
     """Runs decoding rows and joining prompts through a Qwen3-family decoder in one pass."""
 
-    def __init__(self, base: torch.nn.Module, text_model: torch.nn.Module):
+    def __init__(self, base: torch.nn.Module, text_model: torch.nn.Module, fuse: bool = True):
         self.base, self.text = base, text_model
         self.mrope = type(text_model).__name__ == "Qwen3VLTextModel"
         visual = getattr(getattr(base, "model", None), "visual", None)
         self.vision = LeanVision.build(visual) if visual is not None else None
         self.image_token_id = getattr(base.config, "image_token_id", None)
         # q/k/v and gate/up as one product each; their modules' weights become views of the fused matrices.
-        self.fused = [fuse_layer(layer) for layer in text_model.layers]
+        self.fused = [fuse_layer(layer) if fuse else None for layer in text_model.layers]
 
     @classmethod
-    def build(cls, base: torch.nn.Module) -> "LeanStep | None":
-        """A lean step for `base` (the model under any PEFT wrapper), or None if its shape is not known."""
+    def build(cls, base: torch.nn.Module, fuse: bool = True) -> "LeanStep | None":
+        """A lean step for `base` (the model under any PEFT wrapper), or None if its shape is not known.
+
+        fuse=False keeps every projection a product of its own (bench/lean_step.py compares the two)."""
         text = supported_text_model(base)
-        return None if text is None else cls(base, text)
+        return None if text is None else cls(base, text, fuse)
 
     def handles(self, enc: dict[str, Any]) -> bool:
         """False when prompts must go through the model (videos, or LoRA layers in the vision tower)."""
