@@ -70,7 +70,8 @@ class TransformersEngine:
         self._child = None  # process mode: an engine_process.EngineProcess
         self._thread: threading.Thread | None = None
         self._stopped: concurrent.futures.Future | None = None
-        self._processor = self._count_tokenizer = self._ctx = None
+        self._processor = self._encoder = self._ctx = None
+        self._prepared: tuple[Any, Any] | None = None  # (messages, Prepared): the last prompt counted
         self._vision = None  # process mode: the vision tower on this side of the pipe (gateway_vision.py)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -93,9 +94,11 @@ class TransformersEngine:
             await self._start_child()
         else:
             await self._start_thread()
-        # The event loop tokenizes prompts for counting; a private copy keeps the Rust
+        from .inputs import PromptEncoder
+
+        # The event loop renders, counts and encodes prompts; a private tokenizer copy keeps the Rust
         # tokenizer's padding state (mutated by batch encoding in the worker) out of its way.
-        self._count_tokenizer = copy.deepcopy(self._processor.tokenizer)
+        self._encoder = PromptEncoder(self._processor, copy.deepcopy(self._processor.tokenizer))
 
     async def _start_thread(self) -> None:
         self._sched.reopen()
@@ -140,7 +143,7 @@ class TransformersEngine:
             self._sched.close(EngineUnavailable("engine stopped"))
             await asyncio.wrap_future(self._stopped)
             self._thread = self._core = None
-        self._processor = self._count_tokenizer = self._ctx = self._vision = None
+        self._processor = self._encoder = self._ctx = self._vision = self._prepared = None
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -150,7 +153,7 @@ class TransformersEngine:
         `mode` does not change the prompt here: the gateway already wrote the mode's
         instruction into the messages; the engine only enforces the thinking budget.
         """
-        return self._prepare(messages)[3]
+        return self._prepare(messages).n_tokens
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent | GenerationResult]:
         """TokenEvents as tokens come, then one GenerationResult (errors raise on first iteration)."""
@@ -174,15 +177,18 @@ class TransformersEngine:
         if not self.running or self._processor is None or (self._child is None and self._sched.closed):
             raise EngineUnavailable("engine is not running (call start() first)")
 
-    def _prepare(self, messages: list[dict[str, Any]]) -> tuple[str, list[Any], str, int]:
-        """Render the prompt and count its tokens on the caller's thread (no pixel work)."""
-        from .inputs import assistant_prefix, collect_images, count_tokens, render
+    def _prepare(self, messages: list[dict[str, Any]]) -> Any:
+        """The rendered, tokenized prompt (`inputs.Prepared`; no pixel work), on the caller's thread.
 
+        The chat counts a prompt and then admits its `n` requests with the same messages list: the last
+        prompt prepared is kept (with a reference to its messages, so the identity check cannot meet a
+        recycled id) and reused, so each prompt is rendered and tokenized once."""
         self._require_ready()
-        images = collect_images(messages)
-        text = render(self._processor, messages)
-        n_prompt = count_tokens(self._count_tokenizer, self._processor, text, images)
-        return text, images, assistant_prefix(messages), n_prompt
+        if self._prepared is not None and self._prepared[0] is messages:
+            return self._prepared[1]
+        prepared = self._encoder.prepare(messages)
+        self._prepared = (messages, prepared)
+        return prepared
 
     def _admit(self, request: GenerationRequest) -> Job:
         """Check a request and queue it; EngineError / EngineOverloaded before it is queued."""
@@ -194,18 +200,16 @@ class TransformersEngine:
                               f"0 < top_p <= 1, 0 <= top_logprobs <= {MAX_TOP_LOGPROBS}")
         if request.adapter is not None and request.adapter not in self.loaded_adapters():
             raise EngineError(f"adapter {request.adapter!r} is not loaded; loaded: {self.loaded_adapters()}")
-        text, images, prefix, n_prompt = self._prepare(request.messages)
-        if n_prompt + s.max_tokens > self.max_context:
-            raise EngineError(f"prompt ({n_prompt} tokens) + max_tokens ({s.max_tokens}) exceeds the "
+        prepared = self._prepare(request.messages)
+        if prepared.n_tokens + s.max_tokens > self.max_context:
+            raise EngineError(f"prompt ({prepared.n_tokens} tokens) + max_tokens ({s.max_tokens}) exceeds the "
                               f"context window of {self.max_context} tokens")
-        from .inputs import encode_one
-
         # Encoded here, on the caller's side (after the checks, which need no pixels): the engine's
         # thread or process only stacks prompts.
-        inputs = encode_one(self._processor, text, images)
+        inputs = self._encoder.encode(prepared)
         if self._vision is not None:
             inputs = self._vision.encode(inputs)
-        job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), inputs, prefix)
+        job = Job(request, asyncio.get_running_loop(), asyncio.Queue(), inputs, prepared.prefix)
         (self._child or self._sched).admit(job)
         return job
 
