@@ -2,7 +2,8 @@
 
 - a running batch of 16 rows decoding one token while one ShapeWorld prompt joins: two forwards
   (a decoding step, then the prompt's prefill) against one forward carrying both (lean_step.py);
-- a 16-row and a 1-row decoding step with q/k/v and gate/up fused into one product each, and not;
+- a 16-row and a 1-row decoding step with q/k/v and gate/up fused into one product each (queries and
+  keys then normed and rotated as one tensor), and not;
 - the vision tower for one image: the model's module against the lean forward (lean_vision.py).
 
 Each case runs `--calls` times per repetition, the repetitions interleave the cases (a shared

@@ -12,6 +12,8 @@ decoders they know (any other model keeps the model's forward).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -42,17 +44,46 @@ def attention_inputs(layer: torch.nn.Module, h: torch.Tensor, names: list[str] |
                      sin_signed: torch.Tensor, fused: "Fused | None" = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A decoder layer's queries, keys and values (B, heads, L, head_dim) for h (B, L, D): normed and rotated.
 
-    `sin_signed` is `signed_sin(sin)`; `fused` the layer's q/k/v as one product (`fuse_layer`)."""
+    `sin_signed` is `signed_sin(sin)`; `fused` the layer's q/k/v as one product (`fuse_layer`): then
+    queries and keys, adjacent in that product, are normed and rotated together, as one tensor."""
     attn = layer.self_attn
     x = rms_norm(h, layer.input_layernorm)
     heads = (*h.shape[:2], -1, attn.head_dim)
     if fused is not None:
-        q, k, v = fused(x, names)
-    else:
-        q, k, v = (linear(proj, x, names) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        return _fused_attention_inputs(attn, fused.product(x, names), fused.sizes, heads, cos, sin_signed)
+    q, k, v = (linear(proj, x, names) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
     q = rms_norm(q.view(heads), attn.q_norm).transpose(1, 2)
     k = rms_norm(k.view(heads), attn.k_norm).transpose(1, 2)
     return rotate(q, cos, sin_signed), rotate(k, cos, sin_signed), v.view(heads).transpose(1, 2)
+
+
+def _fused_attention_inputs(attn: torch.nn.Module, qkv: torch.Tensor, sizes: list[int], heads: tuple[int, ...],
+                            cos: torch.Tensor, sin_signed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v from the fused product (B, L, q | k | v): one norm (then each head's own weight) and one rotation
+    for the query and key heads together, in the model's order (normalise, scale by the weight in float32)."""
+    dim, n_q = attn.head_dim, sizes[0]
+    n_qk = n_q + sizes[1]
+    qk = qkv[..., :n_qk].view(heads)
+    eps = getattr(attn.q_norm, "variance_epsilon", None) or getattr(attn.q_norm, "eps", 1e-6)
+    normed = F.rms_norm(qk.float(), (dim,), None, eps) * _head_weights(attn, n_q // dim, (n_qk - n_q) // dim)
+    qk = rotate(normed.to(qk.dtype).transpose(1, 2), cos, sin_signed)
+    v = qkv[..., n_qk:].view(heads).transpose(1, 2)
+    return qk[:, :n_q // dim], qk[:, n_q // dim:], v
+
+
+_HEAD_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, int], torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
+def _head_weights(attn: torch.nn.Module, q_heads: int, k_heads: int) -> torch.Tensor:
+    """(q_heads + k_heads, head_dim): the q_norm weight for each query head, then the k_norm weight for each
+    key head, float32; rebuilt when either norm's weights change."""
+    key = (attn.q_norm.weight.data_ptr(), attn.k_norm.weight.data_ptr())
+    cached = _HEAD_WEIGHTS.get(attn)
+    if cached is None or cached[0] != key or cached[1].shape[0] != q_heads + k_heads:
+        weights = torch.cat([attn.q_norm.weight.detach().float().expand(q_heads, -1),
+                             attn.k_norm.weight.detach().float().expand(k_heads, -1)])
+        cached = _HEAD_WEIGHTS[attn] = (key, weights)
+    return cached[1]
 
 
 def mlp_residual(layer: torch.nn.Module, h: torch.Tensor, names: list[str] | None,
@@ -173,14 +204,17 @@ class Fused:
 
     def __call__(self, x: torch.Tensor, names: list[str] | None) -> list[torch.Tensor]:
         """Every module's output for x, as views of one product (with each row's LoRA terms added)."""
+        return list(self.product(x, names).split(self.sizes, dim=-1))
+
+    def product(self, x: torch.Tensor, names: list[str] | None) -> torch.Tensor:
+        """The modules' outputs side by side along the last axis (each row's LoRA terms added)."""
         y = F.linear(x, self.weight)
-        outs = list(y.split(self.sizes, dim=-1))
         if names is not None:
-            for attr, out in zip(self.names, outs):
+            for attr, out in zip(self.names, y.split(self.sizes, dim=-1)):
                 module = getattr(self.owner, attr)
                 if hasattr(module, "lora_A"):
                     _add_lora(out, module, x, names)
-        return outs
+        return y
 
 
 def fuse_layer(layer: torch.nn.Module) -> tuple[Fused, Fused] | None:

@@ -219,3 +219,27 @@ def test_fused_projections_equal_the_modules_with_and_without_adapters(tiny_dir,
             got = qkv(x, names) + gate_up(x, names)
         assert qkv.valid() and all(torch.equal(a, b) for a, b in zip(got, expected))
     assert hasattr(layer.self_attn.q_proj, "lora_A")
+
+
+def test_fused_queries_and_keys_are_normed_and_rotated_as_the_separate_ones(tiny_dir, adapter_dirs):
+    """With q/k/v fused, queries and keys share one norm and one rotation: bit for bit the separate path."""
+    from openvlthinker.models import load
+    from serve.engines.adapters import AdapterSet
+    from serve.engines.lean_layers import attention_inputs, fuse_layer, signed_sin
+
+    model, _ = load(str(tiny_dir))
+    text = model.model.language_model
+    layer = text.layers[1]
+    h = torch.randn(6, 1, text.config.hidden_size)
+    cos, sin = text.rotary_emb(h, torch.arange(3, 9)[None].expand(3, -1)[..., None])
+    cos, sin = cos[:, None], signed_sin(sin[:, None])
+    qkv, _ = fuse_layer(layer)
+    adapters = AdapterSet(model)
+    for names in (None, "load"):
+        if names == "load":
+            adapters.load("v1", adapter_dirs[0])
+            names = adapters.adapter_names(["v1", None, "v1", None, "v1", None])
+        with torch.inference_mode():
+            separate = attention_inputs(layer, h, names, cos, sin, None)
+            fused = attention_inputs(layer, h, names, cos, sin, qkv)
+        assert all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(separate, fused))
