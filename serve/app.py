@@ -7,6 +7,7 @@ service object hangs off `app.state`; routes stay thin.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from .errors import install_handlers
 from .metrics import Metrics, MetricsMiddleware
 from .routes import api, open_routes
 from .store import Store
+from .store.writer import StoreWriter
 
 log = logging.getLogger("serve")
 
@@ -43,11 +45,12 @@ def create_app(config: ServeConfig, engine: Any) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         store = Store(config.store_url, config.images_path)
+        writer = StoreWriter(store)  # the chat's interactions, committed together under load
         registry = AdapterRegistry(engine, config.adapters_path, config.served_name, base_names(config, engine),
                                    state_file=config.run_path / "adapters_state.json")
         await registry.restore()
         app.state.store, app.state.registry = store, registry
-        app.state.chat = ChatService(engine, registry, store, config, app.state.metrics)
+        app.state.chat = ChatService(engine, registry, writer, config, app.state.metrics)
         app.state.ready = True
         log.info("serving %s as %r (promoted: %s)", registry.base_name, config.served_name, registry.promoted or "base")
         try:
@@ -55,6 +58,7 @@ def create_app(config: ServeConfig, engine: Any) -> FastAPI:
         finally:
             app.state.ready = False
             await engine.stop()
+            await asyncio.to_thread(writer.close)  # what was acknowledged is committed by now; the rest too
             store.close()
 
     app = FastAPI(

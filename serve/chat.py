@@ -8,6 +8,7 @@ end of the response, so whatever was acknowledged is in the store.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import anyio
-from starlette.concurrency import run_in_threadpool
 
 from serve.engines.base import EngineError, EngineFailed, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, SamplingParams, TokenEvent
 
@@ -31,7 +31,7 @@ from .prompting import Prompt, build_prompt
 from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                        ChoiceLogprobs, ChunkChoice, CompletionTokensDetails, Delta, TokenLogprob, TopLogprob, Usage)
 from .reasoning_split import ReasoningSplitter, split_text
-from .store import Store
+from .store.writer import StoreWriter
 
 log = logging.getLogger("serve.chat")
 # Any top_p below the largest token probability keeps exactly the top token; vocabularies are far
@@ -76,10 +76,10 @@ def engine_error(exc: Exception) -> APIError:
 
 
 class ChatService:
-    """Serves /v1/chat/completions on top of an Engine, the adapter registry and the store."""
+    """Serves /v1/chat/completions on top of an Engine, the adapter registry and the store's writer."""
 
-    def __init__(self, engine: Any, registry: AdapterRegistry, store: Store, config: ServeConfig, metrics: Metrics):
-        self.engine, self.registry, self.store, self.config, self.metrics = engine, registry, store, config, metrics
+    def __init__(self, engine: Any, registry: AdapterRegistry, writer: StoreWriter, config: ServeConfig, metrics: Metrics):
+        self.engine, self.registry, self.writer, self.config, self.metrics = engine, registry, writer, config, metrics
         self.limits = ImageLimits(config.max_image_bytes, config.max_image_pixels, config.max_images,
                                   config.allow_remote_images, config.remote_timeout_s)
 
@@ -256,18 +256,13 @@ class ChatService:
                 completion_tokens=len(res.completion_token_ids), reasoning_tokens=res.thinking_tokens,
                 latency_s=done_at[i] - call.arrival, stream=stream,
             ))
-        images = [img.data for img in prompt.images]
-        await run_in_threadpool(_write, self.store, images, rows)
+        # One writer thread commits concurrent requests together (store/writer.py); shielded, so a client
+        # that goes away while its interaction is being written cannot cancel the write.
+        await asyncio.shield(asyncio.wrap_future(self.writer.submit([img.data for img in prompt.images], rows)))
         usage = _usage(results)
         self.metrics.record_completion(call.lease.version, usage.prompt_tokens, usage.completion_tokens,
                                        usage.completion_tokens_details.reasoning_tokens,
                                        [(r.finish_reason, prompt.plan.mode) for r in results])
-
-
-def _write(store: Store, images: list[bytes], rows: list[dict[str, Any]]) -> None:
-    for data in images:  # files first: a committed row never points at a missing image
-        store.blobs.put(data)
-    store.add_interactions(rows)
 
 
 def _check_results(results: list[GenerationResult | None]) -> list[GenerationResult]:

@@ -9,7 +9,8 @@ SQLite settings, and why:
   per response is small next to a model forward pass.
 - `busy_timeout`: concurrent writers (threadpool, a second process) wait instead of failing.
 
-Methods are synchronous; the gateway calls them in a worker thread, off the event loop.
+Methods are synchronous; the gateway calls them off the event loop: interactions through one writer
+thread that commits many requests together (`writer.StoreWriter`), feedback in a worker thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import create_engine, event, exists, func, or_, select
+from sqlalchemy import create_engine, event, exists, func, insert, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,11 +59,24 @@ class Store:
 
     def add_interactions(self, rows: Iterable[dict[str, Any]]) -> list[int]:
         """Insert the choices of one request in one transaction; returns their cursors (seq)."""
+        return self.add_interaction_groups([list(rows)])[0]
+
+    def add_interaction_groups(self, groups: list[list[dict[str, Any]]]) -> list[list[int]]:
+        """Insert the choices of several requests in one transaction (one commit); each group's cursors.
+
+        One bulk INSERT ... RETURNING for all rows, cursors in the order of the rows (a third of the
+        ORM unit of work's time per row)."""
+        flat = [row for group in groups for row in group]
+        if not flat:
+            return [[] for _ in groups]
+        statement = insert(Interaction).returning(Interaction.seq, sort_by_parameter_order=True)
         with self.sessions.begin() as session:
-            objs = [Interaction(**row) for row in rows]
-            session.add_all(objs)
-            session.flush()
-            return [o.seq for o in objs]
+            seqs = list(session.scalars(statement, flat))
+        out, start = [], 0
+        for group in groups:
+            out.append(seqs[start:start + len(group)])
+            start += len(group)
+        return out
 
     def add_feedback(self, interaction_id: str, choice_index: int = 0, **fields: Any) -> str:
         """Attach feedback to one choice; returns the feedback id. Raises UnknownInteraction."""
