@@ -8,16 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from serve.store import Store
 from serve.store.writer import StoreWriter, WriterClosed
-from tests.serve.test_store import row
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'serve.db'}", tmp_path / "images")
-    yield s
-    s.close()
+from tests.serve.test_store import row, store  # noqa: F401 - `store`: a real SQLite store per test (fixture)
 
 
 def _gate(store):
