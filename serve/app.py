@@ -49,7 +49,7 @@ def create_app(config: ServeConfig, engine: Any) -> FastAPI:
         registry = AdapterRegistry(engine, config.adapters_path, config.served_name, base_names(config, engine),
                                    state_file=config.run_path / "adapters_state.json")
         await registry.restore()
-        app.state.store, app.state.registry = store, registry
+        app.state.store, app.state.writer, app.state.registry = store, writer, registry
         app.state.chat = ChatService(engine, registry, writer, config, app.state.metrics)
         app.state.ready = True
         log.info("serving %s as %r (promoted: %s)", registry.base_name, config.served_name, registry.promoted or "base")

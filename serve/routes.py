@@ -4,12 +4,12 @@ validate with the protocol models and hand over to the service objects on `app.s
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from .auth import require_api_key
@@ -60,10 +60,10 @@ async def list_models(request: Request) -> ModelList:
 
 @api.post("/feedback", response_model=FeedbackResponse)
 async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
-    store = request.app.state.store
+    store, writer = request.app.state.store, request.app.state.writer
     fields = body.model_dump(exclude={"id", "choice_index"})
-    try:
-        fb_id = await run_in_threadpool(store.add_feedback, body.id, body.choice_index, **fields)
+    try:  # on the store's writer thread, in order with the interactions being logged
+        fb_id = await asyncio.wrap_future(writer.call(lambda: store.add_feedback(body.id, body.choice_index, **fields)))
     except UnknownInteraction as exc:
         raise not_found(str(exc), "id", "interaction_not_found") from None
     return FeedbackResponse(id=fb_id, interaction_id=body.id, choice_index=body.choice_index, created=int(time.time()))

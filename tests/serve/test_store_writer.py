@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from serve.store import UnknownInteraction
 from serve.store.writer import StoreWriter, WriterClosed
 from tests.serve.test_store import row, store  # noqa: F401 - `store`: a real SQLite store per test (fixture)
 
@@ -83,3 +84,23 @@ def test_a_cancelled_caller_still_gets_its_interaction_written(store):
     release.set()
     writer.close()
     assert store.get_interaction("chatcmpl-gone")  # the served request is logged all the same
+
+
+def test_calls_run_on_the_writer_thread_in_order_with_the_interactions(store):
+    release, busy, sizes = _gate(store)
+    writer = StoreWriter(store)
+    writer.submit([], [row("chatcmpl-0")])
+    assert busy.wait(10)
+    logged = writer.submit([], [row("chatcmpl-1")])
+    # Feedback for the interaction submitted just before it: it runs after that commit, on the same thread.
+    feedback = writer.call(lambda: (threading.current_thread().name, store.add_feedback("chatcmpl-1", thumbs="up")))
+    after = writer.submit([], [row("chatcmpl-2")])
+    failing = writer.call(lambda: store.add_feedback("chatcmpl-unknown", thumbs="up"))
+    release.set()
+    thread, fb_id = feedback.result(10)
+    assert thread == "store-writer" and fb_id.startswith("fb-") and logged.result(10) and after.result(10)
+    with pytest.raises(UnknownInteraction):
+        failing.result(10)
+    writer.close()
+    assert sizes == [1, 1, 1]  # the call split the waiting submissions into two transactions
+    assert store.get_interaction("chatcmpl-1")[0]["feedback"][0]["thumbs"] == "up"
