@@ -6,7 +6,9 @@ alias and drain); this engine forwards each completion to vLLM as streamed chat 
 versions through vLLM's runtime endpoints under names that are never reused, and supervises
 the child: if it dies, it is started again and every loaded version is loaded again under
 its same name (a fresh process has no cache to confuse). The gateway never imports vLLM.
-Prompts are counted locally with the model's own tokenizer, without a round trip.
+Prompts are counted locally with the model's own tokenizer, without a round trip. The upstream
+client is aiohttp: with 16 requests in flight httpx spent 1.6-1.9 ms of the event loop's CPU per
+request (most of it scanning its connection pool), aiohttp 0.2-0.4 ms.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import httpx
+import aiohttp
 
 from openvlthinker.data import png_data_url
 
@@ -31,6 +33,8 @@ __all__ = ["VllmEngine"]
 log = logging.getLogger("serve.vllm")
 MAX_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
 BASE = "base"  # vLLM's --served-model-name for the base model; adapter versions get their own names
+# Lost connections and timeouts talking to vLLM: the engine is unavailable (503), not the request's fault.
+_TRANSPORT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
 
 class VllmEngine:
@@ -46,7 +50,7 @@ class VllmEngine:
         self.max_context = launch.max_model_len or 0  # replaced by vLLM's own figure once it runs
         self.max_queue, self.start_timeout, self.restart_on_exit = max_queue, start_timeout, restart
         self._proc: VllmProcess | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._tokenizer = self._processor = self._upstream = None
         self._adapters: dict[str, str] = {}  # name -> folder, in load order
         self._ready = False
@@ -80,9 +84,10 @@ class VllmEngine:
             self.launch.port = free_port()
         self._upstream = Upstream(self._stream, self._once, close_tag_suffix_ids(self._tokenizer),
                                   copy.deepcopy(self._tokenizer))
-        self._client = httpx.AsyncClient(base_url=f"http://{self.launch.host}:{self.launch.port}",
-                                         timeout=httpx.Timeout(30, read=None),
-                                         limits=httpx.Limits(max_connections=self.max_queue + 8))
+        # Connecting (or waiting for a pooled connection) may take 30 s; reading has no limit (a long decode).
+        self._client = aiohttp.ClientSession(base_url=f"http://{self.launch.host}:{self.launch.port}",
+                                             timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=None),
+                                             connector=aiohttp.TCPConnector(limit=self.max_queue + 8))
         try:
             await self._launch()
         except BaseException:
@@ -97,7 +102,8 @@ class VllmEngine:
         (self.run_dir / "vllm.pid").write_text(str(self._proc.pid), encoding="utf-8")
         log.info("started vLLM (pid %s) on %s; log: %s", self._proc.pid, self._proc.url, self.log_path)
         await self._proc.wait_ready(self.start_timeout)
-        models = (await self._client.get("/v1/models")).json()
+        async with self._client.get("/v1/models") as resp:
+            models = await resp.json()
         self.max_context = int(next(m.get("max_model_len") for m in models["data"] if m["id"] == BASE))
         self._ready = True
 
@@ -111,7 +117,7 @@ class VllmEngine:
         if self._proc is not None:
             await self._proc.stop()
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     async def _watch(self) -> None:
@@ -192,11 +198,13 @@ class VllmEngine:
 
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST a streamed chat request; yield each SSE chunk as a dict."""
+        if self._client is None:
+            raise EngineUnavailable("vLLM is not running")
         try:
-            async with self._client.stream("POST", "/v1/chat/completions", json=body) as resp:
-                if resp.status_code != 200:
-                    _raise_for(resp.status_code, (await resp.aread()).decode(errors="replace"))
-                lines = resp.aiter_lines()
+            async with self._client.post("/v1/chat/completions", json=body) as resp:
+                if resp.status != 200:
+                    _raise_for(resp.status, await resp.text(errors="replace"))
+                lines = _lines(resp.content.iter_any())
                 async for line in lines:
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
@@ -209,7 +217,7 @@ class VllmEngine:
                         async for _ in lines:
                             pass
                     yield chunk
-        except httpx.TransportError as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise EngineUnavailable(f"lost the connection to vLLM ({type(exc).__name__})") from exc
 
     async def _once(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -219,15 +227,16 @@ class VllmEngine:
         if self._client is None:
             raise EngineUnavailable("vLLM is not running")
         try:
-            resp = await self._client.post(path, json=body)
-        except httpx.TransportError as exc:
+            async with self._client.post(path, json=body) as resp:
+                status, text = resp.status, await resp.text(errors="replace")
+        except _TRANSPORT_ERRORS as exc:
             raise EngineUnavailable(f"lost the connection to vLLM ({type(exc).__name__})") from exc
-        if resp.status_code != 200:
-            _raise_for(resp.status_code, resp.text)
+        if status != 200:
+            _raise_for(status, text)
         try:
-            return resp.json()
+            return json.loads(text)
         except ValueError:
-            return resp.text  # the LoRA endpoints answer plain text
+            return text  # the LoRA endpoints answer plain text
 
     # ---- adapters --------------------------------------------------------------------------
 
@@ -277,6 +286,19 @@ def load_tokenizers(model: str) -> tuple[Any, Any]:
         from transformers import AutoTokenizer
 
         return None, AutoTokenizer.from_pretrained(source)
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines (without line endings) of a body arriving as `chunks`, however it is cut and however long a
+    line is (aiohttp's own line reader refuses lines longer than its buffer limit, 128 KiB)."""
+    pending = b""
+    async for data in chunks:
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.rstrip(b"\r").decode()
+    if pending:
+        yield pending.rstrip(b"\r").decode()
 
 
 def _raise_for(status: int, text: str) -> None:

@@ -73,3 +73,30 @@ def test_launch_command_and_environment(tmp_path, monkeypatch):
     assert log_tail(log) == ""
     log.write_text("\n".join(f"line {i}" for i in range(100)))
     assert log_tail(log, 3) == "line 97\nline 98\nline 99"
+
+
+def test_sse_lines_are_whole_however_the_body_is_cut():
+    import asyncio
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from serve.engines.vllm_engine import _lines
+
+    body = b'data: {"a": 1}\r\n\r\ndata: {"b": "' + b"x" * 70000 + b'"}\n\ndata: [DONE]'
+    expected = ['data: {"a": 1}', "", 'data: {"b": "' + "x" * 70000 + '"}', "", "data: [DONE]"]
+
+    async def collect(cuts):
+        async def chunks():
+            start = 0
+            for cut in sorted(set(cuts)) + [len(body)]:
+                yield body[start:cut]
+                start = cut
+        return [line async for line in _lines(chunks())]
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.integers(0, len(body)), max_size=12))
+    def check(cuts):
+        assert asyncio.run(collect(cuts)) == expected
+
+    check()
