@@ -27,8 +27,9 @@ from .base import EngineError
 __all__ = ["BASE", "AdapterSet", "linear_shapes", "validate_adapter"]
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-# Adapters reach the language model only: the gateway computes image features with the base tower
-# (gateway_vision.py), and vLLM's LoRA for Qwen-VL models covers the language model alone too.
+# The vision tower's modules (and checkpoint keys) in a Qwen3-VL model. Adapters reach the language model
+# only: the gateway computes image features with the base tower (gateway_vision.py, which reads the
+# tower's weights under this prefix), and vLLM's LoRA for Qwen-VL models covers the language model alone too.
 VISION_TOWER = "model.visual."
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
 

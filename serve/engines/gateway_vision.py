@@ -21,12 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adapters import VISION_TOWER
 from .base import EngineError
 from .lean_vision import LeanVision
 
-__all__ = ["GatewayVision", "VISION_PREFIX"]
-
-VISION_PREFIX = "model.visual."  # the tower's parameters in a Qwen3-VL checkpoint
+__all__ = ["GatewayVision"]
 
 
 class GatewayVision:
@@ -59,8 +58,8 @@ class GatewayVision:
         for file in files:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
-                    if key.startswith(VISION_PREFIX):
-                        state[key[len(VISION_PREFIX):]] = f.get_tensor(key)
+                    if key.startswith(VISION_TOWER):  # the tower's parameters in a Qwen3-VL checkpoint
+                        state[key[len(VISION_TOWER):]] = f.get_tensor(key)
         if not state:
             return None
         tower = Qwen3VLVisionModel._from_config(config.vision_config)
