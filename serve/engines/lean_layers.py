@@ -27,10 +27,14 @@ _SUPPORTED = {"Qwen3VLTextModel", "Qwen3Model"}
 
 def rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """The model's RMSNorm: one fused op in float32; other dtypes follow HF's upcast-then-cast order."""
-    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
     if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, _eps(norm))
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, _eps(norm)).to(x.dtype)
+
+
+def _eps(norm: torch.nn.Module) -> float:
+    """An RMSNorm module's epsilon (HF names it `variance_epsilon`, torch `eps`)."""
+    return getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
 
 
 def linear(module: torch.nn.Module, x: torch.Tensor, names: list[str] | None) -> torch.Tensor:
@@ -60,13 +64,13 @@ def attention_inputs(layer: torch.nn.Module, h: torch.Tensor, names: list[str] |
 def _fused_attention_inputs(attn: torch.nn.Module, qkv: torch.Tensor, sizes: list[int], heads: tuple[int, ...],
                             cos: torch.Tensor, sin_signed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v from the fused product (B, L, q | k | v): one norm (then each head's own weight) and one rotation
-    for the query and key heads together, in the model's order (normalise, scale by the weight in float32)."""
+    for the query and key heads together, in the order `rms_norm` follows (normalise in float32, cast to the
+    input's dtype, scale by the weight)."""
     dim, n_q = attn.head_dim, sizes[0]
     n_qk = n_q + sizes[1]
     qk = qkv[..., :n_qk].view(heads)
-    eps = getattr(attn.q_norm, "variance_epsilon", None) or getattr(attn.q_norm, "eps", 1e-6)
-    normed = F.rms_norm(qk.float(), (dim,), None, eps) * _head_weights(attn, n_q // dim, (n_qk - n_q) // dim)
-    qk = rotate(normed.to(qk.dtype).transpose(1, 2), cos, sin_signed)
+    normed = F.rms_norm(qk.float(), (dim,), None, _eps(attn.q_norm)).to(qk.dtype)
+    qk = rotate((normed * _head_weights(attn, n_q // dim, (n_qk - n_q) // dim)).transpose(1, 2), cos, sin_signed)
     v = qkv[..., n_qk:].view(heads).transpose(1, 2)
     return qk[:, :n_q // dim], qk[:, n_q // dim:], v
 
@@ -76,12 +80,12 @@ _HEAD_WEIGHTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, int]
 
 def _head_weights(attn: torch.nn.Module, q_heads: int, k_heads: int) -> torch.Tensor:
     """(q_heads + k_heads, head_dim): the q_norm weight for each query head, then the k_norm weight for each
-    key head, float32; rebuilt when either norm's weights change."""
+    key head, in the weights' dtype; rebuilt when either norm's weights change."""
     key = (attn.q_norm.weight.data_ptr(), attn.k_norm.weight.data_ptr())
     cached = _HEAD_WEIGHTS.get(attn)
     if cached is None or cached[0] != key or cached[1].shape[0] != q_heads + k_heads:
-        weights = torch.cat([attn.q_norm.weight.detach().float().expand(q_heads, -1),
-                             attn.k_norm.weight.detach().float().expand(k_heads, -1)])
+        weights = torch.cat([attn.q_norm.weight.detach().expand(q_heads, -1),
+                             attn.k_norm.weight.detach().expand(k_heads, -1)])
         cached = _HEAD_WEIGHTS[attn] = (key, weights)
     return cached[1]
 

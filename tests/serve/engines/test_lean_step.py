@@ -221,16 +221,18 @@ def test_fused_projections_equal_the_modules_with_and_without_adapters(tiny_dir,
     assert hasattr(layer.self_attn.q_proj, "lora_A")
 
 
-def test_fused_queries_and_keys_are_normed_and_rotated_as_the_separate_ones(tiny_dir, adapter_dirs):
-    """With q/k/v fused, queries and keys share one norm and one rotation: bit for bit the separate path."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_queries_and_keys_are_normed_and_rotated_as_the_separate_ones(tiny_dir, adapter_dirs, dtype):
+    """With q/k/v fused, queries and keys share one norm and one rotation: bit for bit the separate path
+    (in bfloat16 too, where the norm's order of casting and scaling matters)."""
     from openvlthinker.models import load
     from serve.engines.adapters import AdapterSet
     from serve.engines.lean_layers import attention_inputs, fuse_layer, signed_sin
 
-    model, _ = load(str(tiny_dir))
+    model, _ = load(str(tiny_dir), dtype=dtype)
     text = model.model.language_model
     layer = text.layers[1]
-    h = torch.randn(6, 1, text.config.hidden_size)
+    h = torch.randn(6, 1, text.config.hidden_size, dtype=dtype)
     cos, sin = text.rotary_emb(h, torch.arange(3, 9)[None].expand(3, -1)[..., None])
     cos, sin = cos[:, None], signed_sin(sin[:, None])
     qkv, _ = fuse_layer(layer)
