@@ -21,8 +21,8 @@ from typing import Any
 from .base import EngineError
 from .pixels import QwenPixels
 
-__all__ = ["IMAGE_PAD", "Prepared", "PromptEncoder", "assistant_prefix", "collate", "collect_images", "count_tokens",
-           "encode_one", "render"]
+__all__ = ["IMAGE_PAD", "Prepared", "PromptEncoder", "assistant_prefix", "collate", "collect_images", "encode_one",
+           "render"]
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -65,12 +65,6 @@ def render(processor, messages: list[dict[str, Any]]) -> str:
                                              continue_final_message=cont)
     except Exception as exc:  # noqa: BLE001 - template errors are request errors, not engine faults
         raise EngineError(f"cannot apply the chat template to these messages: {exc}") from exc
-
-
-def count_tokens(tokenizer, processor, text: str, images: list[Any]) -> int:
-    """Prompt length after image expansion, without touching pixels (tokenizer: a private copy)."""
-    ids = tokenizer(text)["input_ids"]  # same call (and special-token defaults) as the processor
-    return len(ids) + sum(n - 1 for n in image_tokens(processor, None, text, images))
 
 
 def image_tokens(processor, pixels: QwenPixels | None, text: str, images: list[Any]) -> list[int]:

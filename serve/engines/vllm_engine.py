@@ -51,7 +51,7 @@ class VllmEngine:
         self.max_queue, self.start_timeout, self.restart_on_exit = max_queue, start_timeout, restart
         self._proc: VllmProcess | None = None
         self._client: aiohttp.ClientSession | None = None
-        self._tokenizer = self._processor = self._upstream = None
+        self._tokenizer = self._processor = self._upstream = self._encoder = None
         self._adapters: dict[str, str] = {}  # name -> folder, in load order
         self._ready = False
         self._stopping = False
@@ -80,6 +80,10 @@ class VllmEngine:
 
         self._stopping = False
         self._processor, self._tokenizer = await asyncio.to_thread(load_tokenizers, self.model_name)
+        from .inputs import PromptEncoder
+
+        # Counting renders and tokenizes as the transformers engine does (same template, same image sizing).
+        self._encoder = PromptEncoder(self._processor or self._tokenizer, self._tokenizer)
         if not self.launch.port:
             self.launch.port = free_port()
         self._upstream = Upstream(self._stream, self._once, close_tag_suffix_ids(self._tokenizer),
@@ -154,15 +158,13 @@ class VllmEngine:
 
     def count_prompt_tokens(self, messages: list[dict[str, Any]], mode: Mode) -> int:
         """Prompt length after the chat template and image expansion, with the local tokenizer."""
-        from .inputs import collect_images, count_tokens, render
+        from .inputs import collect_images
 
-        if self._tokenizer is None:
+        if self._encoder is None:
             raise EngineUnavailable("engine is not running (call start() first)")
-        template = self._processor or self._tokenizer
-        images = collect_images(messages)
-        if images and self._processor is None:
+        if self._processor is None and collect_images(messages):
             raise EngineError(f"{self.model_name} is a text-only model; send the request without images")
-        return count_tokens(self._tokenizer, self._processor, render(template, messages), images)
+        return self._encoder.prepare(messages).n_tokens
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent | GenerationResult]:
         """TokenEvents as vLLM streams them, then one GenerationResult (errors on first iteration)."""
