@@ -54,7 +54,7 @@ class StoreWriter:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.store, self.max_batch = store, max_batch
-        self.batches = 0  # transactions committed (tests and metrics read it)
+        self.batches = 0  # transactions committed (the tests read it)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()  # orders close() against submit()
