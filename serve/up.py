@@ -42,8 +42,15 @@ def _start_demo(args: argparse.Namespace, api_url: str, admin_key: str, run_dir:
         stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the gateway, then the loop and the demo; wait; stop all three on Ctrl-C."""
+    # A SIGTERM (kill, a service manager) stops everything as Ctrl-C does: without this, Python's default
+    # action would end this process without its cleanup and leave the gateway, loop and demo running.
+    signal.signal(signal.SIGTERM, _interrupt)
     from openvlthinker.models import DEFAULT_MODEL
 
     from .launcher import ServerProcess, wait_for_url

@@ -16,7 +16,8 @@ def _text(path) -> str:
 
 
 @pytest.mark.slow
-def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path, stop):
     port, demo_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "openvlthinker.cli", "up", "--port", str(port), "--run-dir",
                              str(tmp_path), "--rl-min-new", "2", "--demo-port", str(demo_port)],
@@ -47,7 +48,7 @@ def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path):
                 time.sleep(0.5)
         assert page.status_code == 200 and "OpenVLThinkerV2 demo" in page.text
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)  # to `up` alone: it must stop its children itself
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "OpenAI-compatible API" in out and f"demo:                   http://127.0.0.1:{demo_port}" in out
