@@ -26,11 +26,6 @@ import collections
 FAMILIES = ("spatial_reasoning", "general_vqa", "chart")
 
 
-def option_texts(record) -> dict[str, str]:
-    """{"A": "red", ...} from the record's "A. red" options."""
-    return dict(o.split(". ", 1) for o in record.options)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: the shipped tiny model)")
@@ -41,6 +36,7 @@ def main() -> None:
 
     from openvlthinker.models import DEFAULT_MODEL, load
     from openvlthinker.prompts import record_messages
+    from openvlthinker.rewards.choice import parse_options
     from openvlthinker.tiny.shapeworld import split
 
     torch.set_num_threads(1)
@@ -70,7 +66,7 @@ def main() -> None:
     for i, s in enumerate(samples):
         query = s.record.extra["scene"].get("query", {})
         kind = f"{s.record.task} {query.get('kind')}"
-        texts = option_texts(s.record)
+        texts = parse_options(s.record.options)
         letters = list(texts)
         row = rows[kind]
         row["n"] += 1
