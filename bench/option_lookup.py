@@ -34,6 +34,7 @@ def main() -> None:
 
     import torch
 
+    from openvlthinker.evaluation import shuffle_images
     from openvlthinker.models import DEFAULT_MODEL, load
     from openvlthinker.prompts import record_messages
     from openvlthinker.rewards.choice import parse_options
@@ -44,6 +45,8 @@ def main() -> None:
     model.eval()
     tok = processor.tokenizer
     samples = [s for s in split("eval", args.per_family) if s.record.task in FAMILIES and s.record.options]
+    # The next question's image of the same family, as `eval --shuffle-images` gives it.
+    other_images = [images[0] for _, images in shuffle_images([(s.record, [s.image]) for s in samples])]
 
     def best(sample, image, prefix: str, candidates: list[str]) -> int:
         """Index of the candidate continuation with the highest total logprob after prompt + prefix."""
@@ -63,7 +66,7 @@ def main() -> None:
         return max(range(len(candidates)), key=scores.__getitem__)
 
     rows: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for i, s in enumerate(samples):
+    for s, other_image in zip(samples, other_images):
         query = s.record.extra["scene"].get("query", {})
         kind = f"{s.record.task} {query.get('kind')}"
         texts = parse_options(s.record.options)
@@ -79,9 +82,8 @@ def main() -> None:
             head = trace.index(" is ") + len(" is") + (len(" a") if query["kind"] == "shape" else 0)
             values = [" " + texts[c] for c in letters]
             gold = letters.index(s.record.answer)
-            other = next(o for o in samples[i + 1:] + samples[:i] if o.record.task == s.record.task)
             row["value"] += best(s, s.image, "<thinking>" + trace[:head], values) == gold
-            row["value_shuffled"] += best(s, other.image, "<thinking>" + trace[:head], values) == gold
+            row["value_shuffled"] += best(s, other_image, "<thinking>" + trace[:head], values) == gold
     print(f"model {args.model or DEFAULT_MODEL}, ShapeWorld eval multiple choice, {args.per_family} per family, "
           "teacher-forced")
     print(f"{'kind':<28}{'n':>5}{'chance':>8}{'letter | trace':>16}{'value | prefix':>16}{'shuffled':>10}")
