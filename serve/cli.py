@@ -114,7 +114,10 @@ def _vllm_engine(config, model: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from .launcher import ensure_port_free
+
     config = build_config(args)
+    ensure_port_free(config.host, config.port)  # before minutes of model loading, not after
     engine = make_engine(config)
     import uvicorn
 

@@ -25,6 +25,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def ensure_port_free(host: str, port: int, option: str = "--port") -> None:
+    """Raise ValueError naming `option` when something already listens on host:port (e.g. an older gateway)."""
+    if port == 0:
+        return
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        # as uvicorn binds: SO_REUSEADDR, so a socket in TIME_WAIT after a clean stop does not count
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise ValueError(f"{host}:{port} is already in use ({exc.strerror}); stop whatever listens there "
+                             f"(an older gateway or demo?) or pass another {option}") from None
+
+
 def wait_for_url(proc: subprocess.Popen, url: str, timeout: float, interval: float = 0.2) -> bool:
     """True once GET `url` answers 200; False when `proc` exits first or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
@@ -43,6 +58,9 @@ class ServerProcess:
 
     def __init__(self, args: Sequence[str], *, log_path: str | Path, port: int | None = None,
                  host: str = "127.0.0.1", timeout: float = 120, env: dict[str, str] | None = None):
+        if port:
+            # otherwise an older server on this port would answer /health for the new one
+            ensure_port_free(host, port)
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
         self.log_path = Path(log_path)

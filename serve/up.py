@@ -46,6 +46,30 @@ def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _stop(children: list[subprocess.Popen | None], server) -> None:
+    """Ctrl-C each child in turn and wait for it (demo, loop, then the gateway); a second Ctrl-C or
+    SIGTERM meanwhile kills them all at once instead of interrupting this cleanup halfway."""
+    procs = [c for c in children if c is not None] + [server.proc]
+
+    def hurry(signum: int, frame) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+    # A KeyboardInterrupt raised in here would skip the rest and orphan whatever was not yet stopped.
+    signal.signal(signal.SIGINT, hurry)
+    signal.signal(signal.SIGTERM, hurry)
+    for child, grace in zip(children, (10, 30)):
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(grace)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    server.stop()
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the gateway, then the loop and the demo; wait; stop all three on Ctrl-C."""
     # A SIGTERM (kill, a service manager) stops everything as Ctrl-C does: without this, Python's default
@@ -53,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     from openvlthinker.models import DEFAULT_MODEL
 
-    from .launcher import ServerProcess, wait_for_url
+    from .launcher import ServerProcess, ensure_port_free, wait_for_url
 
+    ensure_port_free(args.host, args.port)
+    if not args.no_demo:
+        ensure_port_free(args.host, args.demo_port, "--demo-port")
     run_dir: Path = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     key_file = run_dir / "admin.key"
@@ -65,19 +92,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"starting the gateway on {args.host}:{args.port} (log: {run_dir / 'serve.log'}) ...", flush=True)
     server = ServerProcess(["--model", model, "--run-dir", str(run_dir / "serve"), "--adapters-dir", str(adapters),
                             "--admin-key", admin_key], host=args.host, port=args.port, log_path=run_dir / "serve.log")
-    loop = None
-    if not args.no_rl:
-        rl_log = open(run_dir / "rl.log", "ab")
-        loop = subprocess.Popen(
-            [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", server.url, "--admin-key", admin_key,
-             "--model", model, "--adapters-dir", str(adapters), "--rounds", "0", "--min-new", str(args.rl_min_new),
-             "--group-size", "4", "--prompts-per-round", "8", "--out", str(run_dir / "rl"),
-             # The tiny model needs a larger step than a LoRA on a real checkpoint: at 5e-4, 16
-             # rounds of G²RPO raise its held-out accuracy 0.26 -> 0.34 (bench/learning.py).
-             *(["--lr", "5e-4"] if model == DEFAULT_MODEL else [])],
-            stdout=rl_log, stderr=subprocess.STDOUT)
-    demo, demo_url = None, f"http://{args.host}:{args.demo_port}"
+    loop, demo, demo_url = None, None, f"http://{args.host}:{args.demo_port}"
     try:
+        if not args.no_rl:
+            rl_log = open(run_dir / "rl.log", "ab")
+            loop = subprocess.Popen(
+                [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", server.url, "--admin-key", admin_key,
+                 "--model", model, "--adapters-dir", str(adapters), "--rounds", "0", "--min-new", str(args.rl_min_new),
+                 "--group-size", "4", "--prompts-per-round", "8", "--out", str(run_dir / "rl"),
+                 # The tiny model needs a larger step than a LoRA on a real checkpoint: at 5e-4, 16
+                 # rounds of G²RPO raise its held-out accuracy 0.26 -> 0.34 (bench/learning.py).
+                 *(["--lr", "5e-4"] if model == DEFAULT_MODEL else [])],
+                stdout=rl_log, stderr=subprocess.STDOUT)
         if not args.no_demo:
             print(f"starting the demo on {demo_url} (log: {run_dir / 'demo.log'}) ...", flush=True)
             demo = _start_demo(args, server.url, admin_key, run_dir)
@@ -105,11 +131,4 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for child, grace in ((demo, 10), (loop, 30)):
-            if child is not None and child.poll() is None:
-                child.send_signal(signal.SIGINT)
-                try:
-                    child.wait(grace)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-        server.stop()
+        _stop([demo, loop], server)

@@ -1,9 +1,11 @@
 """`openvlthinker up` (what `make run` starts): gateway + RL loop + demo, and Ctrl-C stops all three."""
 
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -75,3 +77,74 @@ def test_interrupted_start_leaves_no_server_behind(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         launcher.ServerProcess(["--model", "unused"], log_path=tmp_path / "s.log")
     assert children and children[0].poll() is not None  # killed, not orphaned
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is `pid` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_a_second_signal_while_stopping_kills_the_children_instead_of_orphaning_them(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "openvlthinker.cli", "up", "--port", str(port), "--run-dir",
+                             str(tmp_path), "--no-demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "rl.log").is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)  # rl.log appears once the gateway answered and the loop was started
+        assert (tmp_path / "rl.log").is_file(), "up did not start the gateway and the loop"
+        children = _children(proc.pid)
+        assert len(children) == 2  # the gateway and the loop
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # `up` is now stopping its children, which takes seconds
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert "Traceback" not in out, out
+    assert not [pid for pid in children if _alive(pid)], "children outlived `up`"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["up", "--no-rl", "--no-demo"], "--port"),
+    (["serve"], "--port"),
+])
+def test_a_taken_port_fails_fast_with_a_clear_error(tmp_path, argv, option):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "openvlthinker.cli", *argv, "--port", str(port), "--run-dir",
+                               str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"127.0.0.1:{port} is already in use" in done.stderr and option in done.stderr
+    assert not (tmp_path / "serve.log").exists()  # nothing was started
+
+
+def test_up_checks_the_demo_port_before_starting_anything(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run([sys.executable, "-m", "openvlthinker.cli", "up", "--port", str(free_port()),
+                               "--demo-port", str(taken.getsockname()[1]), "--run-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--demo-port" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "serve.log").exists()
