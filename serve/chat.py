@@ -72,7 +72,7 @@ def engine_error(exc: Exception) -> APIError:
                         type="server_error", code="engine_unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, EngineFailed):
         return APIError(500, f"Generation failed inside the engine: {exc}", type="server_error", code="engine_failed")
-    return invalid(f"The engine could not serve this request: {exc}", None, "engine_error")
+    return invalid(f"The engine could not serve this request: {exc}", getattr(exc, "param", None), "engine_error")
 
 
 class ChatService:
@@ -144,7 +144,9 @@ class ChatService:
             request_id=f"{call.id}-{i}", messages=call.prompt.messages,
             sampling=SamplingParams(max_tokens=call.max_tokens, temperature=req.temperature, top_p=max(req.top_p, _MIN_TOP_P),
                                     stop=tuple(req.stop or ()), seed=None if req.seed is None else req.seed + i,
-                                    top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0),
+                                    top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0,
+                                    presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                                    logit_bias=req.token_bias()),
             mode=call.prompt.plan.mode, thinking_budget=call.prompt.plan.budget, adapter=call.lease.engine_name,
             stream=bool(req.stream), token_events=bool(req.stream or req.logprobs),
         ) for i in range(req.n)]
@@ -240,7 +242,8 @@ class ChatService:
         params = {"model": req.model, "temperature": req.temperature, "top_p": req.top_p, "n": req.n,
                   "max_tokens": call.max_tokens, "stop": req.stop, "seed": req.seed, "logprobs": req.logprobs,
                   "top_logprobs": req.top_logprobs, "reasoning_effort": req.reasoning_effort, "stream": stream,
-                  "user": req.user}
+                  "user": req.user, "presence_penalty": req.presence_penalty,
+                  "frequency_penalty": req.frequency_penalty, "logit_bias": req.logit_bias}
         request = {"messages": prompt.stored, "params": params, "instruction": prompt.instruction}
         rows = []
         for i, res in enumerate(results):

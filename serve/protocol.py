@@ -1,10 +1,10 @@
 """The OpenAI wire subset this server accepts and returns (pydantic models; they make /openapi.json).
 
 Served: chat completions with text and `image_url` parts, `n`, sampling knobs, `stop`, `seed`,
-`logprobs`/`top_logprobs`, `stream` (+ `stream_options.include_usage`), `reasoning_effort`,
+`presence_penalty`/`frequency_penalty`, `logit_bias`, `logprobs`/`top_logprobs`, `stream` (+ `stream_options.include_usage`), `reasoning_effort`,
 `metadata`; models list. Our additions: `message.reasoning_content`/`reasoning`, top-level
 `adapter_version`, feedback, adapter admin and the interaction export. Anything else (tools,
-response_format, audio, penalties, ...) is rejected with 400 naming the parameter, rather than
+response_format, audio, ...) is rejected with 400 naming the parameter, rather than
 being silently ignored.
 """
 
@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 Effort = Literal["none", "low", "medium", "high", "auto"]
 INT64 = 2**63
+MAX_LOGIT_BIAS = 1024
 
 
 def _utf8(text: str) -> str:
@@ -91,6 +92,9 @@ class ChatCompletionRequest(_Strict):
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(None, description="token id (as a string) -> bias, -100..100")
     n: int = Field(1, ge=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -115,6 +119,24 @@ class ChatCompletionRequest(_Strict):
         if any(not s for s in stops):
             raise ValueError("stop sequences must be non-empty")
         return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if not v:
+            return None
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} logit_bias entries")
+        for key, bias in v.items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10):  # isdigit alone admits "²"
+                raise ValueError(f"logit_bias keys are token ids (non-negative integers as strings); got {key[:40]!r}")
+            if not -100 <= bias <= 100:  # NaN fails too
+                raise ValueError(f"logit_bias[{key!r}] = {bias} is outside -100..100")
+        return v
+
+    def token_bias(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias) pairs, by id."""
+        return tuple(sorted((int(k), float(b)) for k, b in (self.logit_bias or {}).items()))
 
     @field_validator("metadata")
     @classmethod

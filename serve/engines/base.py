@@ -17,6 +17,10 @@ Mode = Literal["think", "direct"]
 class EngineError(RuntimeError):
     """The engine cannot serve a request (bad adapter name, prompt too long, engine down)."""
 
+    def __init__(self, message: str = "", param: str | None = None):
+        super().__init__(message)
+        self.param = param  # the request parameter at fault, when there is one
+
 
 class EngineOverloaded(EngineError):
     """The engine's bounded queue is full; the gateway answers 503 with Retry-After."""
@@ -40,6 +44,27 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     top_logprobs: int = 0  # alternatives per token to report (0..20); chosen-token logprobs are always kept
+    # OpenAI's penalties: each token's logit is lowered by frequency_penalty x (times it was generated so far)
+    # + presence_penalty x (generated at all). Only the completion's own tokens count, as in OpenAI and vLLM.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), -100..100
+
+    def shapes_logits(self) -> bool:
+        """Whether any penalty or bias changes the logits tokens are chosen from."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+
+    def check(self, vocab_size: int, max_top_logprobs: int) -> None:
+        """EngineError naming the first parameter an engine cannot decode with."""
+        bad = [token for token, _ in self.logit_bias if not 0 <= token < vocab_size]
+        for param, ok, need in (
+                ("max_tokens", self.max_tokens >= 1, "at least 1"),
+                ("temperature", self.temperature >= 0, "at least 0"),
+                ("top_p", 0 < self.top_p <= 1, "within (0, 1]"),
+                ("top_logprobs", 0 <= self.top_logprobs <= max_top_logprobs, f"within 0..{max_top_logprobs}"),
+                ("logit_bias", not bad, f"token ids of this model's vocabulary (0..{vocab_size - 1}), not {bad[:5]}")):
+            if not ok:
+                raise EngineError(f"{param} must be {need}", param)
 
 
 @dataclass(frozen=True)

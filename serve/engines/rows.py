@@ -1,8 +1,8 @@
 """Decode state of every row of the running batch, and the per-step token choice.
 
 `pick_tokens` takes the logits of one decoding step and picks every row's token itself
-(forced by the thinking budget, greedy, or sampled with the row's own knobs, see `sampling`),
-records its raw logprob and advances the row's `RowState`: text delta, thinking block, stop
+(forced by the thinking budget, greedy, or sampled with the row's own knobs, see `sampling`,
+from logits shifted by the row's logit_bias and presence/frequency penalties), records its raw logprob and advances the row's `RowState`: text delta, thinking block, stop
 strings, max_tokens. Events go out the moment they exist, and a row's GenerationResult the
 moment that row ends, not when the batch does. (This is where the token, its logprobs and the
 row's text are known together, so streaming starts here.)
@@ -70,6 +70,9 @@ class RowState:
         self.stops = StopWatch(s.stop)
         self.max_tokens = int(s.max_tokens)
         self.generator = make_generator(s.seed, device) if self.temperature > GREEDY_EPS else None
+        self.shapes_logits = s.shapes_logits()
+        self._offsets: torch.Tensor | None = None  # logit_bias minus the penalties, kept up to date per token
+        self._seen: set[int] = set()
         budget = request.thinking_budget if request.mode == "think" and request.thinking_budget > 0 else None
         self.think = ThinkTracker(ctx.close_ids, budget=budget, prefix=prefix)
         self.detok = IncrementalDetokenizer(ctx.tokenizer)
@@ -88,10 +91,30 @@ class RowState:
         """The token the thinking budget imposes next, if any."""
         return self.think.forced_next(self.text, len(self.ids))
 
+    def logit_offsets(self, vocab: int, device: torch.device | str) -> torch.Tensor:
+        """(V,) what this row adds to its logits before choosing: the logit_bias, less the presence and
+        frequency penalties of the tokens generated so far."""
+        if self._offsets is None:
+            s = self.request.sampling
+            self._offsets = torch.zeros(vocab, dtype=torch.float32, device=device)
+            for token, bias in s.logit_bias:
+                self._offsets[token] += bias
+            for token in self.ids:  # none yet, unless rows are rebuilt mid-completion
+                self._penalise(token)
+        return self._offsets
+
+    def _penalise(self, token: int) -> None:
+        s = self.request.sampling
+        # Every occurrence costs the frequency penalty; the first also the presence penalty.
+        self._offsets[token] -= s.frequency_penalty + (0.0 if token in self._seen else s.presence_penalty)
+        self._seen.add(token)
+
     def advance(self, token: int, logprob: float, top: tuple[tuple[str, float], ...]) -> list[Any]:
         """Take one token; return its TokenEvent (unless the caller reads only results) and the GenerationResult
         if this row ends here."""
         self.ids.append(token)
+        if self._offsets is not None:
+            self._penalise(token)
         self.logprobs.append(logprob)
         if self.k:
             self.tops.append(top)
@@ -142,8 +165,14 @@ def pick_tokens(rows: Sequence[RowState], logits: torch.Tensor) -> tuple[list[in
     """
     forced = [row.forced_next() for row in rows]
     allowed = logits
+    shaped = [i for i, row in enumerate(rows) if row.shapes_logits]
+    if shaped:
+        allowed = logits.to(torch.float32, copy=True)
+        for i in shaped:
+            allowed[i] += rows[i].logit_offsets(logits.shape[-1], logits.device)
     if rows and rows[0].ctx.banned:
-        allowed = logits.clone()
+        allowed = logits.clone() if allowed is logits else allowed
+        # after the bias: no logit_bias can make an image placeholder a generated token
         allowed[:, list(rows[0].ctx.banned)] = float("-inf")
     chosen = choose_tokens(allowed, [r.temperature for r in rows], [r.top_p for r in rows],
                            [r.generator for r in rows], forced)

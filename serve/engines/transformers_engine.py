@@ -99,6 +99,7 @@ class TransformersEngine:
         # The event loop renders, counts and encodes prompts; a private tokenizer copy keeps the Rust
         # tokenizer's padding state (mutated by batch encoding in the worker) out of its way.
         self._encoder = PromptEncoder(self._processor, copy.deepcopy(self._processor.tokenizer))
+        self._vocab = len(self._processor.tokenizer)  # logit_bias ids are checked against it
 
     async def _start_thread(self) -> None:
         self._sched.reopen()
@@ -195,9 +196,7 @@ class TransformersEngine:
         self._require_ready()
         self._check_room()  # answer an overload before rendering anything
         s = request.sampling
-        if s.max_tokens < 1 or s.temperature < 0 or not 0 < s.top_p <= 1 or not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise EngineError(f"invalid sampling parameters {s}: need max_tokens >= 1, temperature >= 0, "
-                              f"0 < top_p <= 1, 0 <= top_logprobs <= {MAX_TOP_LOGPROBS}")
+        s.check(self._vocab, MAX_TOP_LOGPROBS)
         if request.adapter is not None and request.adapter not in self.loaded_adapters():
             raise EngineError(f"adapter {request.adapter!r} is not loaded; loaded: {self.loaded_adapters()}")
         prepared = self._prepare(request.messages)

@@ -132,6 +132,11 @@ def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]
     }
     if s.seed is not None:
         body["seed"] = s.seed + len(done.ids)  # a different draw per pass, reproducible per request
+    if s.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
+    if s.presence_penalty or s.frequency_penalty:
+        # vLLM counts a pass's own output only: after a budget pass the thinking so far is prompt to it.
+        body.update(presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty)
     return body
 
 

@@ -84,6 +84,7 @@ class VllmEngine:
 
         # Counting renders and tokenizes as the transformers engine does (same template, same image sizing).
         self._encoder = PromptEncoder(self._processor or self._tokenizer, self._tokenizer)
+        self._vocab = len(self._tokenizer)  # logit_bias ids are checked against it
         if not self.launch.port:
             self.launch.port = free_port()
         self._upstream = Upstream(self._stream, self._once, close_tag_suffix_ids(self._tokenizer),
@@ -192,9 +193,7 @@ class VllmEngine:
         if self._in_flight >= self.max_queue:
             raise EngineOverloaded(f"{self._in_flight} requests in flight to vLLM (limit {self.max_queue})")
         s = request.sampling
-        if s.max_tokens < 1 or s.temperature < 0 or not 0 < s.top_p <= 1 or not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise EngineError(f"invalid sampling parameters {s}: need max_tokens >= 1, temperature >= 0, "
-                              f"0 < top_p <= 1, 0 <= top_logprobs <= {MAX_TOP_LOGPROBS}")
+        s.check(self._vocab, MAX_TOP_LOGPROBS)
         if request.adapter is not None and request.adapter not in self._adapters:
             raise EngineError(f"adapter {request.adapter!r} is not loaded; loaded: {self.loaded_adapters()}")
 

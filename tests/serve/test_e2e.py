@@ -95,6 +95,25 @@ def test_n_and_logprobs(client):
     assert r.usage.completion_tokens == sum(len(c.logprobs.content) for c in r.choices)
 
 
+def test_logit_bias_and_penalties(client, tiny_model):
+    from openvlthinker.models import load_processor
+
+    tokenizer = load_processor(tiny_model).tokenizer
+    (red,), (blue,) = (tokenizer.encode(w, add_special_tokens=False) for w in (" red", " blue"))
+
+    def tokens(**kw):
+        r = client.chat.completions.create(model="openvlthinker", messages=[{"role": "user", "content": "Colour?"}],
+                                           max_tokens=4, temperature=0, reasoning_effort="none", logprobs=True, **kw)
+        return [t.token for t in r.choices[0].logprobs.content]
+
+    bias = {str(red): 100, str(blue): 97}  # far above any other logit; red leads blue by 3 (+ the model's gap)
+    assert tokens(logit_bias=bias) == [" red"] * 4
+    # each use of red costs 2 more: by its third repeat blue leads, then red again
+    penalised = tokens(logit_bias=bias, frequency_penalty=2.0)
+    assert penalised[0] == " red" and " blue" in penalised and set(penalised) == {" red", " blue"}, penalised
+    assert tokens(logit_bias=bias, presence_penalty=2.0, frequency_penalty=2.0)[:2] == [" red", " blue"]
+
+
 def test_metadata_feedback_and_export(client, server, h):
     png = h.png_bytes(color="green")
     r = client.chat.completions.create(
@@ -171,6 +190,10 @@ def test_bad_inputs(client, server, h):
     bad(400, "max_tokens", "context_length_exceeded", max_tokens=100_000)
     bad(400, "temperature", temperature=5)
     bad(400, "metadata.problem_type", metadata={"problem_type": "haiku"})
+    bad(400, "presence_penalty", presence_penalty=2.5)
+    bad(400, "logit_bias", logit_bias={"red": 5})
+    bad(400, "logit_bias", logit_bias={"12": 101})
+    bad(400, "logit_bias", "engine_error", logit_bias={"99999999": 1})  # not in the vocabulary
     bad(404, "model", "model_not_found", model="gpt-5")
     bad(404, "model", "model_not_found", model="openvlthinker@v9999")
     raw = httpx.post(f"{server.url}/v1/chat/completions", content=b'{"model": ', timeout=10,

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from serve.engines.base import GenerationRequest, GenerationResult, SamplingParams, TokenEvent
+from serve.engines.base import EngineError, GenerationRequest, GenerationResult, SamplingParams, TokenEvent
 from serve.engines.rows import DecodeContext, RowState, pick_tokens
 
 
@@ -47,7 +47,8 @@ def _run(ctx, scripts, requests, steps):
 
 
 def _req(max_tokens=40, **kw):
-    sampling = {k: kw.pop(k) for k in ("stop", "top_logprobs") if k in kw}
+    sampling = {k: kw.pop(k) for k in ("stop", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty")
+                if k in kw}
     return GenerationRequest("r", [], SamplingParams(max_tokens=max_tokens, temperature=0.0, **sampling), **kw)
 
 
@@ -105,3 +106,55 @@ def test_vision_placeholders_are_never_generated(ctx):
     per_job, _ = _run(ctx, [[pad] * 10], [_req(max_tokens=6)], steps=6)
     result = per_job[0][-1]
     assert len(result.completion_token_ids) == 6 and pad not in result.completion_token_ids
+
+
+def _shaped(ctx, steps, logits_of, **sampling):
+    """Greedy-decode one row for `steps` tokens from `logits_of(step)`, with the given penalties/bias."""
+    row = RowState(SimpleNamespace(cancelled=False), _req(max_tokens=steps, **sampling), [1], ctx, "cpu")
+    for step in range(steps):
+        pick_tokens([row], logits_of(step)[None])
+    return row
+
+
+def test_logit_bias_steers_greedy_choice_but_logprobs_stay_raw(ctx):
+    vocab = len(ctx.tokenizer)
+    flat = torch.zeros(vocab)
+    flat[7] = 3.0
+    row = _shaped(ctx, 3, lambda _: flat, logit_bias=((11, 5.0),))
+    assert row.ids == [11, 11, 11]  # 0 + 5 beats 3
+    raw = torch.log_softmax(flat, -1)[11].item()
+    assert row.logprobs == pytest.approx([raw] * 3)  # the model's distribution, as the RL trainer recomputes it
+    assert _shaped(ctx, 2, lambda _: flat, logit_bias=((7, -100.0),)).ids[0] != 7
+
+
+def test_frequency_penalty_grows_with_each_repeat_and_presence_is_paid_once(ctx):
+    vocab = len(ctx.tokenizer)
+    logits = torch.zeros(vocab)
+    logits[7], logits[8] = 2.0, 1.0  # 7 leads 8 by 1.0
+    # frequency 0.4: 7 pays 0.4 per use, so after 3 uses (1.2 > 1.0) 8 takes over
+    assert _shaped(ctx, 5, lambda _: logits, frequency_penalty=0.4).ids[:4] == [7, 7, 7, 8]
+    # presence 1.5, paid once: 7 (2 > 1), then 8 (0.5 < 1), then 7 for good (0.5 > -0.5, no further cost)
+    assert _shaped(ctx, 4, lambda _: logits, presence_penalty=1.5).ids == [7, 8, 7, 7]
+    # a negative penalty rewards repetition
+    assert set(_shaped(ctx, 4, lambda _: logits, presence_penalty=-0.5).ids) == {7}
+
+
+def test_bias_cannot_unban_image_placeholders_and_rows_do_not_share_offsets(ctx):
+    vocab = len(ctx.tokenizer)
+    pad = ctx.banned[0]
+    logits = torch.zeros(2, vocab)
+    logits[:, 7] = 1.0
+    biased = RowState(SimpleNamespace(cancelled=False), _req(logit_bias=((pad, 100.0), (9, 50.0))), [1], ctx, "cpu")
+    plain = RowState(SimpleNamespace(cancelled=False), _req(), [1], ctx, "cpu")
+    tokens, _ = pick_tokens([biased, plain], logits)
+    assert tokens == [9, 7]
+
+
+def test_sampling_params_check_names_the_bad_parameter():
+    SamplingParams(max_tokens=4, logit_bias=((5, 1.0),)).check(vocab_size=10, max_top_logprobs=20)
+    with pytest.raises(EngineError, match=r"logit_bias .*\(0\.\.9\), not \[10\]") as info:
+        SamplingParams(max_tokens=4, logit_bias=((10, 1.0),)).check(vocab_size=10, max_top_logprobs=20)
+    assert info.value.param == "logit_bias"
+    with pytest.raises(EngineError, match="top_logprobs must be within 0..20") as info:
+        SamplingParams(max_tokens=4, top_logprobs=21).check(vocab_size=10, max_top_logprobs=20)
+    assert info.value.param == "top_logprobs"

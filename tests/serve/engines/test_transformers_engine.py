@@ -169,8 +169,11 @@ def test_prompt_too_long_and_bad_params_rejected(engine, h):
     msgs = h.user("Count.")
     with pytest.raises(EngineError, match="context"):
         h.run_one(engine, h.request(msgs, max_tokens=engine.max_context))
-    with pytest.raises(EngineError, match="sampling"):
+    with pytest.raises(EngineError, match="top_logprobs must be within 0..20"):
         h.run_one(engine, h.request(msgs, max_tokens=4, top_logprobs=21))
+    with pytest.raises(EngineError, match="logit_bias must be token ids") as info:
+        h.run_one(engine, h.request(msgs, max_tokens=4, logit_bias=((10**6, 1.0),)))
+    assert info.value.param == "logit_bias"
     with pytest.raises(EngineError, match="image"):
         h.run_one(engine, h.request([{"role": "user", "content": [{"type": "image", "image": "x.png"}]}]))
     with pytest.raises(EngineError, match="image size"):  # aspect ratio over 200: refused before queueing
