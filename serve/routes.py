@@ -46,8 +46,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     return EventStream(result) if isinstance(result, Stream) else result
 
 
-@api.get("/models", response_model=ModelList)
-async def list_models(request: Request) -> ModelList:
+def _model_cards(request: Request) -> list[ModelCard]:
+    """The base model, the served alias and every loaded (not draining) version."""
     registry = request.app.state.registry
     now = int(request.app.state.started)
     promoted = registry.model_name(registry.promoted) if registry.promoted else registry.base_name
@@ -55,7 +55,23 @@ async def list_models(request: Request) -> ModelList:
              ModelCard(id=registry.served_name, created=now, root=promoted, parent=registry.base_name)]
     cards += [ModelCard(id=registry.model_name(v), created=now, root=registry.model_name(v), parent=registry.base_name)
               for v, entry in sorted(registry.loaded.items()) if not entry.draining]
-    return ModelList(data=cards)
+    return cards
+
+
+@api.get("/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=_model_cards(request))
+
+
+@api.get("/models/{model:path}", response_model=ModelCard)
+async def retrieve_model(model: str, request: Request) -> ModelCard:
+    """One model card, as `client.models.retrieve(id)` asks for it (ids may hold '/' or '@')."""
+    cards = _model_cards(request)
+    for card in cards:
+        if card.id == model:
+            return card
+    raise not_found(f"The model {model!r} does not exist; available: {', '.join(c.id for c in cards)}.", "model",
+                    "model_not_found")
 
 
 @api.post("/feedback", response_model=FeedbackResponse)

@@ -163,6 +163,11 @@ def test_client_disconnect_frees_the_request(server):
 def test_models_health_metrics(client, server):
     ids = [m.id for m in client.models.list().data]
     assert ids[:2] == ["model", "openvlthinker"]
+    card = client.models.retrieve("openvlthinker")
+    assert card.id == "openvlthinker" and card.object == "model" and card.root == "model"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("gpt-5")
+    assert info.value.code == "model_not_found" and "openvlthinker" in info.value.message
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["engine_ready"]
     metrics = httpx.get(f"{server.url}/metrics").text
