@@ -3,9 +3,10 @@
 Served: chat completions with text and `image_url` parts, `n`, sampling knobs, `stop`, `seed`,
 `presence_penalty`/`frequency_penalty`, `logit_bias`, `logprobs`/`top_logprobs`, `stream` (+ `stream_options.include_usage`), `reasoning_effort`,
 `metadata`; models list. Our additions: `message.reasoning_content`/`reasoning`, top-level
-`adapter_version`, feedback, adapter admin and the interaction export. Anything else (tools,
-response_format, audio, ...) is rejected with 400 naming the parameter, rather than
-being silently ignored.
+`adapter_version`, feedback, adapter admin and the interaction export. `response_format`,
+`tool_choice` and `modalities` are accepted at their text-only values. Anything else (tools,
+JSON output, audio, ...) is rejected with 400 naming the parameter, rather than being
+silently ignored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Effort = Literal["none", "low", "medium", "high", "auto"]
+Effort = Literal["none", "minimal", "low", "medium", "high", "auto"]
 INT64 = 2**63
 MAX_LOGIT_BIAS = 1024
 
@@ -107,6 +108,18 @@ class ChatCompletionRequest(_Strict):
     reasoning_effort: Effort = "auto"
     metadata: dict[Text, Text] | None = None
     user: str | None = None
+    # Accepted only at the values that ask for what this server does anyway (clients send them by default).
+    response_format: dict[str, Any] | None = Field(None, description='only {"type": "text"}')
+    tool_choice: Literal["none"] | None = Field(None, description='only "none": this server has no tools')
+    modalities: list[Literal["text"]] | None = Field(None, description='only ["text"]')
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and v != {"type": "text"}:
+            raise ValueError(f'only {{"type": "text"}} is supported; this server does not constrain output to JSON '
+                             f'(got type {str(v.get("type"))[:40]!r})')
+        return v
 
     @field_validator("stop")
     @classmethod

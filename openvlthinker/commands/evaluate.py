@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from openvlthinker.reasoning import EFFORTS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, data, decoding and output flags."""
@@ -12,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="shapeworld:eval:50",
                         help="shapeworld:eval[:N per family] or a OneThinker .json/.jsonl file (default: %(default)s)")
     parser.add_argument("--image-root", default=None, help="folder the file's image paths are relative to")
-    parser.add_argument("--reasoning-effort", default="auto", choices=["none", "low", "medium", "high", "auto"])
+    parser.add_argument("--reasoning-effort", default="auto", choices=EFFORTS)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=384)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -7,7 +7,7 @@ from openvlthinker.reasoning import BUDGETS, is_perception, plan
 
 def test_forced_efforts():
     assert plan("none", "How many circles?").mode == "direct"
-    for effort in ("low", "medium", "high"):
+    for effort in ("minimal", "low", "medium", "high"):
         p = plan(effort, "What is the bounding box of the cat?")
         assert p.mode == "think" and p.budget == BUDGETS[effort]
     assert plan("high", budgets={"high": 7}).budget == 7
@@ -46,5 +46,5 @@ def test_known_types_decide():
 
 
 def test_unknown_effort():
-    with pytest.raises(ValueError, match="valid: none, low, medium, high, auto"):
+    with pytest.raises(ValueError, match="valid: none, minimal, low, medium, high, auto"):
         plan("max")

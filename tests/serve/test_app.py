@@ -133,6 +133,14 @@ def test_feedback_round_trip_and_errors(make_client):
     assert client.post("/v1/feedback", json={"id": iid, "choice_index": 3, "thumbs": "up"}).status_code == 404
 
 
+def test_default_valued_openai_parameters_are_accepted(make_client):
+    """What clients send by default means what this server does anyway: no 400 for it."""
+    client = make_client()
+    r = chat(client, response_format={"type": "text"}, tool_choice="none", modalities=["text"], presence_penalty=0,
+             frequency_penalty=0, logit_bias={}, reasoning_effort="minimal")
+    assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize("body, param, code", [
     ({"messages": []}, "messages", "invalid_value"),
     ({"temperature": 3}, "temperature", "invalid_value"),
@@ -142,6 +150,12 @@ def test_feedback_round_trip_and_errors(make_client):
     ({"max_completion_tokens": 100000}, "max_completion_tokens", "context_length_exceeded"),
     ({"top_logprobs": 2}, None, "invalid_value"),
     ({"tools": []}, "tools", "invalid_value"),
+    ({"tool_choice": "auto"}, "tool_choice", "invalid_value"),
+    ({"response_format": {"type": "json_object"}}, "response_format", "invalid_value"),
+    ({"modalities": ["text", "audio"]}, "modalities[1]", "invalid_value"),
+    ({"presence_penalty": -2.5}, "presence_penalty", "invalid_value"),
+    ({"logit_bias": {"-3": 1}}, "logit_bias", "invalid_value"),
+    ({"logit_bias": {"3": 100.5}}, "logit_bias", "invalid_value"),
     ({"reasoning_effort": "extreme"}, "reasoning_effort", "invalid_value"),
     ({"stop": ["a"] * 5}, "stop", "invalid_value"),
     ({"metadata": {"problem_type": "poetry"}}, "metadata.problem_type", "invalid_value"),
@@ -168,11 +182,12 @@ def test_bad_requests_are_400_naming_the_param(make_client, body, param, code):
 
 
 @pytest.mark.parametrize("fragment, param", [
+    ('"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"3": NaN}', "logit_bias"),
     ('"messages": [{"role": "user", "content": "\\ud800"}]', "messages[0].content"),
     ('"messages": [{"role": "user", "content": [{"type": "text", "text": "a\\udfff"}]}]', "messages[0].content[0].text"),
     ('"messages": [{"role": "user", "content": "hi"}], "stop": "\\ud800"', "stop"),
 ])
-def test_lone_surrogates_are_400_not_a_tokenizer_crash(make_client, fragment, param):
+def test_lone_surrogates_and_nan_are_400_not_a_crash(make_client, fragment, param):
     body = '{"model": "openvlthinker", %s}' % fragment
     r = make_client().post("/v1/chat/completions", content=body.encode(), headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
