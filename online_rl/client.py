@@ -7,11 +7,25 @@ come back from the interaction export.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 
 from openvlthinker.data import png_data_url
+
+
+class GatewayError(RuntimeError):
+    """The gateway answered a call with an error status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def refused_request(self) -> bool:
+        """The request itself was refused (4xx other than auth): another request may still succeed."""
+        return 400 <= self.status < 500 and self.status not in (401, 403)
 
 
 def image_part(image) -> dict[str, Any]:
@@ -22,14 +36,40 @@ def image_part(image) -> dict[str, Any]:
 class GatewayClient:
     """Chat, interaction export and adapter admin calls against one gateway."""
 
-    def __init__(self, endpoint: str, api_key: str, admin_key: str, timeout: float = 600):
+    def __init__(self, endpoint: str, api_key: str, admin_key: str, timeout: float = 600, retry_s: float = 300):
         self.http = httpx.Client(base_url=endpoint.rstrip("/"), timeout=timeout)
         self.api = {"Authorization": f"Bearer {api_key}"}
         self.admin = {"Authorization": f"Bearer {admin_key}"}
+        self.retry_s = retry_s
 
-    def _check(self, resp: httpx.Response) -> Any:
+    def _send(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> httpx.Response:
+        """One call, repeated for up to `retry_s` seconds while the gateway is overloaded (503, after its
+        Retry-After) or not accepting connections (restarting); other answers are returned as they are.
+
+        The loop shares the gateway's queue with user traffic, so a 503 is an expected moment, not a
+        reason to end hours of online learning. Only failures before the request reached the server are
+        retried, so a call is never applied twice."""
+        deadline, pause = time.monotonic() + self.retry_s, 0.5
+        while True:
+            try:
+                resp = self.http.request(method, path, headers=headers, **kw)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if time.monotonic() + pause > deadline:
+                    raise RuntimeError(f"{method} {path}: the gateway at {self.http.base_url} refused connections "
+                                       f"for {self.retry_s:.0f} s ({exc})") from exc
+                wait = pause
+            else:
+                if resp.status_code != 503 or time.monotonic() + pause > deadline:
+                    return resp
+                wait = _retry_after(resp, pause)
+            time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+            pause = min(pause * 2, 30.0)
+
+    def _call(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> Any:
+        """The JSON of a successful call; GatewayError naming the call and the server's answer otherwise."""
+        resp = self._send(method, path, headers, **kw)
         if resp.status_code >= 400:
-            raise RuntimeError(f"{resp.request.method} {resp.request.url.path} -> {resp.status_code}: {resp.text[:500]}")
+            raise GatewayError(f"{method} {path} -> {resp.status_code}: {resp.text[:500]}", resp.status_code)
         return resp.json()
 
     def chat(self, messages: list[dict], *, model: str, n: int = 1, temperature: float = 1.0, max_tokens: int = 128,
@@ -37,28 +77,45 @@ class GatewayClient:
         """One chat completion (OpenAI wire format)."""
         body = {"model": model, "messages": messages, "n": n, "temperature": temperature, "max_tokens": max_tokens,
                 "logprobs": True, "metadata": metadata or {}, "seed": seed}
-        return self._check(self.http.post("/v1/chat/completions", json=body, headers=self.api))
+        return self._call("POST", "/v1/chat/completions", self.api, json=body)
+
+    def export(self, path: str, **params: Any) -> dict:
+        """One page of an admin export (`/feedback` or `/interactions`, with `limit`, `after`, ...)."""
+        return self._call("GET", f"/v1{path}", self.admin, params=params)
+
+    def image(self, sha256: str) -> bytes | None:
+        """A stored image's bytes, or None if the server no longer has it."""
+        resp = self._send("GET", f"/v1/images/{sha256}", self.admin)
+        return resp.content if resp.status_code == 200 else None
 
     def interaction(self, interaction_id: str) -> list[dict]:
         """Every stored choice of one interaction, with token ids and behaviour logprobs."""
-        return self._check(self.http.get(f"/v1/interactions/{interaction_id}", headers=self.admin))["data"]
+        return self._call("GET", f"/v1/interactions/{interaction_id}", self.admin)["data"]
 
     def adapters(self) -> dict:
         """The server's adapter listing (versions, loaded, promoted)."""
-        return self._check(self.http.get("/v1/adapters", headers=self.admin))
+        return self._call("GET", "/v1/adapters", self.admin)
 
     def load(self, version: str) -> dict:
         """Ask the server to load `policy-<version>` from its adapters folder."""
-        return self._check(self.http.post("/v1/adapters/load", json={"version": version}, headers=self.admin))
+        return self._call("POST", "/v1/adapters/load", self.admin, json={"version": version})
 
     def promote(self, version: str) -> dict:
         """Point the served alias at a loaded version."""
-        return self._check(self.http.post("/v1/adapters/promote", json={"version": version}, headers=self.admin))
+        return self._call("POST", "/v1/adapters/promote", self.admin, json={"version": version})
 
     def rollback(self) -> dict:
         """Point the served alias back at the previously promoted version (or the base model)."""
-        return self._check(self.http.post("/v1/adapters/rollback", headers=self.admin))
+        return self._call("POST", "/v1/adapters/rollback", self.admin)
 
     def unload(self, version: str) -> dict:
         """Unload a (non-promoted) version after its requests drain."""
-        return self._check(self.http.post("/v1/adapters/unload", json={"version": version}, headers=self.admin))
+        return self._call("POST", "/v1/adapters/unload", self.admin, json={"version": version})
+
+
+def _retry_after(resp: httpx.Response, default: float) -> float:
+    """Seconds the server asked to wait (Retry-After in seconds), else `default`."""
+    try:
+        return max(0.0, float(resp.headers.get("Retry-After", default)))
+    except ValueError:  # an HTTP date: not what this gateway sends
+        return default

@@ -64,9 +64,9 @@ def _question_and_images(client: GatewayClient, item: dict[str, Any]) -> tuple[s
     images = []
     for p in parts:
         if p.get("type") == "image":
-            raw = client.http.get(f"/v1/images/{p['sha256']}", headers=client.admin)
-            if raw.status_code == 200:
-                images.append(Image.open(io.BytesIO(raw.content)).convert("RGB"))
+            raw = client.image(p["sha256"])
+            if raw is not None:
+                images.append(Image.open(io.BytesIO(raw)).convert("RGB"))
     return text, images
 
 
@@ -91,7 +91,7 @@ def harvest(client: GatewayClient, feedback_cursor: str | None, interaction_curs
     """New prompts (references, corrections) and rated logged responses since the given cursors."""
     out = Harvest(feedback_cursor=feedback_cursor, interaction_cursor=interaction_cursor)
     params = {"limit": limit, **({"after": feedback_cursor} if feedback_cursor else {})}
-    page = client.http.get("/v1/feedback", params=params, headers=client.admin).json()
+    page = client.export("/feedback", **params)
     newest = version_number(current_version)
     for fb in page.get("data", []):
         item = fb["interaction"]
@@ -115,7 +115,7 @@ def harvest(client: GatewayClient, feedback_cursor: str | None, interaction_curs
         ))
     out.feedback_cursor = page.get("next_cursor") or feedback_cursor
     params = {"limit": limit, "gradable": "true", **({"after": interaction_cursor} if interaction_cursor else {})}
-    page = client.http.get("/v1/interactions", params=params, headers=client.admin).json()
+    page = client.export("/interactions", **params)
     for item in page.get("data", []):
         reference = (item.get("metadata") or {}).get("reference_answer")
         if reference and not _is_loop_traffic(item) and item["choice_index"] == 0:

@@ -12,6 +12,7 @@ rolled back automatically if that check fails.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -26,10 +27,12 @@ from openvlthinker.rewards import grade
 from openvlthinker.rl import g2rpo_advantages, get_advantage, informative_groups
 from openvlthinker.versions import next_version, publish, version_name
 
-from .client import GatewayClient, image_part
+from .client import GatewayClient, GatewayError, image_part
 from .config import RLConfig
 from .policy import LoraPolicy
 from .rollout import Rollout
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,8 +88,16 @@ def collect_rollouts(client: GatewayClient, prompts: Sequence[Prompt], cfg: RLCo
 
     def one(i: int) -> list[Rollout]:
         prompt = prompts[i]
-        resp = client.chat(messages_for(prompt), model=model, n=cfg.group_size, temperature=cfg.rollout_temperature,
-                           max_tokens=cfg.max_new_tokens, metadata=metadata_for(prompt.record), seed=seed + i)
+        try:
+            resp = client.chat(messages_for(prompt), model=model, n=cfg.group_size, temperature=cfg.rollout_temperature,
+                               max_tokens=cfg.max_new_tokens, metadata=metadata_for(prompt.record), seed=seed + i)
+        except GatewayError as exc:
+            if not exc.refused_request:
+                raise
+            # A user's prompt the server cannot roll out (say, too long for max_new_tokens more): skip it. Raising
+            # would end the loop, and its restart would meet the same prompt again.
+            log.warning("skipped prompt %s: %s", prompt.record.problem_id, exc)
+            return []
         out = []
         for choice in client.interaction(resp["id"]):
             if not choice["completion_token_ids"]:
@@ -178,7 +189,10 @@ def run_round(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[Promp
         publish(tmp, cfg.adapters_dir, number, parent=promoted, metrics=metrics)
     try:
         client.load(version)
-    except RuntimeError as exc:  # the server refused it (NaN weights, wrong shapes): keep the current one
+    except GatewayError as exc:
+        if not exc.refused_request:
+            raise
+        # the server refused it (NaN weights, wrong shapes): keep the current one
         metrics.update(rejected_by_server=1.0, wall_s=time.time() - start)
         return RoundResult(version, False, metrics, note=str(exc)[:1000])
     current, _ = eval_reward(client, gate, model, cfg.max_new_tokens)

@@ -3,8 +3,8 @@
 The gateway runs as a child process; the RL loop runs as another (`openvlthinker rl`), a
 client of the gateway over HTTP like any other, training a round whenever enough new graded
 interactions or ratings have arrived; the Gradio demo (`openvlthinker demo`) is a third, also
-an HTTP client, whose feedback buttons feed that loop. Ctrl-C stops all three. Logs go to the
-run folder.
+an HTTP client, whose feedback buttons feed that loop. A loop that crashes is started again (it
+resumes from its state); Ctrl-C stops all three. Logs go to the run folder.
 """
 
 from __future__ import annotations
@@ -34,12 +34,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _start_demo(args: argparse.Namespace, api_url: str, admin_key: str, run_dir: Path) -> subprocess.Popen:
     """`openvlthinker demo` against the gateway, logging to RUN_DIR/demo.log."""
-    log = open(run_dir / "demo.log", "ab")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "openvlthinker.cli", "demo", "--endpoint", api_url, "--admin-key", admin_key,
-         "--host", args.host, "--port", str(args.demo_port), "--rl-metrics", str(run_dir / "rl" / "metrics.jsonl")],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(run_dir / "demo.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "openvlthinker.cli", "demo", "--endpoint", api_url, "--admin-key", admin_key,
+             "--host", args.host, "--port", str(args.demo_port), "--rl-metrics", str(run_dir / "rl" / "metrics.jsonl")],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _start_loop(args: argparse.Namespace, api_url: str, admin_key: str, model: str, run_dir: Path) -> subprocess.Popen:
+    """`openvlthinker rl` for as long as `up` runs, logging to RUN_DIR/rl.log (it resumes from RUN_DIR/rl)."""
+    from openvlthinker.models import DEFAULT_MODEL
+
+    with open(run_dir / "rl.log", "ab") as log:  # the child holds its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", api_url, "--admin-key", admin_key,
+             "--model", model, "--adapters-dir", str(run_dir / "adapters"), "--rounds", "0",
+             "--min-new", str(args.rl_min_new), "--group-size", "4", "--prompts-per-round", "8",
+             "--out", str(run_dir / "rl"),
+             # The tiny model needs a larger step than a LoRA on a real checkpoint: at 5e-4, 16
+             # rounds of G²RPO raise its held-out accuracy 0.26 -> 0.34 (bench/learning.py).
+             *(["--lr", "5e-4"] if model == DEFAULT_MODEL else [])],
+            stdout=log, stderr=subprocess.STDOUT)
+
+
+class Restarts:
+    """When to start a crashed child again: after 5 s, then twice as long per crash in a row, at most 5 min; a
+    child that ran for 10 minutes starts the count afresh."""
+
+    def __init__(self, first: float = 5.0, cap: float = 300.0, healthy_after: float = 600.0):
+        self.first, self.cap, self.healthy_after = first, cap, healthy_after
+        self.crashes, self.due, self.started = 0, None, time.monotonic()
+
+    def started_now(self) -> None:
+        """The child was (re)started just now."""
+        self.due, self.started = None, time.monotonic()
+
+    def crashed(self) -> float:
+        """Record a crash; the seconds until the restart."""
+        now = time.monotonic()
+        self.crashes = 1 if now - self.started >= self.healthy_after else self.crashes + 1
+        wait = min(self.cap, self.first * 2 ** (self.crashes - 1))
+        self.due = now + wait
+        return wait
+
+    def ready(self) -> bool:
+        """A restart is due."""
+        return self.due is not None and time.monotonic() >= self.due
 
 
 def _interrupt(signum: int, frame) -> None:
@@ -88,22 +129,14 @@ def run(args: argparse.Namespace) -> int:
     admin_key = args.admin_key or (key_file.read_text().strip() if key_file.is_file() else secrets.token_hex(16))
     key_file.write_text(admin_key)
     model = args.model or DEFAULT_MODEL
-    adapters = run_dir / "adapters"
+    adapters = run_dir / "adapters"  # the loop's _start_loop uses the same folder
     print(f"starting the gateway on {args.host}:{args.port} (log: {run_dir / 'serve.log'}) ...", flush=True)
     server = ServerProcess(["--model", model, "--run-dir", str(run_dir / "serve"), "--adapters-dir", str(adapters),
                             "--admin-key", admin_key], host=args.host, port=args.port, log_path=run_dir / "serve.log")
     loop, demo, demo_url = None, None, f"http://{args.host}:{args.demo_port}"
     try:
         if not args.no_rl:
-            rl_log = open(run_dir / "rl.log", "ab")
-            loop = subprocess.Popen(
-                [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", server.url, "--admin-key", admin_key,
-                 "--model", model, "--adapters-dir", str(adapters), "--rounds", "0", "--min-new", str(args.rl_min_new),
-                 "--group-size", "4", "--prompts-per-round", "8", "--out", str(run_dir / "rl"),
-                 # The tiny model needs a larger step than a LoRA on a real checkpoint: at 5e-4, 16
-                 # rounds of G²RPO raise its held-out accuracy 0.26 -> 0.34 (bench/learning.py).
-                 *(["--lr", "5e-4"] if model == DEFAULT_MODEL else [])],
-                stdout=rl_log, stderr=subprocess.STDOUT)
+            loop = _start_loop(args, server.url, admin_key, model, run_dir)
         if not args.no_demo:
             print(f"starting the demo on {demo_url} (log: {run_dir / 'demo.log'}) ...", flush=True)
             demo = _start_demo(args, server.url, admin_key, run_dir)
@@ -118,10 +151,17 @@ def run(args: argparse.Namespace) -> int:
               f"admin key:              {admin_key}   (saved in {key_file})\n"
               f"online RL loop:         {'off' if loop is None else f'trains after {args.rl_min_new} new graded interactions or ratings (log: ' + str(run_dir / 'rl.log') + ')'}\n"
               f"Ctrl-C stops everything.\n", flush=True)
+        restarts = Restarts()
         while server.proc.poll() is None:
             if loop is not None and loop.poll() is not None:
-                print(f"the RL loop exited with {loop.returncode}; see {run_dir / 'rl.log'}. Still serving.", flush=True)
+                # Online learning is the point of `up`: a crashed loop comes back and resumes from its state.
+                wait = restarts.crashed()
+                print(f"the RL loop exited with {loop.returncode} (see {run_dir / 'rl.log'}); restarting it in "
+                      f"{wait:.0f} s. Still serving.", flush=True)
                 loop = None
+            if loop is None and restarts.ready():
+                loop = _start_loop(args, server.url, admin_key, model, run_dir)
+                restarts.started_now()
             if demo is not None and demo.poll() is not None:
                 print(f"the demo exited with {demo.returncode}; see {run_dir / 'demo.log'}. Still serving.", flush=True)
                 demo = None

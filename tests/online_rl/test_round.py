@@ -63,7 +63,9 @@ def test_one_round_publishes_gates_and_serves(tmp_path):
         samples = [generate(f, split_seed("train", i)) for i in range(2) for f in ("math_reasoning", "chart")]
         prompts = [Prompt(s.record, [s.image]) for s in samples]
         gate = [Prompt(s.record, [s.image]) for s in (generate("chart", split_seed("eval", 0)),)]
-        result = run_round(client, policy, prompts, gate, cfg, round_index=0)
+        # A prompt the server refuses (too long for max_new_tokens more) is skipped, not the end of the loop.
+        poison = dataclasses.replace(samples[0].record, problem=samples[0].record.problem + " and" * 5000)
+        result = run_round(client, policy, [*prompts, Prompt(poison, [samples[0].image])], gate, cfg, round_index=0)
         assert result.metrics["rollouts"] == 16 and 0 < result.metrics["rollouts_kept"] <= 16
         assert published_versions(adapters) == [1] and result.version == "v0001"
         assert result.promoted  # margin 1.0: any well-formed candidate passes the gate

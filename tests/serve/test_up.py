@@ -1,5 +1,6 @@
 """`openvlthinker up` (what `make run` starts): gateway + RL loop + demo, and Ctrl-C stops all three."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -100,27 +101,59 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
 @pytest.mark.slow
-def test_a_second_signal_while_stopping_kills_the_children_instead_of_orphaning_them(tmp_path):
+def test_a_crashed_loop_is_restarted_and_a_second_signal_kills_the_children(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "openvlthinker.cli", "up", "--port", str(port), "--run-dir",
                              str(tmp_path), "--no-demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rl_log = tmp_path / "rl.log"
     try:
-        deadline = time.monotonic() + 300
-        while not (tmp_path / "rl.log").is_file() and time.monotonic() < deadline:
-            time.sleep(0.5)  # rl.log appears once the gateway answered and the loop was started
-        assert (tmp_path / "rl.log").is_file(), "up did not start the gateway and the loop"
+        # the loop loads the model, then waits for feedback (slow on a busy CPU)
+        _wait_for(lambda: "waiting for 8 new graded" in _text(rl_log), 300, "the loop to start")
+        loop = [pid for pid in _children(proc.pid) if " rl " in _cmdline(pid)]
+        assert len(loop) == 1
+        os.kill(loop[0], signal.SIGKILL)  # a crash
+        _wait_for(lambda: _text(rl_log).count("waiting for 8 new graded") == 2, 300, "the loop to come back")
         children = _children(proc.pid)
-        assert len(children) == 2  # the gateway and the loop
+        assert len(children) == 2 and loop[0] not in children  # the gateway and the new loop
     finally:
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)  # `up` is now stopping its children, which takes seconds
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
+    assert "the RL loop exited with -9" in out and "restarting it in 5 s" in out, out
     assert "Traceback" not in out, out
     assert not [pid for pid in children if _alive(pid)], "children outlived `up`"
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_restart_delays_double_up_to_a_cap_and_reset_after_a_healthy_run():
+    from serve.up import Restarts
+
+    restarts = Restarts(first=5, cap=30, healthy_after=600)
+    assert [restarts.crashed() for _ in range(5)] == [5, 10, 20, 30, 30]
+    assert not restarts.ready()
+    restarts.started_now()
+    restarts.started -= 601  # ran for ten minutes before this crash
+    assert restarts.crashed() == 5
+    restarts.due -= 5
+    assert restarts.ready()
 
 
 @pytest.mark.parametrize("argv, option", [
