@@ -72,12 +72,25 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 def _validation_message(err: dict[str, Any], param: str | None) -> str:
     if err.get("type") == "json_invalid":
         return f"The request body is not valid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
+    if param is None and tuple(err.get("loc", ())) == ("body",):  # the body as a whole is not an object
+        return f"The request body must be a JSON object, sent with Content-Type: application/json; got {_kind(err)}."
     if err.get("type") == "extra_forbidden":
         return f"Unsupported parameter: {param!r} is not accepted by this server."
     if err.get("type") == "missing":
         return f"Missing required parameter: {param!r}."
     msg = err.get("msg", "invalid value")
     return f"Invalid value for {param!r}: {msg}" if param else msg
+
+
+def _kind(err: dict[str, Any]) -> str:
+    """What the sender sent instead of a JSON object, in JSON's words."""
+    value = err.get("input")
+    if err.get("type") == "missing" or value in (b"", ""):
+        return "an empty body"
+    if isinstance(value, bytes):  # FastAPI reads the body as JSON only when the Content-Type says so
+        return "a body that was not read as JSON"
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -193,6 +193,22 @@ def test_lone_surrogates_and_nan_are_400_not_a_crash(make_client, fragment, para
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
+@pytest.mark.parametrize("content, content_type, got", [
+    (b'{"model": "m"}', "text/plain", "a body that was not read as JSON"),
+    (b"", "application/json", "an empty body"),
+    (b"[1, 2]", "application/json", "an array"),
+    (b"null", "application/json", "null"),
+    (b'"hi"', "application/json", "a string"),
+    (b"3.5", "application/json", "a number"),
+])
+def test_a_body_that_is_not_a_json_object_says_what_it_was(make_client, content, content_type, got):
+    r = make_client().post("/v1/chat/completions", content=content, headers={"content-type": content_type})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] is None, r.text
+    assert err["message"] == ("The request body must be a JSON object, sent with Content-Type: application/json; "
+                              f"got {got}.")
+
+
 def test_other_bad_inputs(make_client, h):
     client = make_client(max_images=2, max_image_pixels=100 * 100)
     raw = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
