@@ -2,10 +2,11 @@
 
 `pick_tokens` takes the logits of one decoding step and picks every row's token itself
 (forced by the thinking budget, greedy, or sampled with the row's own knobs, see `sampling`,
-from logits shifted by the row's logit_bias and presence/frequency penalties), records its raw logprob and advances the row's `RowState`: text delta, thinking block, stop
-strings, max_tokens. Events go out the moment they exist, and a row's GenerationResult the
-moment that row ends, not when the batch does. (This is where the token, its logprobs and the
-row's text are known together, so streaming starts here.)
+from logits shifted by the row's logit_bias and presence/frequency penalties), records its raw
+logprob and advances the row's `RowState`: text delta, thinking block, stop strings, max_tokens.
+Events go out the moment they exist, and a row's GenerationResult the moment that row ends, not
+when the batch does. (This is where the token, its logprobs and the row's text are known
+together, so streaming starts here.)
 """
 
 from __future__ import annotations
