@@ -14,7 +14,7 @@ from typing import Sequence
 # name -> (module, one-line help). Later components register here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("openvlthinker.commands.evaluate", "evaluate a model on ShapeWorld or a OneThinker file, per task"),
-    "up": ("serve.up", "the main job: serve the model with the online RL loop beside it (Ctrl-C stops both)"),
+    "up": ("serve.up", "the main job: serve the model with the online RL loop and the demo (Ctrl-C stops all three)"),
     "rl": ("online_rl.cli", "improve the served model online with G²RPO LoRA rounds (or: rl plot)"),
     "train-tiny": ("openvlthinker.commands.train_tiny", "train the embedded tiny model from scratch on ShapeWorld"),
     "serve": ("serve.cli", "serve the model behind an OpenAI-compatible API (chat, images, feedback, adapters)"),
