@@ -116,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     # A SIGTERM (kill, a service manager) stops everything as Ctrl-C does: without this, Python's default
     # action would end this process without its cleanup and leave the gateway, loop and demo running.
     signal.signal(signal.SIGTERM, _interrupt)
+    # Started in the background by a non-interactive shell, a process inherits SIGINT ignored, and Python
+    # then leaves it ignored: Ctrl-C would do nothing, and the children (which inherit it too) would not stop
+    # on the SIGINT `_stop` sends them. A handler of our own is reset to the default in each child.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from openvlthinker.models import DEFAULT_MODEL
 
     from .launcher import ServerProcess, ensure_port_free, wait_for_url

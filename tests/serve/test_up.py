@@ -22,9 +22,12 @@ def _text(path) -> str:
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path, stop):
     port, demo_port = free_port(), free_port()
+    # As a background job of a non-interactive shell starts it: with SIGINT ignored, which Python keeps.
     proc = subprocess.Popen([sys.executable, "-m", "openvlthinker.cli", "up", "--port", str(port), "--run-dir",
                              str(tmp_path), "--rl-min-new", "2", "--demo-port", str(demo_port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    children = []
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -50,10 +53,13 @@ def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path, stop):
             except httpx.TransportError:
                 time.sleep(0.5)
         assert page.status_code == 200 and "OpenVLThinkerV2 demo" in page.text
+        children = _children(proc.pid)
+        assert len(children) == 3  # gateway, loop, demo
     finally:
         proc.send_signal(stop)  # to `up` alone: it must stop its children itself
-        out, _ = proc.communicate(timeout=60)
+        out = _wait_or_kill(proc, children)
     assert proc.returncode == 0, out
+    assert not [pid for pid in children if _alive(pid)], "children outlived `up`"
     assert "OpenAI-compatible API" in out and f"demo:                   http://127.0.0.1:{demo_port}" in out
     for url in (f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{demo_port}/"):
         with pytest.raises(httpx.TransportError):
@@ -93,6 +99,21 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _wait_or_kill(proc: subprocess.Popen, children: list[int]) -> str:
+    """`up`'s output once it exits; if it does not within 60 s, kill it and its children (a failing test must
+    not leave servers behind) and fail."""
+    try:
+        return proc.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        for pid in [proc.pid, *children]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.communicate()
+        pytest.fail("`up` did not stop within 60 s")
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -121,7 +142,7 @@ def test_a_crashed_loop_is_restarted_and_a_second_signal_kills_the_children(tmp_
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "openvlthinker.cli", "up", "--port", str(port), "--run-dir",
                              str(tmp_path), "--no-demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    rl_log = tmp_path / "rl.log"
+    rl_log, children = tmp_path / "rl.log", []
     try:
         # the loop loads the model, then waits for feedback (slow on a busy CPU)
         _wait_for(lambda: "waiting for 8 new graded" in _text(rl_log), 300, "the loop to start")
@@ -135,7 +156,7 @@ def test_a_crashed_loop_is_restarted_and_a_second_signal_kills_the_children(tmp_
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)  # `up` is now stopping its children, which takes seconds
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out = _wait_or_kill(proc, children)
     assert "the RL loop exited with -9" in out and "restarting it in 5 s" in out, out
     assert "Traceback" not in out, out
     assert not [pid for pid in children if _alive(pid)], "children outlived `up`"
