@@ -2,11 +2,11 @@
 
 Served: chat completions with text and `image_url` parts, `n`, sampling knobs, `stop`, `seed`,
 `presence_penalty`/`frequency_penalty`, `logit_bias`, `logprobs`/`top_logprobs`, `stream`
-(+ `stream_options.include_usage`), `reasoning_effort`, `metadata`; models list. Our additions: `message.reasoning_content`/`reasoning`, top-level
-`adapter_version`, feedback, adapter admin and the interaction export. `response_format`,
-`tool_choice` and `modalities` are accepted at their text-only values. Anything else (tools,
-JSON output, audio, ...) is rejected with 400 naming the parameter, rather than being
-silently ignored.
+(+ `stream_options.include_usage`), `reasoning_effort`, `metadata`; models list. Our additions:
+`message.reasoning_content`/`reasoning`, top-level `adapter_version`, feedback, adapter admin
+and the interaction export. `response_format`, `tool_choice` and `modalities` are accepted at
+their text-only values. Anything else (tools, JSON output, audio, ...) is rejected with 400
+naming the parameter, rather than being silently ignored.
 """
 
 from __future__ import annotations
