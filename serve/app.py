@@ -23,6 +23,7 @@ from .chat import ChatService
 from .config import ServeConfig
 from .errors import install_handlers
 from .metrics import Metrics, MetricsMiddleware
+from .request_id import RequestIdMiddleware
 from .routes import api, open_routes
 from .store import Store
 from .store.writer import StoreWriter
@@ -71,7 +72,8 @@ def create_app(config: ServeConfig, engine: Any) -> FastAPI:
     app.state.ready, app.state.started = False, time.time()
     install_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts the 413s too
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # counts the 413s too
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response gets its id
     app.include_router(api)
     app.include_router(admin)
     app.include_router(open_routes)

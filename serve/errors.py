@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import request_id
+
 log = logging.getLogger("serve")
 
 
@@ -119,6 +121,6 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception("unexpected error on %s %s (%s)", request.method, request.url.path, request_id.current.get())
         return APIError(500, f"Internal server error ({type(exc).__name__}); the server keeps serving.",
                         type="server_error", code="internal_error").response()

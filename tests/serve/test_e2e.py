@@ -49,6 +49,7 @@ def test_image_chat(client, h):
     again = client.chat.completions.create(model="openvlthinker", messages=h.image_message("How many circles?", png),
                                            max_tokens=16, temperature=0)
     assert again.choices[0].message.content == choice.message.content  # greedy is deterministic
+    assert r._request_id.startswith("req_") and again._request_id != r._request_id  # as OpenAI's x-request-id
 
 
 def test_two_images(client, h):
@@ -182,6 +183,7 @@ def test_bad_inputs(client, server, h):
         with pytest.raises(openai.APIStatusError) as info:
             client.chat.completions.create(**body)
         err = info.value
+        assert err.request_id.startswith("req_"), err.response.headers  # errors carry one too
         assert err.status_code == status and (param is None or err.param == param), err.body
         assert code is None or err.code == code, err.body
 
