@@ -83,3 +83,10 @@ def test_answered_lists_only_finished_answers_and_reset_clears_one():
                                                           " (base)", 2)]
     fresh = reset_answer(long)
     assert fresh["text"] == long["text"] and fresh["answer"] == "" and fresh["id"] is None and not fresh["done"]
+
+
+def test_the_effort_choices_are_the_apis():
+    from demo.app import EFFORTS
+    from openvlthinker.reasoning import EFFORTS as API_EFFORTS
+
+    assert sorted(EFFORTS) == sorted(API_EFFORTS) and EFFORTS[0] == "auto"  # the default first
