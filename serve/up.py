@@ -3,8 +3,8 @@
 The gateway runs as a child process; the RL loop runs as another (`openvlthinker rl`), a
 client of the gateway over HTTP like any other, training a round whenever enough new graded
 interactions or ratings have arrived; the Gradio demo (`openvlthinker demo`) is a third, also
-an HTTP client, whose feedback buttons feed that loop. A loop that crashes is started again (it
-resumes from its state); Ctrl-C stops all three. Logs go to the run folder.
+an HTTP client, whose feedback buttons feed that loop. A loop or demo that crashes is started
+again (the loop resumes from its state); Ctrl-C stops all three. Logs go to the run folder.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +84,26 @@ class Restarts:
         return self.due is not None and time.monotonic() >= self.due
 
 
+class Supervised:
+    """A child `up` starts again, on the `Restarts` schedule, when it exits on its own."""
+
+    def __init__(self, name: str, start: Callable[[], subprocess.Popen], log: Path):
+        self.name, self.start, self.log = name, start, log
+        self.restarts = Restarts()
+        self.proc: subprocess.Popen | None = start()
+
+    def tend(self) -> None:
+        """Notice an exit (and say when the restart comes); restart once it is due."""
+        if self.proc is not None and self.proc.poll() is not None:
+            wait = self.restarts.crashed()
+            print(f"the {self.name} exited with {self.proc.returncode} (see {self.log}); restarting it in "
+                  f"{wait:.0f} s. Still serving.", flush=True)
+            self.proc = None
+        if self.proc is None and self.restarts.ready():
+            self.proc = self.start()
+            self.restarts.started_now()
+
+
 def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
@@ -140,39 +161,31 @@ def run(args: argparse.Namespace) -> int:
     loop, demo, demo_url = None, None, f"http://{args.host}:{args.demo_port}"
     try:
         if not args.no_rl:
-            loop = _start_loop(args, server.url, admin_key, model, run_dir)
+            # Online learning is the point of `up`: a crashed loop comes back and resumes from its state.
+            loop = Supervised("RL loop", lambda: _start_loop(args, server.url, admin_key, model, run_dir),
+                              run_dir / "rl.log")
         if not args.no_demo:
             print(f"starting the demo on {demo_url} (log: {run_dir / 'demo.log'}) ...", flush=True)
-            demo = _start_demo(args, server.url, admin_key, run_dir)
+            demo = Supervised("demo", lambda: _start_demo(args, server.url, admin_key, run_dir), run_dir / "demo.log")
             # gradio takes a few seconds to import
-            if not wait_for_url(demo, demo_url, timeout=120, interval=0.5):
+            if not wait_for_url(demo.proc, demo_url, timeout=120, interval=0.5):
                 print(f"the demo did not start; see {run_dir / 'demo.log'}. Serving the API anyway.", flush=True)
-                demo.kill()
-                demo.wait()
-                demo = None
+                demo.proc.kill()
+                demo.proc.wait()
+                demo = None  # what fails at start (a bad install) would fail again: no restarts
         print(f"\ndemo:                   {'off' if demo is None else demo_url + '   (open it in a browser)'}\n"
               f"OpenAI-compatible API:  {server.url}/v1   (api key: any string)\n"
               f"admin key:              {admin_key}   (saved in {key_file})\n"
               f"online RL loop:         {'off' if loop is None else f'trains after {args.rl_min_new} new graded interactions or ratings (log: ' + str(run_dir / 'rl.log') + ')'}\n"
               f"Ctrl-C stops everything.\n", flush=True)
-        restarts = Restarts()
         while server.proc.poll() is None:
-            if loop is not None and loop.poll() is not None:
-                # Online learning is the point of `up`: a crashed loop comes back and resumes from its state.
-                wait = restarts.crashed()
-                print(f"the RL loop exited with {loop.returncode} (see {run_dir / 'rl.log'}); restarting it in "
-                      f"{wait:.0f} s. Still serving.", flush=True)
-                loop = None
-            if loop is None and restarts.ready():
-                loop = _start_loop(args, server.url, admin_key, model, run_dir)
-                restarts.started_now()
-            if demo is not None and demo.poll() is not None:
-                print(f"the demo exited with {demo.returncode}; see {run_dir / 'demo.log'}. Still serving.", flush=True)
-                demo = None
+            for child in (loop, demo):
+                if child is not None:
+                    child.tend()
             time.sleep(1.0)
         print(f"the gateway exited with {server.proc.returncode}:\n{server.output(2000)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        _stop([demo, loop], server)
+        _stop([demo and demo.proc, loop and loop.proc], server)

@@ -53,14 +53,19 @@ def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path, stop):
             except httpx.TransportError:
                 time.sleep(0.5)
         assert page.status_code == 200 and "OpenVLThinkerV2 demo" in page.text
+        demo = [pid for pid in _children(proc.pid) if " demo " in _cmdline(pid)]
+        assert len(demo) == 1
+        os.kill(demo[0], signal.SIGKILL)  # a crash: `up` starts the demo again after 5 s
+        _wait_for(lambda: _serves(f"http://127.0.0.1:{demo_port}/"), 120, "the demo to come back")
         children = _children(proc.pid)
-        assert len(children) == 3  # gateway, loop, demo
+        assert len(children) == 3 and demo[0] not in children  # gateway, loop, the new demo
     finally:
         proc.send_signal(stop)  # to `up` alone: it must stop its children itself
         out = _wait_or_kill(proc, children)
     assert proc.returncode == 0, out
     assert not [pid for pid in children if _alive(pid)], "children outlived `up`"
     assert "OpenAI-compatible API" in out and f"demo:                   http://127.0.0.1:{demo_port}" in out
+    assert "the demo exited with -9" in out and "restarting it in 5 s" in out, out
     for url in (f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{demo_port}/"):
         with pytest.raises(httpx.TransportError):
             httpx.get(url, timeout=2)
@@ -127,6 +132,13 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def _serves(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
