@@ -261,7 +261,8 @@ class ChatService:
             ))
         # One writer thread commits concurrent requests together (store/writer.py); shielded, so a client
         # that goes away while its interaction is being written cannot cancel the write.
-        await asyncio.shield(asyncio.wrap_future(self.writer.submit([img.data for img in prompt.images], rows)))
+        if req.store is not False:
+            await asyncio.shield(asyncio.wrap_future(self.writer.submit([img.data for img in prompt.images], rows)))
         usage = _usage(results)
         self.metrics.record_completion(call.lease.version, usage.prompt_tokens, usage.completion_tokens,
                                        usage.completion_tokens_details.reasoning_tokens,

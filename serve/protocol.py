@@ -4,8 +4,9 @@ Served: chat completions with text and `image_url` parts, `n`, sampling knobs, `
 `presence_penalty`/`frequency_penalty`, `logit_bias`, `logprobs`/`top_logprobs`, `stream`
 (+ `stream_options.include_usage`), `reasoning_effort`, `metadata`; models list. Our additions:
 `message.reasoning_content`/`reasoning`, top-level `adapter_version`, feedback, adapter admin
-and the interaction export. `response_format`, `tool_choice` and `modalities` are accepted at
-their text-only values. Anything else (tools, JSON output, audio, ...) is rejected with 400
+and the interaction export. `store: false` keeps the interaction out of the store (and so out of
+learning). `response_format`, `tool_choice` and `modalities` are accepted at their text-only
+values, `service_tier` at `auto`/`default`. Anything else (tools, JSON output, audio, ...) is rejected with 400
 naming the parameter, rather than being silently ignored.
 """
 
@@ -108,6 +109,10 @@ class ChatCompletionRequest(_Strict):
     reasoning_effort: Effort = "auto"
     metadata: dict[Text, Text] | None = None
     user: str | None = None
+    # Unlike OpenAI's, this server keeps every interaction by default: the online loop learns from them.
+    store: bool | None = Field(None, description="false: do not keep this interaction (it cannot get feedback "
+                                                 "and is not learned from)")
+    service_tier: Literal["auto", "default"] | None = Field(None, description="one tier: auto or default")
     # Accepted only at the values that ask for what this server does anyway (clients send them by default).
     response_format: dict[str, Any] | None = Field(None, description='only {"type": "text"}')
     tool_choice: Literal["none"] | None = Field(None, description='only "none": this server has no tools')

@@ -81,7 +81,8 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
     try:  # on the store's writer thread, in order with the interactions being logged
         fb_id = await asyncio.wrap_future(writer.call(lambda: store.add_feedback(body.id, body.choice_index, **fields)))
     except UnknownInteraction as exc:
-        raise not_found(str(exc), "id", "interaction_not_found") from None
+        raise not_found(f"{exc} (Requests sent with store: false are not kept.)", "id",
+                        "interaction_not_found") from None
     return FeedbackResponse(id=fb_id, interaction_id=body.id, choice_index=body.choice_index, created=int(time.time()))
 
 

@@ -141,6 +141,18 @@ def test_metadata_feedback_and_export(client, server, h):
     assert admin(server, "GET", f"/images/{sha}").content == png
 
 
+def test_store_false_keeps_the_interaction_out(client, server):
+    ask = dict(model="openvlthinker", messages=[{"role": "user", "content": "Count."}], max_tokens=4)
+    private = client.chat.completions.create(**ask, store=False, service_tier="auto")
+    kept = client.chat.completions.create(**ask, store=True)
+    assert private.choices[0].message.content is not None
+    assert admin(server, "GET", f"/interactions/{private.id}").status_code == 404
+    assert admin(server, "GET", f"/interactions/{kept.id}").status_code == 200
+    with pytest.raises(openai.NotFoundError) as info:
+        client.post("/feedback", body={"id": private.id, "thumbs": "up"}, cast_to=object)
+    assert "store: false" in info.value.message
+
+
 def test_client_disconnect_frees_the_request(server):
     body = {"model": "openvlthinker", "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 3000,
             "stream": True, "stop": ["never-appears"]}
@@ -198,6 +210,7 @@ def test_bad_inputs(client, server, h):
     bad(400, "temperature", temperature=5)
     bad(400, "metadata.problem_type", metadata={"problem_type": "haiku"})
     bad(400, "presence_penalty", presence_penalty=2.5)
+    bad(400, "service_tier", service_tier="flex")
     bad(400, "logit_bias", logit_bias={"red": 5})
     bad(400, "logit_bias", logit_bias={"12": 101})
     bad(400, "logit_bias", "engine_error", logit_bias={"99999999": 1})  # not in the vocabulary
