@@ -6,8 +6,8 @@ Served: chat completions with text and `image_url` parts, `n`, sampling knobs, `
 `message.reasoning_content`/`reasoning`, top-level `adapter_version`, feedback, adapter admin
 and the interaction export. `store: false` keeps the interaction out of the store (and so out of
 learning). `response_format`, `tool_choice` and `modalities` are accepted at their text-only
-values, `service_tier` at `auto`/`default`. Anything else (tools, JSON output, audio, ...) is rejected with 400
-naming the parameter, rather than being silently ignored.
+values, `service_tier` at `auto`/`default`. Anything else (tools, JSON output, audio, ...) is
+rejected with 400 naming the parameter, rather than being silently ignored.
 """
 
 from __future__ import annotations
