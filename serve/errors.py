@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import request_id
+from .request_id import HEADER, request_id
 
 log = logging.getLogger("serve")
 
@@ -121,6 +121,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s (%s)", request.method, request.url.path, request_id.current.get())
+        # Starlette runs this outside every added middleware, so the id's header is set here.
+        rid = request_id(request.scope)
+        log.exception("unexpected error on %s %s (%s)", request.method, request.url.path, rid)
         return APIError(500, f"Internal server error ({type(exc).__name__}); the server keeps serving.",
-                        type="server_error", code="internal_error").response()
+                        type="server_error", code="internal_error", headers={HEADER: rid} if rid else None).response()

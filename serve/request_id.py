@@ -2,17 +2,18 @@
 
 The SDKs surface it (`completion._request_id`, `APIError.request_id`) so a user can quote it in
 a bug report; the gateway logs it with every unexpected error, so that quote finds the traceback.
+The id lives in the ASGI scope: Starlette answers an unexpected exception from its outermost
+middleware, outside this one, and the scope is what both see.
 """
 
 from __future__ import annotations
 
 import uuid
-from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-HEADER = b"x-request-id"
-current: ContextVar[str] = ContextVar("request_id", default="-")
+HEADER = "x-request-id"
+SCOPE_KEY = "openvlthinker.request_id"
 
 
 def new_request_id() -> str:
@@ -20,8 +21,13 @@ def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
+def request_id(scope: Scope) -> str | None:
+    """The id `RequestIdMiddleware` gave this request (None outside it)."""
+    return scope.get(SCOPE_KEY)
+
+
 class RequestIdMiddleware:
-    """Pure ASGI middleware: set `current` for the request and add the header to its response."""
+    """Pure ASGI middleware: give the request an id in its scope and add it to the response's headers."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -30,16 +36,13 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = new_request_id()
-        token = current.set(rid)
+        rid = scope[SCOPE_KEY] = new_request_id()
+        header = HEADER.encode()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
-                message = {**message, "headers": [*headers, (HEADER, rid.encode())]}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != header]
+                message = {**message, "headers": [*headers, (header, rid.encode())]}
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            current.reset(token)
+        await self.app(scope, receive, send_with_id)

@@ -1,6 +1,7 @@
 """The gateway in-process with a scripted engine: response shapes, streaming, logging, errors, auth."""
 
 import json
+import logging
 
 import pytest
 
@@ -251,11 +252,14 @@ def test_overload_is_503_with_retry_after(make_client, h):
         assert r.json()["error"]["type"] == "server_overloaded"
 
 
-def test_unexpected_engine_bug_is_500_and_the_server_keeps_serving(make_client):
+def test_unexpected_engine_bug_is_500_and_the_server_keeps_serving(make_client, caplog):
     client = make_client()
     client.app.state.engine.fail = ZeroDivisionError("bug")
-    r = chat(client)
+    with caplog.at_level(logging.ERROR, logger="serve"):
+        r = chat(client)
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    rid = r.headers["x-request-id"]  # the id a user quotes finds the traceback
+    assert rid.startswith("req_") and any(rid in rec.getMessage() and rec.exc_info for rec in caplog.records)
     client.app.state.engine.fail = None
     assert chat(client).status_code == 200
 
