@@ -238,35 +238,42 @@ class ChatService:
     # ---------------------------------------------------------------- logging
 
     async def _log(self, call: Call, results: list[GenerationResult], done_at: list[float], stream: bool) -> None:
-        req, prompt = call.req, call.prompt
-        params = {"model": req.model, "temperature": req.temperature, "top_p": req.top_p, "n": req.n,
-                  "max_tokens": call.max_tokens, "stop": req.stop, "seed": req.seed, "logprobs": req.logprobs,
-                  "top_logprobs": req.top_logprobs, "reasoning_effort": req.reasoning_effort, "stream": stream,
-                  "user": req.user, "presence_penalty": req.presence_penalty,
-                  "frequency_penalty": req.frequency_penalty, "logit_bias": req.logit_bias}
-        request = {"messages": prompt.stored, "params": params, "instruction": prompt.instruction}
-        rows = []
-        for i, res in enumerate(results):
-            thinking, answer = split_text(res.text, call.prompt.prefix)
-            rows.append(dict(
-                id=call.id, choice_index=i, created=time.time(), model=call.lease.model,
-                adapter_version=call.lease.version, effort=prompt.plan.effort, mode=prompt.plan.mode,
-                budget=prompt.plan.budget, budget_hit=res.budget_hit, request=request, meta=dict(req.metadata or {}),
-                problem_type=prompt.problem_type, task_type=prompt.task_type, has_reference=prompt.has_reference,
-                thinking=thinking, answer=answer, text=res.text, prompt_token_ids=list(res.prompt_token_ids),
-                completion_token_ids=list(res.completion_token_ids), logprobs=[float(x) for x in res.completion_logprobs],
-                finish_reason=res.finish_reason, prompt_tokens=len(res.prompt_token_ids),
-                completion_tokens=len(res.completion_token_ids), reasoning_tokens=res.thinking_tokens,
-                latency_s=done_at[i] - call.arrival, stream=stream,
-            ))
-        # One writer thread commits concurrent requests together (store/writer.py); shielded, so a client
-        # that goes away while its interaction is being written cannot cancel the write.
-        if req.store is not False:
+        prompt = call.prompt
+        if call.req.store is not False:  # false: the client asked that nothing of this request be kept
+            # One writer thread commits concurrent requests together (store/writer.py); shielded, so a client
+            # that goes away while its interaction is being written cannot cancel the write.
+            rows = _rows(call, results, done_at, stream)
             await asyncio.shield(asyncio.wrap_future(self.writer.submit([img.data for img in prompt.images], rows)))
         usage = _usage(results)
         self.metrics.record_completion(call.lease.version, usage.prompt_tokens, usage.completion_tokens,
                                        usage.completion_tokens_details.reasoning_tokens,
                                        [(r.finish_reason, prompt.plan.mode) for r in results])
+
+
+def _rows(call: Call, results: list[GenerationResult], done_at: list[float], stream: bool) -> list[dict]:
+    """The store rows of a finished request, one per choice."""
+    req, prompt = call.req, call.prompt
+    params = {"model": req.model, "temperature": req.temperature, "top_p": req.top_p, "n": req.n,
+              "max_tokens": call.max_tokens, "stop": req.stop, "seed": req.seed, "logprobs": req.logprobs,
+              "top_logprobs": req.top_logprobs, "reasoning_effort": req.reasoning_effort, "stream": stream,
+              "user": req.user, "presence_penalty": req.presence_penalty,
+              "frequency_penalty": req.frequency_penalty, "logit_bias": req.logit_bias}
+    request = {"messages": prompt.stored, "params": params, "instruction": prompt.instruction}
+    rows = []
+    for i, res in enumerate(results):
+        thinking, answer = split_text(res.text, prompt.prefix)
+        rows.append(dict(
+            id=call.id, choice_index=i, created=time.time(), model=call.lease.model,
+            adapter_version=call.lease.version, effort=prompt.plan.effort, mode=prompt.plan.mode,
+            budget=prompt.plan.budget, budget_hit=res.budget_hit, request=request, meta=dict(req.metadata or {}),
+            problem_type=prompt.problem_type, task_type=prompt.task_type, has_reference=prompt.has_reference,
+            thinking=thinking, answer=answer, text=res.text, prompt_token_ids=list(res.prompt_token_ids),
+            completion_token_ids=list(res.completion_token_ids), logprobs=[float(x) for x in res.completion_logprobs],
+            finish_reason=res.finish_reason, prompt_tokens=len(res.prompt_token_ids),
+            completion_tokens=len(res.completion_token_ids), reasoning_tokens=res.thinking_tokens,
+            latency_s=done_at[i] - call.arrival, stream=stream,
+        ))
+    return rows
 
 
 def _check_results(results: list[GenerationResult | None]) -> list[GenerationResult]:
