@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve.launcher import free_port
+from serve.launcher import free_port, wait_for_url
 
 
 def _text(path) -> str:
@@ -56,7 +56,8 @@ def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path, stop):
         demo = [pid for pid in _children(proc.pid) if " demo " in _cmdline(pid)]
         assert len(demo) == 1
         os.kill(demo[0], signal.SIGKILL)  # a crash: `up` starts the demo again after 5 s
-        _wait_for(lambda: _serves(f"http://127.0.0.1:{demo_port}/"), 120, "the demo to come back")
+        assert wait_for_url(proc, f"http://127.0.0.1:{demo_port}/", 120, 0.5), \
+            f"the demo did not come back; its log ends:\n{_text(tmp_path / 'demo.log')[-3000:]}"
         children = _children(proc.pid)
         assert len(children) == 3 and demo[0] not in children  # gateway, loop, the new demo
     finally:
@@ -132,13 +133,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _serves(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
