@@ -18,7 +18,7 @@ from .feedback import describe_feedback, feedback_payload
 from .gateway import Gateway
 from .versions import HEADERS, read_metrics, version_rows
 
-EFFORTS = ["auto", "none", "minimal", "low", "medium", "high"]  # the API's reasoning_effort values
+EFFORTS = ["auto", "none", "minimal", "low", "medium", "high", "xhigh", "max"]  # the API's reasoning_effort values
 # Asking is greedy (the tiny model's best answers); regenerate samples, or it would repeat itself.
 ASK_TEMPERATURE, REGENERATE_TEMPERATURE = 0.0, 1.0
 INTRO = """# OpenVLThinkerV2 — chat about images

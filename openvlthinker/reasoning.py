@@ -1,6 +1,6 @@
 """Adaptive reasoning length: pick a mode (think or direct) and a hard thinking budget per query.
 
-`reasoning_effort` follows the OpenAI parameter: `none` answers directly, `minimal|low|medium|high`
+`reasoning_effort` follows the OpenAI parameter: `none` answers directly, `minimal|low|medium|high|xhigh|max`
 think with a growing token budget, `auto` (the default) decides per query. Perception
 queries (grounding, reading text, simple attributes) are answered directly; multi-step
 questions think with the medium budget. A known problem type or task family decides;
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from .prompts import Mode
 
-EFFORTS = ("none", "minimal", "low", "medium", "high", "auto")
-BUDGETS: dict[str, int] = {"minimal": 16, "low": 64, "medium": 256, "high": 1024}
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max", "auto")
+# xhigh and max are the SDK's newest values; max is more than any context here, so only max_tokens bounds it.
+BUDGETS: dict[str, int] = {"minimal": 16, "low": 64, "medium": 256, "high": 1024, "xhigh": 4096, "max": 32768}
 AUTO_BUDGET = "medium"
 
 PERCEPTION_TASKS = frozenset({"spatial_grounding", "ocr"})

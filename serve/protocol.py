@@ -1,6 +1,6 @@
 """The OpenAI wire subset this server accepts and returns (pydantic models; they make /openapi.json).
 
-Served: chat completions with text and `image_url` parts, `n`, sampling knobs, `stop`, `seed`,
+Served: chat completions (the Responses API, `responses_protocol.py`, maps onto them) with text and `image_url` parts, `n`, sampling knobs, `stop`, `seed`,
 `presence_penalty`/`frequency_penalty`, `logit_bias`, `logprobs`/`top_logprobs`, `stream`
 (+ `stream_options.include_usage`), `reasoning_effort`, `metadata`; models list. Our additions:
 `message.reasoning_content`/`reasoning`, top-level `adapter_version`, feedback, adapter admin
@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Effort = Literal["none", "minimal", "low", "medium", "high", "auto"]
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max", "auto"]
 INT64 = 2**63
 MAX_LOGIT_BIAS = 1024
 

@@ -7,9 +7,11 @@ from openvlthinker.reasoning import BUDGETS, is_perception, plan
 
 def test_forced_efforts():
     assert plan("none", "How many circles?").mode == "direct"
-    for effort in ("minimal", "low", "medium", "high"):
+    efforts = ("minimal", "low", "medium", "high", "xhigh", "max")
+    for effort in efforts:
         p = plan(effort, "What is the bounding box of the cat?")
         assert p.mode == "think" and p.budget == BUDGETS[effort]
+    assert [BUDGETS[e] for e in efforts] == sorted(set(BUDGETS.values()))  # each effort thinks longer
     assert plan("high", budgets={"high": 7}).budget == 7
 
 
@@ -46,5 +48,5 @@ def test_known_types_decide():
 
 
 def test_unknown_effort():
-    with pytest.raises(ValueError, match="valid: none, minimal, low, medium, high, auto"):
-        plan("max")
+    with pytest.raises(ValueError, match="valid: none, minimal, low, medium, high, xhigh, max, auto"):
+        plan("huge")
