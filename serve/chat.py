@@ -55,10 +55,20 @@ class Call:
 
 @dataclass
 class Stream:
-    """A streamed answer: SSE lines, and a cleanup that is safe to call twice (and needed if never iterated)."""
+    """A streamed answer: its chunks (an APIError last if it failed midway, the headers being sent), and
+    a cleanup that is safe to call twice (and needed if never iterated)."""
 
-    body: AsyncIterator[str]
+    chunks: AsyncIterator[ChatCompletionChunk | APIError]
     close: Callable[[], Awaitable[None]]
+
+    async def sse(self) -> AsyncIterator[str]:
+        """The chunks as chat-completion SSE lines: `[DONE]` after the last unless an error ended them."""
+        failed = False
+        async for item in self.chunks:
+            failed = isinstance(item, APIError)
+            yield _sse(item.body() if failed else item)
+        if not failed:
+            yield "data: [DONE]\n\n"
 
 
 def engine_error(exc: Exception) -> APIError:
@@ -83,8 +93,10 @@ class ChatService:
         self.limits = ImageLimits(config.max_image_bytes, config.max_image_pixels, config.max_images,
                                   config.allow_remote_images, config.remote_timeout_s)
 
-    async def create(self, req: ChatCompletionRequest) -> ChatCompletion | Stream:
-        """A ChatCompletion, or for `stream=true` a Stream of SSE lines (errors before it are raised)."""
+    async def create(self, req: ChatCompletionRequest, id_prefix: str = "chatcmpl-") -> ChatCompletion | Stream:
+        """A ChatCompletion, or for `stream=true` a Stream of chunks (errors before it are raised).
+
+        `id_prefix` starts the interaction id (the Responses API's are "resp_...")."""
         arrival, created = time.perf_counter(), int(time.time())
         lease = self.registry.acquire(req.model)  # the version is fixed here, at arrival
         self.metrics.in_flight.inc()
@@ -93,7 +105,7 @@ class ChatService:
                 raise invalid(f"n={req.n} is above this server's limit of {self.config.max_n}.", "n")
             prompt = await build_prompt(req, self.limits)
             try:
-                call = Call(f"chatcmpl-{uuid.uuid4().hex}", created, arrival, req, lease, prompt,
+                call = Call(f"{id_prefix}{uuid.uuid4().hex}", created, arrival, req, lease, prompt,
                             self._max_tokens(req, prompt), self._fingerprint(lease))
                 fan = Fanout(self.engine, self._engine_requests(call))
                 await fan.start()
@@ -188,7 +200,8 @@ class ChatService:
                               usage=_usage(finished), system_fingerprint=call.fingerprint,
                               adapter_version=call.lease.version)
 
-    async def _stream(self, call: Call, fan: Fanout, close: Callable[[], Awaitable[None]]) -> AsyncIterator[str]:
+    async def _stream(self, call: Call, fan: Fanout,
+                      close: Callable[[], Awaitable[None]]) -> AsyncIterator[ChatCompletionChunk | APIError]:
         n, req = call.req.n, call.req
         splitters = [ReasoningSplitter(call.prompt.prefix) for _ in range(n)]
         results: list[GenerationResult | None] = [None] * n
@@ -214,14 +227,13 @@ class ChatService:
             for i, res in enumerate(finished):
                 yield self._chunk(call, i, Delta(), finish_reason=res.finish_reason)
             if req.stream_options and req.stream_options.include_usage:
-                yield _sse(self._chunk_obj(call, [], usage=_usage(finished)))
-            yield "data: [DONE]\n\n"
+                yield self._chunk_obj(call, [], usage=_usage(finished))
         except (EngineError, APIError) as exc:
-            yield _sse(engine_error(exc).body())
+            yield engine_error(exc)
         except Exception as exc:  # noqa: BLE001 - the headers are sent: report in-band, keep serving
             log.exception("stream %s failed", call.id)
-            yield _sse(APIError(500, f"Internal server error ({type(exc).__name__}).", type="server_error",
-                                code="internal_error").body())
+            yield APIError(500, f"Internal server error ({type(exc).__name__}).", type="server_error",
+                           code="internal_error")
         finally:
             with anyio.CancelScope(shield=True):  # a disconnect cancels us; still free the engine slots
                 await close()
@@ -231,9 +243,9 @@ class ChatService:
                                    system_fingerprint=call.fingerprint, adapter_version=call.lease.version, usage=usage)
 
     def _chunk(self, call: Call, index: int, delta: Delta, finish_reason: str | None = None,
-               logprobs: ChoiceLogprobs | None = None) -> str:
+               logprobs: ChoiceLogprobs | None = None) -> ChatCompletionChunk:
         choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)
-        return _sse(self._chunk_obj(call, [choice]))
+        return self._chunk_obj(call, [choice])
 
     # ---------------------------------------------------------------- logging
 

@@ -8,7 +8,7 @@ sees a bare 500 page and the server keeps serving after a bug in one request.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -95,6 +95,18 @@ def _kind(err: dict[str, Any]) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+def validation_error(errors: Sequence[dict[str, Any]], rename: Callable[[str], str] = lambda p: p) -> APIError:
+    """The 400 for pydantic's errors: the deepest one, its location as an OpenAI `param` (through `rename`)."""
+    # With unions (content: str | list[part]) pydantic reports one error per branch; the
+    # deepest location is the one that names what the client actually got wrong.
+    first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
+    if first.get("type") == "json_invalid":
+        return invalid(_validation_message(first, None), None, "invalid_json")
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    param = rename(param) if param is not None else None
+    return invalid(_validation_message(first, param), param)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every failure into the one error shape."""
 
@@ -104,15 +116,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = list(exc.errors())
-        # With unions (content: str | list[part]) pydantic reports one error per branch; the
-        # deepest location is the one that names what the client actually got wrong.
-        first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
-        param = _loc_to_param(tuple(first.get("loc", ())))
-        code = "invalid_json" if first.get("type") == "json_invalid" else "invalid_value"
-        if first.get("type") == "json_invalid":
-            param = None
-        return invalid(_validation_message(first, param), param, code).response()
+        return validation_error(exc.errors()).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

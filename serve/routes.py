@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import AsyncIterator
 
 import anyio
 from fastapi import APIRouter, Depends, Request
@@ -17,6 +18,8 @@ from .chat import Stream
 from .errors import not_found
 from .protocol import (ChatCompletion, ChatCompletionRequest, FeedbackRequest, FeedbackResponse, Health, ModelCard,
                        ModelList)
+from .responses import events as response_events
+from .responses_protocol import ResponseObject, ResponsesRequest
 from .store import UnknownInteraction
 
 api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -26,8 +29,8 @@ open_routes = APIRouter()
 class EventStream(StreamingResponse):
     """SSE response that always runs the stream's cleanup, even if the client left before the first chunk."""
 
-    def __init__(self, stream: Stream):
-        super().__init__(stream.body, media_type="text/event-stream",
+    def __init__(self, body: AsyncIterator[str], stream: Stream):
+        super().__init__(body, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._close = stream.close
 
@@ -43,7 +46,15 @@ class EventStream(StreamingResponse):
           responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream=true"}})
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     result = await request.app.state.chat.create(body)
-    return EventStream(result) if isinstance(result, Stream) else result
+    return EventStream(result.sse(), result) if isinstance(result, Stream) else result
+
+
+@api.post("/responses", response_model=ResponseObject,
+          responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE events when stream=true"}})
+async def create_response(body: ResponsesRequest, request: Request):
+    """The Responses API over the same path as chat completions (responses.py)."""
+    result = await request.app.state.responses.create(body)
+    return EventStream(response_events(body, result), result) if isinstance(result, Stream) else result
 
 
 def _model_cards(request: Request) -> list[ModelCard]:

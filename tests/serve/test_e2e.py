@@ -153,6 +153,41 @@ def test_store_false_keeps_the_interaction_out(client, server):
     assert "store: false" in info.value.message
 
 
+def test_responses_api_with_image_matches_chat_and_takes_feedback(client, server, h):
+    png = h.png_bytes(96, 64)
+    r = client.responses.create(model="openvlthinker", max_output_tokens=24, temperature=0, input=[
+        {"role": "user", "content": [{"type": "input_image", "image_url": h.data_url(png)},
+                                     {"type": "input_text", "text": "How many circles?"}]}])
+    assert r.id.startswith("resp_") and r.object == "response" and r.status in ("completed", "incomplete")
+    chat = client.chat.completions.create(model="openvlthinker", messages=h.image_message("How many circles?", png),
+                                          max_tokens=24, temperature=0)
+    assert r.output_text == chat.choices[0].message.content  # the same path, greedy
+    assert r.usage.input_tokens == chat.usage.prompt_tokens > 16 and r._request_id.startswith("req_")
+    fb = client.post("/feedback", body={"id": r.id, "thumbs": "up"}, cast_to=object)
+    assert fb["interaction_id"] == r.id
+    sha = admin(server, "GET", f"/interactions/{r.id}").json()["data"][0]["request"]["messages"][0]["content"][0]
+    assert admin(server, "GET", f"/images/{sha['sha256']}").content == png
+
+
+def test_responses_stream_helper_rebuilds_the_response(client):
+    ask = dict(model="openvlthinker", input=[{"role": "user", "content": "How many squares?"}, *THINK],
+               max_output_tokens=90, temperature=0, reasoning={"effort": "low"})  # budget 64, as in the chat test
+    plain = client.responses.create(**ask)
+    with client.responses.stream(**ask) as stream:  # the SDK's helper checks the event sequence as it goes
+        events = list(stream)
+    reasoning = next(item for item in plain.output if item.type == "reasoning")
+    deltas = [e.delta for e in events if e.type == "response.reasoning_text.delta"]
+    assert "".join(deltas) == reasoning.content[0].text and plain.usage.output_tokens_details.reasoning_tokens == 65
+    final = events[-1]  # the random model may not stop within 90 tokens: then OpenAI's "response.incomplete"
+    assert final.type == f"response.{plain.status}" and final.response.output_text == plain.output_text
+    assert final.response.usage.output_tokens == plain.usage.output_tokens
+    assert [item.type for item in final.response.output] == [item.type for item in plain.output] == ["reasoning",
+                                                                                                   "message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="openvlthinker", input="Hi", previous_response_id=plain.id)
+    assert info.value.param == "previous_response_id"
+
+
 def test_client_disconnect_frees_the_request(server):
     body = {"model": "openvlthinker", "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 3000,
             "stream": True, "stop": ["never-appears"]}

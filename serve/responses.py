@@ -1,0 +1,305 @@
+"""ResponsesService: `POST /v1/responses` as a view of the chat-completion path.
+
+A Responses request becomes a chat request (input items -> messages, `instructions` -> a system
+message first, `max_output_tokens` -> `max_completion_tokens`, `reasoning.effort` ->
+`reasoning_effort`) and goes through `ChatService` unchanged: the same prompt, engine, store and
+metrics. The interaction id starts with "resp_", so `response.id` is what /v1/feedback takes.
+The answer comes back as output items: a `reasoning` item holding the thinking (when there is
+any) and a `message` item holding the answer; a stream as the Responses API's typed events.
+Errors name the Responses parameter (`input[2].content[0].image_url`, not `messages[...]`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any, AsyncIterator
+
+from pydantic import ValidationError
+
+from .chat import ChatService, Stream
+from .errors import APIError, validation_error
+from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, TokenLogprob, Usage
+from .responses_protocol import (LOGPROBS_INCLUDE, IncompleteDetails, InputItem, MessageItem, OutputText,
+                                 OutputTokensDetails, ReasoningItem, ReasoningText, ResponseError, ResponseObject,
+                                 ResponsesRequest, ResponseUsage, SummaryText)
+
+# Chat parameters that the Responses API names differently.
+_RENAMED = {"max_completion_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort"}
+
+
+class ResponsesService:
+    """Serves /v1/responses through a ChatService."""
+
+    def __init__(self, chat: ChatService):
+        self.chat = chat
+
+    async def create(self, req: ResponsesRequest) -> ResponseObject | Stream:
+        """A ResponseObject, or for `stream=true` the chat Stream to send through `events` (errors before
+        the stream are raised)."""
+        chat_req, where = to_chat(req)
+        try:
+            result = await self.chat.create(chat_req, id_prefix="resp_")
+        except APIError as exc:
+            exc.param = _responses_param(exc.param, where)
+            raise
+        return result if isinstance(result, Stream) else from_chat(req, result)
+
+
+def to_chat(req: ResponsesRequest) -> tuple[ChatCompletionRequest, list[int | None]]:
+    """The chat request that serves `req`, and for each of its messages the `input` index it came from
+    (None for the system message made of `instructions`)."""
+    messages: list[dict[str, Any]] = []
+    where: list[int | None] = []
+    if req.instructions is not None:
+        messages.append({"role": "system", "content": req.instructions})
+        where.append(None)
+    items = [InputItem(role="user", content=req.input)] if isinstance(req.input, str) else req.input
+    for i, item in enumerate(items):
+        if item.type == "reasoning":  # earlier thinking is not shown to the model (as in chat completions)
+            continue
+        messages.append({"role": item.role, "content": _chat_content(item.content)})
+        where.append(i)
+    logprobs = LOGPROBS_INCLUDE in (req.include or ())
+    fields = dict(model=req.model, messages=messages, max_completion_tokens=req.max_output_tokens,
+                  temperature=req.temperature, top_p=req.top_p, metadata=req.metadata, store=req.store,
+                  stream=req.stream, user=req.user or req.safety_identifier, service_tier=req.service_tier,
+                  seed=req.seed, logprobs=logprobs, top_logprobs=req.top_logprobs if logprobs else None,
+                  reasoning_effort=req.reasoning.effort if req.reasoning else None,
+                  stream_options={"include_usage": True} if req.stream else None)
+    try:
+        return ChatCompletionRequest(**{k: v for k, v in fields.items() if v is not None}), where
+    except ValidationError as exc:  # a value the Responses model let through but the chat path refuses
+        raise validation_error(exc.errors(), lambda p: _responses_param(p, where)) from None
+
+
+def _chat_content(content: str | list) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if part.type == "input_image":
+            parts.append({"type": "image_url", "image_url": {"url": part.image_url,
+                                                             **({"detail": part.detail} if part.detail in
+                                                                ("auto", "low", "high") else {})}})
+        else:  # input_text, or the output_text / refusal of an assistant turn sent back
+            parts.append({"type": "text", "text": part.text if part.type != "refusal" else part.refusal})
+    return parts
+
+
+def _responses_param(param: str | None, where: list[int | None]) -> str | None:
+    """A chat-path parameter name as the Responses client knows it: `messages[3].content[0].image_url.url`
+    -> `input[2].content[0].image_url`."""
+    if param is None:
+        return None
+    match = re.match(r"messages(?:\[(\d+)\])?(.*)", param)
+    if match is None:
+        head, _, rest = param.partition(".")
+        return _RENAMED.get(head, head) + (f".{rest}" if rest else "")
+    index, rest = match.group(1), match.group(2)
+    if index is None or int(index) >= len(where):
+        return "input" + rest
+    source = where[int(index)]
+    if source is None:
+        return "instructions"
+    return f"input[{source}]" + rest.replace(".image_url.url", ".image_url")
+
+
+# ---------------------------------------------------------------------------- answering
+
+def _envelope(req: ResponsesRequest, rid: str, created: int, model: str, adapter_version: str | None,
+              status: str) -> ResponseObject:
+    """The response object's fields that echo the request."""
+    return ResponseObject(
+        id=rid, created_at=created, status=status, model=model, instructions=req.instructions,
+        metadata=dict(req.metadata or {}), temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p, max_output_tokens=req.max_output_tokens,
+        top_logprobs=req.top_logprobs,
+        reasoning={"effort": req.reasoning.effort if req.reasoning and req.reasoning.effort else "auto",
+                   "summary": _summary_kind(req)},
+        tool_choice=req.tool_choice or "auto", parallel_tool_calls=req.parallel_tool_calls is not False,
+        store=req.store is not False, user=req.user, adapter_version=adapter_version)
+
+
+def _summary_kind(req: ResponsesRequest) -> str | None:
+    return req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary) or None
+
+
+def _item_ids(rid: str) -> tuple[str, str]:
+    """Ids of the reasoning and message items, derived from the response id."""
+    suffix = rid.removeprefix("resp_")
+    return f"rs_{suffix}", f"msg_{suffix}"
+
+
+def _reasoning_item(req: ResponsesRequest, item_id: str, thinking: str, status: str) -> ReasoningItem:
+    # The thinking is short and not hidden: when a summary is asked for, it is the thinking itself.
+    summary = [SummaryText(text=thinking)] if _summary_kind(req) and thinking else []
+    return ReasoningItem(id=item_id, summary=summary, content=[ReasoningText(text=thinking)], status=status)
+
+
+def _message_item(item_id: str, text: str, status: str, logprobs: list[TokenLogprob] | None) -> MessageItem:
+    return MessageItem(id=item_id, status=status, content=[OutputText(text=text, logprobs=logprobs)])
+
+
+def _usage(usage: Usage) -> ResponseUsage:
+    return ResponseUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+                         output_tokens_details=OutputTokensDetails(
+                             reasoning_tokens=usage.completion_tokens_details.reasoning_tokens),
+                         total_tokens=usage.total_tokens)
+
+
+def _finish(response: ResponseObject, finish_reason: str, usage: Usage) -> ResponseObject:
+    """Mark `response` finished: completed, or incomplete when the token limit cut the answer."""
+    cut = finish_reason == "length"
+    return response.model_copy(update=dict(
+        status="incomplete" if cut else "completed", completed_at=int(time.time()),
+        incomplete_details=IncompleteDetails(reason="max_output_tokens") if cut else None, usage=_usage(usage)))
+
+
+def from_chat(req: ResponsesRequest, completion: ChatCompletion) -> ResponseObject:
+    """The Responses view of a finished chat completion (one choice)."""
+    choice = completion.choices[0]
+    status = "incomplete" if choice.finish_reason == "length" else "completed"
+    reasoning_id, message_id = _item_ids(completion.id)
+    thinking = choice.message.reasoning_content or ""
+    output: list[ReasoningItem | MessageItem] = [_reasoning_item(req, reasoning_id, thinking, status)] if thinking else []
+    logprobs = choice.logprobs.content if choice.logprobs is not None else None
+    output.append(_message_item(message_id, choice.message.content or "", status, logprobs))
+    response = _envelope(req, completion.id, completion.created, completion.model, completion.adapter_version,
+                         "in_progress")
+    return _finish(response, choice.finish_reason, completion.usage).model_copy(update={"output": output})
+
+
+async def events(req: ResponsesRequest, stream: Stream) -> AsyncIterator[str]:
+    """The chat stream's chunks as Responses API events (`event: <type>` + `data: {...}`)."""
+    state = _StreamState(req)
+    async for item in stream.chunks:
+        for event in state.feed(item):
+            yield event
+
+
+class _StreamState:
+    """Turns chat chunks into the Responses API's event sequence, one call of `feed` per chunk."""
+
+    def __init__(self, req: ResponsesRequest):
+        self.req = req
+        self.seq = 0
+        self.response: ResponseObject | None = None
+        self.ids = ("", "")  # the reasoning and message items' ids, known from the first chunk
+        self.output: list[ReasoningItem | MessageItem] = []
+        self.open: str | None = None  # "reasoning" or "message": the item receiving deltas
+        self.thinking, self.answer = "", ""
+        self.logprobs: list[TokenLogprob] = []
+        self.finish_reason = "stop"
+
+    def _event(self, kind: str, **fields: Any) -> str:
+        data = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+    def _dump(self, model: Any) -> dict[str, Any]:
+        return model.model_dump(mode="json")
+
+    def feed(self, item: ChatCompletionChunk | APIError) -> list[str]:
+        """The events one chat chunk (or the error that ended the stream) makes."""
+        if isinstance(item, APIError):
+            return self._failed(item)
+        events: list[str] = []
+        if self.response is None:
+            self.response = _envelope(self.req, item.id, item.created, item.model, item.adapter_version, "in_progress")
+            self.ids = _item_ids(item.id)
+            events += [self._event("response.created", response=self._dump(self.response)),
+                       self._event("response.in_progress", response=self._dump(self.response))]
+        if item.usage is not None:  # the last chunk: every choice has finished
+            return events + self._close_reasoning(self._status()) + self._close_items() + self._completed(item.usage)
+        for choice in item.choices:
+            delta = choice.delta
+            if delta.reasoning_content:
+                events += self._reasoning_delta(delta.reasoning_content)
+            if delta.content:
+                events += self._text_delta(delta.content, choice.logprobs.content if choice.logprobs else None)
+            elif choice.logprobs is not None and choice.logprobs.content:
+                self.logprobs += choice.logprobs.content  # tokens of the thinking (or none of the text)
+            if choice.finish_reason is not None:
+                self.finish_reason = choice.finish_reason
+        return events
+
+    def _reasoning_delta(self, text: str) -> list[str]:
+        events = []
+        if self.open is None and not self.output:
+            self.open = "reasoning"
+            item = ReasoningItem(id=self.ids[0], status="in_progress")
+            events += [self._event("response.output_item.added", output_index=0, item=self._dump(item)),
+                       self._event("response.content_part.added", item_id=self.ids[0], output_index=0, content_index=0,
+                                   part={"type": "reasoning_text", "text": ""})]
+        if self.open != "reasoning":  # thinking after the answer began: the splitter never yields it
+            return events
+        self.thinking += text
+        return events + [self._event("response.reasoning_text.delta", item_id=self.ids[0], output_index=0,
+                                     content_index=0, delta=text)]
+
+    def _text_delta(self, text: str, logprobs: list[TokenLogprob] | None) -> list[str]:
+        events = self._open_message()
+        self.answer += text
+        new = list(logprobs or [])
+        self.logprobs += new
+        return events + [self._event("response.output_text.delta", item_id=self.ids[1], output_index=len(self.output),
+                                     content_index=0, delta=text, logprobs=[self._dump(lp) for lp in new])]
+
+    def _open_message(self) -> list[str]:
+        if self.open == "message":
+            return []
+        events = self._close_reasoning()
+        self.open = "message"
+        item = MessageItem(id=self.ids[1], status="in_progress")
+        index = len(self.output)
+        return events + [
+            self._event("response.output_item.added", output_index=index, item=self._dump(item)),
+            self._event("response.content_part.added", item_id=self.ids[1], output_index=index, content_index=0,
+                        part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})]
+
+    def _status(self) -> str:
+        return "incomplete" if self.finish_reason == "length" else "completed"
+
+    def _close_reasoning(self, status: str = "completed") -> list[str]:
+        if self.open != "reasoning":
+            return []
+        self.open = None
+        item = _reasoning_item(self.req, self.ids[0], self.thinking, status)
+        self.output.append(item)
+        return [self._event("response.reasoning_text.done", item_id=self.ids[0], output_index=0, content_index=0,
+                            text=self.thinking),
+                self._event("response.content_part.done", item_id=self.ids[0], output_index=0, content_index=0,
+                            part={"type": "reasoning_text", "text": self.thinking}),
+                self._event("response.output_item.done", output_index=0, item=self._dump(item))]
+
+    def _close_items(self) -> list[str]:
+        """Close the reasoning item if still open, then the message (opened now if the answer is empty)."""
+        events = self._open_message()
+        index = len(self.output)
+        logprobs = self.logprobs if LOGPROBS_INCLUDE in (self.req.include or ()) else None
+        item = _message_item(self.ids[1], self.answer, self._status(), logprobs)
+        part = self._dump(item.content[0])
+        self.output.append(item)
+        self.open = None
+        return events + [
+            self._event("response.output_text.done", item_id=self.ids[1], output_index=index, content_index=0,
+                        text=self.answer, logprobs=part["logprobs"] or []),
+            self._event("response.content_part.done", item_id=self.ids[1], output_index=index, content_index=0,
+                        part=part),
+            self._event("response.output_item.done", output_index=index, item=self._dump(item))]
+
+    def _completed(self, usage: Usage) -> list[str]:
+        final = _finish(self.response, self.finish_reason, usage).model_copy(update={"output": self.output})
+        kind = "response.incomplete" if final.status == "incomplete" else "response.completed"
+        return [self._event(kind, response=self._dump(final))]
+
+    def _failed(self, exc: APIError) -> list[str]:
+        events = [self._event("error", code=exc.code, message=exc.message, param=exc.param)]
+        if self.response is not None:
+            failed = self.response.model_copy(update=dict(
+                status="failed", error=ResponseError(code=exc.code or "server_error", message=exc.message)))
+            events.append(self._event("response.failed", response=self._dump(failed)))
+        return events
+

@@ -1,0 +1,178 @@
+"""`POST /v1/responses` in process (ScriptedEngine): translation to the chat path, output items, the
+event sequence of a stream, and bad input named by its Responses parameter. The official SDK against a
+real server is in test_e2e.py."""
+
+import json
+
+import pytest
+
+from serve.engines.base import EngineError
+
+THOUGHT, ANSWER = "I see one red circle.", "1"
+
+
+def create(client, **body):
+    return client.post("/v1/responses", json={"model": "scripted-model", "input": "How many circles?", **body})
+
+
+def events(response) -> list[tuple[str, dict]]:
+    """(event name, data) pairs of an SSE body; each `event:` line must name its data's type."""
+    out = []
+    for block in response.text.strip().split("\n\n"):
+        name, data = block.split("\n")
+        assert name.startswith("event: ") and data.startswith("data: "), block
+        payload = json.loads(data[6:])
+        assert payload["type"] == name[7:]
+        out.append((name[7:], payload))
+    return out
+
+
+def test_output_items_usage_and_echoed_fields(make_client):
+    client = make_client()
+    r = create(client, instructions="Answer briefly.", max_output_tokens=100, temperature=0.5,
+               reasoning={"effort": "high", "summary": "auto"}, metadata={"problem_type": "numerical"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"].startswith("resp_") and body["object"] == "response" and body["status"] == "completed"
+    reasoning, message = body["output"]
+    suffix = body["id"].removeprefix("resp_")
+    assert reasoning == {"type": "reasoning", "id": f"rs_{suffix}", "status": "completed",
+                         "content": [{"type": "reasoning_text", "text": THOUGHT}],
+                         "summary": [{"type": "summary_text", "text": THOUGHT}]}  # asked for: the thinking itself
+    assert message["id"] == f"msg_{suffix}" and message["role"] == "assistant"
+    assert message["content"] == [{"type": "output_text", "text": ANSWER, "annotations": [], "logprobs": None}]
+    usage = body["usage"]
+    assert usage["input_tokens"] == 4 and usage["output_tokens"] == usage["total_tokens"] - 4
+    assert usage["output_tokens_details"]["reasoning_tokens"] > 0
+    assert body["instructions"] == "Answer briefly." and body["max_output_tokens"] == 100
+    assert body["temperature"] == 0.5 and body["reasoning"] == {"effort": "high", "summary": "auto"}
+    assert body["metadata"] == {"problem_type": "numerical"} and body["store"] is True
+
+    (request,) = client.app.state.engine.requests  # one chat request went to the engine
+    assert request.messages[0] == {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]}
+    assert request.messages[1]["content"][0]["text"].startswith("How many circles?")
+    assert request.sampling.max_tokens == 100 and request.sampling.temperature == 0.5
+    assert request.mode == "think" and request.thinking_budget == 1024  # effort high
+
+
+def test_interaction_is_stored_under_the_response_id_and_takes_feedback(make_client):
+    client = make_client()
+    rid = create(client).json()["id"]
+    assert client.post("/v1/feedback", json={"id": rid, "thumbs": "up"}).status_code == 200
+    kept = create(client, store=False).json()["id"]
+    r = client.post("/v1/feedback", json={"id": kept, "thumbs": "up"})
+    assert r.status_code == 404 and "store: false" in r.json()["error"]["message"]
+
+
+def test_conversation_sent_back_with_earlier_output_items(make_client, h):
+    client = make_client()
+    first = create(client, input=[{"role": "user", "content": [
+        {"type": "input_image", "image_url": h.data_url(h.png_bytes())},
+        {"type": "input_text", "text": "How many circles?"}]}]).json()
+    follow = [{"role": "user", "content": [{"type": "input_image", "image_url": h.data_url(h.png_bytes())},
+                                           {"type": "input_text", "text": "How many circles?"}]},
+              *first["output"], {"role": "user", "content": "And squares?"}]
+    r = create(client, input=follow)
+    assert r.status_code == 200, r.text
+    messages = client.app.state.engine.requests[-1].messages
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]  # the reasoning item is skipped
+    assert messages[0]["content"][0]["type"] == "image"
+    assert messages[1]["content"] == [{"type": "text", "text": ANSWER}]
+
+
+def test_length_cut_is_incomplete(make_client):
+    body = create(make_client(), max_output_tokens=6).json()  # cut inside the thinking
+    assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert [(item["type"], item["status"]) for item in body["output"]] == [("reasoning", "incomplete"),
+                                                                          ("message", "incomplete")]
+
+
+def test_logprobs_are_included_when_asked(make_client):
+    body = create(make_client(), include=["message.output_text.logprobs"], top_logprobs=2).json()
+    logprobs = body["output"][-1]["content"][0]["logprobs"]
+    assert logprobs and all(lp["logprob"] == -0.25 and len(lp["top_logprobs"]) == 2 for lp in logprobs)
+
+
+def test_stream_events_rebuild_the_response(make_client):
+    client = make_client()
+    with_stream = events(create(client, stream=True))
+    names = [name for name, _ in with_stream]
+    assert names[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert names[-1] == "response.completed"
+    assert [data["sequence_number"] for _, data in with_stream] == list(range(len(with_stream)))
+    thinking = "".join(d["delta"] for n, d in with_stream if n == "response.reasoning_text.delta")
+    answer = "".join(d["delta"] for n, d in with_stream if n == "response.output_text.delta")
+    assert thinking == THOUGHT and answer == ANSWER
+    done = [d["item"] for n, d in with_stream if n == "response.output_item.done"]
+    final = with_stream[-1][1]["response"]
+    assert final["status"] == "completed" and final["output"] == done and final["usage"]["output_tokens"] > 0
+    assert names.index("response.reasoning_text.done") < names.index("response.output_text.delta")
+    plain = create(client).json()  # the same greedy script: the same items, ids aside
+    strip = lambda items: [{k: v for k, v in item.items() if k != "id"} for item in items]  # noqa: E731
+    assert strip(final["output"]) == strip(plain["output"])
+
+
+def test_stream_without_thinking_and_cut_short(make_client, h):
+    client = make_client(engine=h.ScriptedEngine(script="<answer>12345678</answer>"))
+    got = events(create(client, stream=True, max_output_tokens=3, reasoning={"effort": "none"}))
+    assert "response.reasoning_text.delta" not in [n for n, _ in got]
+    name, data = got[-1]
+    assert name == "response.incomplete" and data["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert [item["type"] for item in data["response"]["output"]] == ["message"]
+
+
+def test_error_in_the_middle_of_a_stream_is_an_error_event(make_client, h):
+    class Broken(h.ScriptedEngine):
+        async def generate(self, request):
+            async for item in super().generate(request):
+                yield item
+                raise EngineError("the adapter went away")
+
+    got = events(create(make_client(engine=Broken()), stream=True))
+    (name, error), (last, failed) = got[-2:]
+    assert name == "error" and "adapter went away" in error["message"]
+    assert last == "response.failed" and failed["response"]["status"] == "failed"
+    assert failed["response"]["error"]["message"] == error["message"]
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"input": ""}, "input", "non-empty"),
+    ({"input": []}, "input", "non-empty"),
+    ({"tools": [{"type": "function", "name": "f"}]}, "tools", "no tools"),
+    ({"previous_response_id": "resp_1"}, "previous_response_id", "no conversation state"),
+    ({"text": {"format": {"type": "json_schema"}}}, "text.format", "does not constrain"),
+    ({"include": ["reasoning.encrypted_content"]}, "include", "only"),
+    ({"background": True}, "background", "False"),
+    ({"truncation": "auto"}, "truncation", "disabled"),
+    ({"reasoning": {"effort": "huge"}}, "reasoning.effort", "'auto'"),
+    ({"conversation": "conv_1"}, "conversation", "not accepted"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+     "input[0].content[0].type", "input_text"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}]},
+     "input[0].content[0]", "no Files API"),
+    ({"input": [{"role": "user", "content": [{"type": "output_text", "text": "x"}]}]}, "input[0]", "input_text"),
+    ({"input": [{"content": "hi"}]}, "input[0]", "role"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].type", "message"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,%%"}]}]},
+     "input[0].content[0].image_url", "base64"),
+    ({"instructions": "Be brief.", "input": [{"type": "reasoning", "summary": []},
+                                             {"role": "assistant", "content": "hi"}]}, "input", "user message"),
+    ({"max_output_tokens": 10**6}, "max_output_tokens", "context"),
+    ({"model": "nope"}, "model", "nope"),
+])
+def test_bad_input_names_the_responses_parameter(make_client, body, param, words):
+    client = make_client()
+    r = create(client, **body)
+    assert 400 <= r.status_code < 500, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert create(client).status_code == 200  # still serving
+
+
+def test_openapi_schema_and_metrics_name_the_route(make_client):
+    client = make_client()
+    create(client)
+    schema = client.get("/openapi.json").json()
+    assert "/v1/responses" in schema["paths"] and "ResponsesRequest" in schema["components"]["schemas"]
+    assert 'route="/v1/responses",status="200"} 1.0' in client.get("/metrics").text
