@@ -1,13 +1,14 @@
 """The OpenAI wire subset this server accepts and returns (pydantic models; they make /openapi.json).
 
-Served: chat completions (the Responses API, `responses_protocol.py`, maps onto them) with text and `image_url` parts, `n`, sampling knobs, `stop`, `seed`,
+Served: chat completions with text and `image_url` parts, `n`, sampling knobs, `stop`, `seed`,
 `presence_penalty`/`frequency_penalty`, `logit_bias`, `logprobs`/`top_logprobs`, `stream`
 (+ `stream_options.include_usage`), `reasoning_effort`, `metadata`; models list. Our additions:
 `message.reasoning_content`/`reasoning`, top-level `adapter_version`, feedback, adapter admin
 and the interaction export. `store: false` keeps the interaction out of the store (and so out of
 learning). `response_format`, `tool_choice` and `modalities` are accepted at their text-only
 values, `service_tier` at `auto`/`default`. Anything else (tools, JSON output, audio, ...) is
-rejected with 400 naming the parameter, rather than being silently ignored.
+rejected with 400 naming the parameter, rather than being silently ignored. The Responses API
+(`responses_protocol.py`) is translated onto these models.
 """
 
 from __future__ import annotations
