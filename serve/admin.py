@@ -9,11 +9,10 @@ from starlette.concurrency import run_in_threadpool
 from .auth import require_admin
 from .errors import invalid, not_found
 from .protocol import AdapterInfo, AdapterList, InteractionList, LoadAdapterRequest, VersionRequest
-from .store import is_sha256
+from .store.blobs import is_sha256, media_type
 
 admin = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 
-_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"), (b"BM", "image/bmp"))
 
 
 def _info(request: Request, version: str) -> AdapterInfo:
@@ -93,7 +92,4 @@ async def get_image(sha256: str, request: Request) -> Response:
     data = await run_in_threadpool(request.app.state.store.blobs.get, sha256)
     if data is None:
         raise not_found(f"No image {sha256}.", "sha256", "image_not_found")
-    media = next((m for magic, m in _MAGIC if data.startswith(magic)), None)
-    if media is None:
-        media = "image/webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else "application/octet-stream"
-    return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    return Response(data, media_type=media_type(data), headers={"Cache-Control": "public, max-age=31536000, immutable"})

@@ -53,7 +53,7 @@ def create_app(config: ServeConfig, engine: Any) -> FastAPI:
         await registry.restore()
         app.state.store, app.state.writer, app.state.registry = store, writer, registry
         app.state.chat = ChatService(engine, registry, writer, config, app.state.metrics)
-        app.state.responses = ResponsesService(app.state.chat)
+        app.state.responses = ResponsesService(app.state.chat, store)
         app.state.ready = True
         log.info("serving %s as %r (promoted: %s)", registry.base_name, config.served_name, registry.promoted or "base")
         try:

@@ -51,6 +51,7 @@ class Call:
     prompt: Prompt
     max_tokens: int
     fingerprint: str
+    stored: dict[str, Any]  # kept with the request in the store, beside its messages and parameters
 
 
 @dataclass
@@ -93,10 +94,12 @@ class ChatService:
         self.limits = ImageLimits(config.max_image_bytes, config.max_image_pixels, config.max_images,
                                   config.allow_remote_images, config.remote_timeout_s)
 
-    async def create(self, req: ChatCompletionRequest, id_prefix: str = "chatcmpl-") -> ChatCompletion | Stream:
+    async def create(self, req: ChatCompletionRequest, id_prefix: str = "chatcmpl-",
+                     stored: dict[str, Any] | None = None) -> ChatCompletion | Stream:
         """A ChatCompletion, or for `stream=true` a Stream of chunks (errors before it are raised).
 
-        `id_prefix` starts the interaction id (the Responses API's are "resp_...")."""
+        `id_prefix` starts the interaction id (the Responses API's are "resp_..."); `stored` is kept
+        with the request in the store (what the Responses API needs to find it again)."""
         arrival, created = time.perf_counter(), int(time.time())
         lease = self.registry.acquire(req.model)  # the version is fixed here, at arrival
         self.metrics.in_flight.inc()
@@ -106,7 +109,7 @@ class ChatService:
             prompt = await build_prompt(req, self.limits)
             try:
                 call = Call(f"{id_prefix}{uuid.uuid4().hex}", created, arrival, req, lease, prompt,
-                            self._max_tokens(req, prompt), self._fingerprint(lease))
+                            self._max_tokens(req, prompt), self._fingerprint(lease), dict(stored or {}))
                 fan = Fanout(self.engine, self._engine_requests(call))
                 await fan.start()
             except EngineError as exc:
@@ -270,7 +273,7 @@ def _rows(call: Call, results: list[GenerationResult], done_at: list[float], str
               "top_logprobs": req.top_logprobs, "reasoning_effort": req.reasoning_effort, "stream": stream,
               "user": req.user, "presence_penalty": req.presence_penalty,
               "frequency_penalty": req.frequency_penalty, "logit_bias": req.logit_bias}
-    request = {"messages": prompt.stored, "params": params, "instruction": prompt.instruction}
+    request = {"messages": prompt.stored, "params": params, "instruction": prompt.instruction, **call.stored}
     rows = []
     for i, res in enumerate(results):
         thinking, answer = split_text(res.text, prompt.prefix)

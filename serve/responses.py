@@ -3,7 +3,10 @@
 A Responses request becomes a chat request (input items -> messages, `instructions` -> a system
 message first, `max_output_tokens` -> `max_completion_tokens`, `reasoning.effort` ->
 `reasoning_effort`) and goes through `ChatService` unchanged: the same prompt, engine, store and
-metrics. The interaction id starts with "resp_", so `response.id` is what /v1/feedback takes.
+metrics. The interaction id starts with "resp_", so `response.id` is what /v1/feedback takes, and
+the store is the conversation state: `previous_response_id` puts the stored conversation (images
+read back from the image store) and its answer before the new input, and
+`GET /v1/responses/{id}` rebuilds a stored response.
 The answer comes back as output items: a `reasoning` item holding the thinking (when there is
 any) and a `message` item holding the answer; a stream as the Responses API's typed events.
 Errors name the Responses parameter (`input[2].content[0].image_url`, not `messages[...]`).
@@ -11,56 +14,105 @@ Errors name the Responses parameter (`input[2].content[0].image_url`, not `messa
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
 from typing import Any, AsyncIterator
 
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from .chat import ChatService, Stream
-from .errors import APIError, validation_error
+from .errors import APIError, not_found, validation_error
 from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, TokenLogprob, Usage
 from .responses_protocol import (LOGPROBS_INCLUDE, IncompleteDetails, InputItem, MessageItem, OutputText,
                                  OutputTokensDetails, ReasoningItem, ReasoningText, ResponseError, ResponseObject,
                                  ResponsesRequest, ResponseUsage, SummaryText)
+from .store import Store
+from .store.blobs import BlobStore, media_type
 
 # Chat parameters that the Responses API names differently.
 _RENAMED = {"max_completion_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort"}
 
 
 class ResponsesService:
-    """Serves /v1/responses through a ChatService."""
+    """Serves /v1/responses through a ChatService; the store holds what `previous_response_id` continues."""
 
-    def __init__(self, chat: ChatService):
-        self.chat = chat
+    def __init__(self, chat: ChatService, store: Store):
+        self.chat, self.store = chat, store
 
     async def create(self, req: ResponsesRequest) -> ResponseObject | Stream:
         """A ResponseObject, or for `stream=true` the chat Stream to send through `events` (errors before
         the stream are raised)."""
-        chat_req, where = to_chat(req)
+        history: list[dict[str, Any]] = []
+        if req.previous_response_id is not None:
+            row = await self._stored(req.previous_response_id, "previous_response_id")
+            history = await run_in_threadpool(history_messages, row, self.store.blobs)
+        chat_req, where = to_chat(req, history)
+        kept = {"api": "responses", "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
+                "reasoning_summary": _summary_kind(req), "previous_response_id": req.previous_response_id}
         try:
-            result = await self.chat.create(chat_req, id_prefix="resp_")
+            result = await self.chat.create(chat_req, id_prefix="resp_", stored=kept)
         except APIError as exc:
             exc.param = _responses_param(exc.param, where)
             raise
         return result if isinstance(result, Stream) else from_chat(req, result)
 
+    async def retrieve(self, response_id: str) -> ResponseObject:
+        """A stored response, as it was answered."""
+        return stored_response(await self._stored(response_id, "response_id"))
 
-def to_chat(req: ResponsesRequest) -> tuple[ChatCompletionRequest, list[int | None]]:
-    """The chat request that serves `req`, and for each of its messages the `input` index it came from
-    (None for the system message made of `instructions`)."""
+    async def _stored(self, response_id: str, param: str) -> dict[str, Any]:
+        rows = await run_in_threadpool(self.store.get_interaction, response_id) if response_id.startswith("resp_") else []
+        if not rows or rows[0]["request"].get("api") != "responses":
+            raise not_found(f"No stored response {response_id[:80]!r} (responses sent with store: false are not "
+                            f"kept).", param, "response_not_found")
+        return rows[0]
+
+
+def history_messages(row: dict[str, Any], blobs: BlobStore) -> list[dict[str, Any]]:
+    """The conversation a stored response continues, as chat messages: its messages without its
+    instructions or a prefilled assistant turn, its images as data: URLs again, then its answer."""
+    request = row["request"]
+    messages = request["messages"][1:] if request.get("instructions") is not None else list(request["messages"])
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]  # a prefill that the answer continued
+    out = []
+    for message in messages:
+        parts = []
+        for part in message["content"]:
+            if part["type"] != "image":
+                parts.append({"type": "text", "text": part["text"]})
+                continue
+            data = blobs.get(part["sha256"])
+            if data is None:
+                raise not_found(f"An image of response {row['id']!r} is missing from the image store.",
+                                "previous_response_id", "image_not_found")
+            media = media_type(data)
+            url = f"data:{media if media.startswith('image/') else ''};base64,{base64.b64encode(data).decode()}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        out.append({"role": message["role"], "content": parts})
+    return out + [{"role": "assistant", "content": row["answer"] or ""}]
+
+
+def to_chat(req: ResponsesRequest,
+            history: list[dict[str, Any]] | None = None) -> tuple[ChatCompletionRequest, list[str]]:
+    """The chat request that serves `req` after the `history` messages, and for each of its messages the
+    parameter it came from (`instructions`, `previous_response_id`, `input` or `input[i]`)."""
     messages: list[dict[str, Any]] = []
-    where: list[int | None] = []
+    where: list[str] = []
     if req.instructions is not None:
         messages.append({"role": "system", "content": req.instructions})
-        where.append(None)
+        where.append("instructions")
+    messages += history or []
+    where += ["previous_response_id"] * len(history or [])
     items = [InputItem(role="user", content=req.input)] if isinstance(req.input, str) else req.input
     for i, item in enumerate(items):
         if item.type == "reasoning":  # earlier thinking is not shown to the model (as in chat completions)
             continue
         messages.append({"role": item.role, "content": _chat_content(item.content)})
-        where.append(i)
+        where.append("input" if isinstance(req.input, str) else f"input[{i}]")
     logprobs = LOGPROBS_INCLUDE in (req.include or ())
     fields = dict(model=req.model, messages=messages, max_completion_tokens=req.max_output_tokens,
                   temperature=req.temperature, top_p=req.top_p, metadata=req.metadata, store=req.store,
@@ -88,7 +140,7 @@ def _chat_content(content: str | list) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _responses_param(param: str | None, where: list[int | None]) -> str | None:
+def _responses_param(param: str | None, where: list[str]) -> str | None:
     """A chat-path parameter name as the Responses client knows it: `messages[3].content[0].image_url.url`
     -> `input[2].content[0].image_url`."""
     if param is None:
@@ -99,11 +151,9 @@ def _responses_param(param: str | None, where: list[int | None]) -> str | None:
         return _RENAMED.get(head, head) + (f".{rest}" if rest else "")
     index, rest = match.group(1), match.group(2)
     if index is None or int(index) >= len(where):
-        return "input" + rest
+        return "input"
     source = where[int(index)]
-    if source is None:
-        return "instructions"
-    return f"input[{source}]" + rest.replace(".image_url.url", ".image_url")
+    return source + rest.replace(".image_url.url", ".image_url") if source.startswith("input[") else source
 
 
 # ---------------------------------------------------------------------------- answering
@@ -117,7 +167,7 @@ def _envelope(req: ResponsesRequest, rid: str, created: int, model: str, adapter
         top_p=1.0 if req.top_p is None else req.top_p, max_output_tokens=req.max_output_tokens,
         top_logprobs=req.top_logprobs,
         reasoning={"effort": req.reasoning.effort if req.reasoning and req.reasoning.effort else "auto",
-                   "summary": _summary_kind(req)},
+                   "summary": _summary_kind(req)}, previous_response_id=req.previous_response_id,
         tool_choice=req.tool_choice or "auto", parallel_tool_calls=req.parallel_tool_calls is not False,
         store=req.store is not False, user=req.user, adapter_version=adapter_version)
 
@@ -132,9 +182,9 @@ def _item_ids(rid: str) -> tuple[str, str]:
     return f"rs_{suffix}", f"msg_{suffix}"
 
 
-def _reasoning_item(req: ResponsesRequest, item_id: str, thinking: str, status: str) -> ReasoningItem:
+def _reasoning_item(summarize: bool, item_id: str, thinking: str, status: str) -> ReasoningItem:
     # The thinking is short and not hidden: when a summary is asked for, it is the thinking itself.
-    summary = [SummaryText(text=thinking)] if _summary_kind(req) and thinking else []
+    summary = [SummaryText(text=thinking)] if summarize and thinking else []
     return ReasoningItem(id=item_id, summary=summary, content=[ReasoningText(text=thinking)], status=status)
 
 
@@ -163,12 +213,36 @@ def from_chat(req: ResponsesRequest, completion: ChatCompletion) -> ResponseObje
     status = "incomplete" if choice.finish_reason == "length" else "completed"
     reasoning_id, message_id = _item_ids(completion.id)
     thinking = choice.message.reasoning_content or ""
-    output: list[ReasoningItem | MessageItem] = [_reasoning_item(req, reasoning_id, thinking, status)] if thinking else []
+    output: list[ReasoningItem | MessageItem] = (
+        [_reasoning_item(bool(_summary_kind(req)), reasoning_id, thinking, status)] if thinking else [])
     logprobs = choice.logprobs.content if choice.logprobs is not None else None
     output.append(_message_item(message_id, choice.message.content or "", status, logprobs))
     response = _envelope(req, completion.id, completion.created, completion.model, completion.adapter_version,
                          "in_progress")
     return _finish(response, choice.finish_reason, completion.usage).model_copy(update={"output": output})
+
+
+def stored_response(row: dict[str, Any]) -> ResponseObject:
+    """The response object of a stored interaction (one the Responses API answered)."""
+    request, params, usage = row["request"], row["request"]["params"], row["usage"]
+    status = "incomplete" if row["finish_reason"] == "length" else "completed"
+    reasoning_id, message_id = _item_ids(row["id"])
+    thinking = row["thinking"] or ""
+    output: list[ReasoningItem | MessageItem] = (
+        [_reasoning_item(bool(request.get("reasoning_summary")), reasoning_id, thinking, status)] if thinking else [])
+    output.append(_message_item(message_id, row["answer"] or "", status, None))
+    return ResponseObject(
+        id=row["id"], created_at=int(row["created"] - (row["latency_s"] or 0)), completed_at=int(row["created"]),
+        status=status, incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
+        model=row["model"], output=output,
+        usage=ResponseUsage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"],
+                            output_tokens_details=OutputTokensDetails(reasoning_tokens=usage["reasoning_tokens"]),
+                            total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]),
+        instructions=request.get("instructions"), previous_response_id=request.get("previous_response_id"),
+        metadata=row["metadata"], temperature=params["temperature"], top_p=params["top_p"],
+        max_output_tokens=request.get("max_output_tokens"), top_logprobs=params.get("top_logprobs"),
+        reasoning={"effort": params["reasoning_effort"], "summary": request.get("reasoning_summary")},
+        user=params.get("user"), adapter_version=row["adapter_version"])
 
 
 async def events(req: ResponsesRequest, stream: Stream) -> AsyncIterator[str]:
@@ -266,7 +340,7 @@ class _StreamState:
         if self.open != "reasoning":
             return []
         self.open = None
-        item = _reasoning_item(self.req, self.ids[0], self.thinking, status)
+        item = _reasoning_item(bool(_summary_kind(self.req)), self.ids[0], self.thinking, status)
         self.output.append(item)
         return [self._event("response.reasoning_text.done", item_id=self.ids[0], output_index=0, content_index=0,
                             text=self.thinking),

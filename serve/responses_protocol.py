@@ -5,10 +5,11 @@ Served: `input` as a string or a list of messages with `input_text` / `input_ima
 `input=[*earlier_input, *response.output, next_message]` continues a conversation),
 `instructions`, `max_output_tokens`, `temperature`, `top_p`, `reasoning.effort` (plus
 `auto`), `reasoning.summary`, `metadata`, `store`, `stream`, `top_logprobs` with
-`include=["message.output_text.logprobs"]`. `text.format`, `tool_choice`, `truncation` and
-`background` are accepted at the values that ask for what this server does anyway; tools,
-`previous_response_id` (no conversation state is kept) and the rest are refused with 400 naming
-the parameter. Our addition, as on chat completions: `adapter_version` on the response.
+`include=["message.output_text.logprobs"]`, and `previous_response_id`: the stored response's
+conversation (without its `instructions`, as OpenAI does) and its answer come before `input`.
+`text.format`, `tool_choice`, `truncation` and `background` are accepted at the values that ask for
+what this server does anyway; tools and the rest are refused with 400 naming the parameter. Our
+addition, as on chat completions: `adapter_version` on the response.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class ResponsesRequest(_Strict):
     truncation: Literal["disabled"] | None = Field(None, description="only disabled: a prompt over the context is "
                                                                      "refused, never cut")
     background: Literal[False] | None = None
-    previous_response_id: str | None = None
+    previous_response_id: str | None = Field(None, min_length=1, description="a stored response this one continues")
 
     @field_validator("input")
     @classmethod
@@ -165,13 +166,6 @@ class ResponsesRequest(_Strict):
             raise ValueError("this server has no tools (function calling is not supported)")
         return v
 
-    @field_validator("previous_response_id")
-    @classmethod
-    def _no_state(cls, v: str | None) -> str | None:
-        if v is not None:
-            raise ValueError("this server keeps no conversation state; send the conversation in 'input' "
-                             "(earlier output items can be sent back as they are)")
-        return v
 
 
 # ---------------------------------------------------------------------------- responses
@@ -249,6 +243,7 @@ class ResponseObject(BaseModel):
     output: list[ReasoningItem | MessageItem] = []
     usage: ResponseUsage | None = None
     instructions: str | None = None
+    previous_response_id: str | None = None
     metadata: dict[str, str] = {}
     temperature: float
     top_p: float

@@ -57,6 +57,12 @@ async def create_response(body: ResponsesRequest, request: Request):
     return EventStream(response_events(body, result), result) if isinstance(result, Stream) else result
 
 
+@api.get("/responses/{response_id}", response_model=ResponseObject)
+async def retrieve_response(response_id: str, request: Request) -> ResponseObject:
+    """A stored response (`client.responses.retrieve`)."""
+    return await request.app.state.responses.retrieve(response_id)
+
+
 def _model_cards(request: Request) -> list[ModelCard]:
     """The base model, the served alias and every loaded (not draining) version."""
     registry = request.app.state.registry

@@ -15,8 +15,19 @@ from pathlib import Path
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"), (b"BM", "image/bmp"))
+
+
 def is_sha256(value: str) -> bool:
     return bool(_SHA256.match(value))
+
+
+def media_type(data: bytes) -> str:
+    """The image media type of stored bytes, from their first bytes ("application/octet-stream" if unknown)."""
+    media = next((m for magic, m in _MAGIC if data.startswith(magic)), None)
+    if media is None:
+        media = "image/webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else "application/octet-stream"
+    return media
 
 
 class BlobStore:

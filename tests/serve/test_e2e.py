@@ -153,7 +153,7 @@ def test_store_false_keeps_the_interaction_out(client, server):
     assert "store: false" in info.value.message
 
 
-def test_responses_api_with_image_matches_chat_and_takes_feedback(client, server, h):
+def test_responses_api_with_image_matches_chat_continues_and_takes_feedback(client, server, h):
     png = h.png_bytes(96, 64)
     r = client.responses.create(model="openvlthinker", max_output_tokens=24, temperature=0, input=[
         {"role": "user", "content": [{"type": "input_image", "image_url": h.data_url(png)},
@@ -167,6 +167,15 @@ def test_responses_api_with_image_matches_chat_and_takes_feedback(client, server
     assert fb["interaction_id"] == r.id
     sha = admin(server, "GET", f"/interactions/{r.id}").json()["data"][0]["request"]["messages"][0]["content"][0]
     assert admin(server, "GET", f"/images/{sha['sha256']}").content == png
+    assert client.responses.retrieve(r.id).output_text == r.output_text
+
+    follow = client.responses.create(model="openvlthinker", previous_response_id=r.id, input="And squares?",
+                                     max_output_tokens=8, temperature=0)
+    # The stored conversation, its image included, and the answer come before the new question.
+    assert follow.previous_response_id == r.id and follow.usage.input_tokens > r.usage.input_tokens
+    with pytest.raises(openai.NotFoundError) as info:
+        client.responses.create(model="openvlthinker", previous_response_id="resp_unknown", input="Hi")
+    assert info.value.param == "previous_response_id"
 
 
 def test_responses_stream_helper_rebuilds_the_response(client):
@@ -184,8 +193,9 @@ def test_responses_stream_helper_rebuilds_the_response(client):
     assert [item.type for item in final.response.output] == [item.type for item in plain.output] == ["reasoning",
                                                                                                    "message"]
     with pytest.raises(openai.BadRequestError) as info:
-        client.responses.create(model="openvlthinker", input="Hi", previous_response_id=plain.id)
-    assert info.value.param == "previous_response_id"
+        client.responses.create(model="openvlthinker", input="Hi", tools=[{"type": "function", "name": "f",
+                                                                           "parameters": {}, "strict": True}])
+    assert info.value.param == "tools"
 
 
 def test_client_disconnect_frees_the_request(server):

@@ -80,6 +80,46 @@ def test_conversation_sent_back_with_earlier_output_items(make_client, h):
     assert messages[1]["content"] == [{"type": "text", "text": ANSWER}]
 
 
+def test_previous_response_id_continues_the_stored_conversation(make_client, h):
+    client = make_client()
+    png = h.png_bytes(color="blue")
+    first = create(client, instructions="Be brief.", input=[{"role": "user", "content": [
+        {"type": "input_image", "image_url": h.data_url(png)}, {"type": "input_text", "text": "How many circles?"}]}])
+    second = create(client, previous_response_id=first.json()["id"], input="And squares?",
+                    instructions="Answer in digits.")
+    assert second.status_code == 200, second.text
+    assert second.json()["previous_response_id"] == first.json()["id"]
+    messages = client.app.state.engine.requests[-1].messages
+    # The new instructions replace the old ones (as OpenAI does); the image comes back from the store.
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[0]["content"] == [{"type": "text", "text": "Answer in digits."}]
+    image = messages[1]["content"][0]["image"]
+    assert image.size == (64, 64) and image.getpixel((24, 24))[2] > 200  # the blue circle
+    assert messages[2]["content"] == [{"type": "text", "text": ANSWER}]
+    assert messages[3]["content"][0]["text"].startswith("And squares?")
+    third = create(client, previous_response_id=second.json()["id"], input="Thanks.")
+    roles = [m["role"] for m in client.app.state.engine.requests[-1].messages]
+    assert third.status_code == 200 and roles == ["user", "assistant", "user", "assistant", "user"]  # chains
+
+    private = create(client, store=False).json()["id"]
+    r = create(client, previous_response_id=private)
+    assert r.status_code == 404 and "store: false" in r.json()["error"]["message"]
+
+
+def test_retrieve_gives_the_stored_response(make_client):
+    client = make_client()
+    made = create(client, instructions="Be brief.", max_output_tokens=50, metadata={"k": "v"},
+                  reasoning={"summary": "auto"}).json()
+    got = client.get(f"/v1/responses/{made['id']}")
+    assert got.status_code == 200, got.text
+    same = {k: v for k, v in got.json().items() if k not in ("created_at", "completed_at")}
+    assert same == {k: v for k, v in made.items() if k not in ("created_at", "completed_at")}
+    assert client.get("/v1/responses/resp_unknown").status_code == 404
+    chat = client.post("/v1/chat/completions", json={"model": "scripted-model",
+                                                     "messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert client.get(f"/v1/responses/{chat['id']}").status_code == 404  # a chat completion is not a response
+
+
 def test_length_cut_is_incomplete(make_client):
     body = create(make_client(), max_output_tokens=6).json()  # cut inside the thinking
     assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "max_output_tokens"}
@@ -140,7 +180,8 @@ def test_error_in_the_middle_of_a_stream_is_an_error_event(make_client, h):
     ({"input": ""}, "input", "non-empty"),
     ({"input": []}, "input", "non-empty"),
     ({"tools": [{"type": "function", "name": "f"}]}, "tools", "no tools"),
-    ({"previous_response_id": "resp_1"}, "previous_response_id", "no conversation state"),
+    ({"previous_response_id": "resp_1"}, "previous_response_id", "No stored response"),
+    ({"previous_response_id": "chatcmpl-1"}, "previous_response_id", "No stored response"),
     ({"text": {"format": {"type": "json_schema"}}}, "text.format", "does not constrain"),
     ({"include": ["reasoning.encrypted_content"]}, "include", "only"),
     ({"background": True}, "background", "False"),
