@@ -35,6 +35,17 @@ def _utf8(text: str) -> str:
 Text = Annotated[str, AfterValidator(_utf8)]
 
 
+def _text_format_only(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An output format, if it is plain text (the only one served): no JSON mode or schema."""
+    if v is not None and v != {"type": "text"}:
+        raise ValueError(f'only {{"type": "text"}} is supported; this server does not constrain output to JSON '
+                         f'(got type {str(v.get("type"))[:40]!r})')
+    return v
+
+
+TextFormat = Annotated[dict[str, Any] | None, AfterValidator(_text_format_only)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -115,17 +126,10 @@ class ChatCompletionRequest(_Strict):
                                                  "and is not learned from)")
     service_tier: Literal["auto", "default"] | None = Field(None, description="one tier: auto or default")
     # Accepted only at the values that ask for what this server does anyway (clients send them by default).
-    response_format: dict[str, Any] | None = Field(None, description='only {"type": "text"}')
+    response_format: TextFormat = Field(None, description='only {"type": "text"}')
     tool_choice: Literal["none"] | None = Field(None, description='only "none": this server has no tools')
     modalities: list[Literal["text"]] | None = Field(None, description='only ["text"]')
 
-    @field_validator("response_format")
-    @classmethod
-    def _response_format(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None and v != {"type": "text"}:
-            raise ValueError(f'only {{"type": "text"}} is supported; this server does not constrain output to JSON '
-                             f'(got type {str(v.get("type"))[:40]!r})')
-        return v
 
     @field_validator("stop")
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .protocol import Effort, Text, TokenLogprob, _Strict
+from .protocol import Effort, Text, TextFormat, TokenLogprob, _Strict
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
@@ -100,16 +100,9 @@ class ReasoningParam(_Strict):
 
 
 class TextParam(_Strict):
-    format: dict[str, Any] | None = None
+    format: TextFormat = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
-    @field_validator("format")
-    @classmethod
-    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None and v != {"type": "text"}:
-            raise ValueError(f'only {{"type": "text"}} is supported; this server does not constrain output to JSON '
-                             f'(got type {str(v.get("type"))[:40]!r})')
-        return v
 
 
 class ResponseStreamOptions(_Strict):
