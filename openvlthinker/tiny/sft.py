@@ -3,7 +3,9 @@
 Reasoning families are taught to think (`<thinking>` trace, then `<answer>`), perception
 families (grounding, OCR) to answer directly. A fraction of examples flips the mode, with
 the prompt's instruction saying which, so that `reasoning_effort` can force either mode on
-any question at serving time.
+any question at serving time. Multiple-choice answers are the chosen option's text, which the
+grader resolves like its letter: finding a text among the listed options and copying the letter
+in front of it is a lookup the 4-layer model did not learn in any recipe tried (README).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from openvlthinker.prompts import (
     to_messages,
 )
 from openvlthinker.reasoning import PERCEPTION_TASKS
+from openvlthinker.rewards.choice import parse_options
 
 DESCRIBE_QUESTION = "<image> Describe everything in the image."
 IGNORE_INDEX = -100
@@ -40,9 +43,16 @@ def perception_thinking(sample) -> str:
     return "I find the object that matches the description and read off its edges."
 
 
+def answer_text(record) -> str:
+    """The answer the tiny model is taught: the reference, or for multiple choice the chosen option's text."""
+    if record.problem_type == "multiple choice" and record.options:
+        return parse_options(record.options).get(record.answer, record.answer)
+    return record.answer
+
+
 def target_text(sample, mode: Mode) -> str:
     """The assistant output for a sample in a mode: optional thinking, then the answer."""
-    answer = f"<answer>{sample.record.answer}</answer>"
+    answer = f"<answer>{answer_text(sample.record)}</answer>"
     if mode == "direct":
         return answer
     thinking = sample.thinking or perception_thinking(sample)

@@ -84,7 +84,7 @@ def chart(rng: random.Random, size: int) -> Draft:
         others = [lab for lab in labels if lab != labels[best]]
         options, letter = lettered(rng, labels[best], rng.sample(others, min(3, len(others))))
         listed = ", ".join(f"{lab} {v}" for lab, v in zip(labels, values))
-        thinking = f"The bars are {listed}. The largest is {labels[best]} with {values[best]}, option {letter}."
+        thinking = f"The bars are {listed}. The largest is {labels[best]} with {values[best]}."
         return Draft("Which bar is the largest?", "multiple choice", letter, image, thinking, options,
                      facts | {"query": {"kind": "largest"}})
     i = rng.randrange(n)

@@ -64,7 +64,7 @@ def _relation(rng: random.Random, size: int) -> Draft | None:
     cmp = "<" if va < vb else ">"
     verdict = f"the {na} is {'' if truth else 'not '}{rel} the {nb}"
     thinking = (f"The {na} is at {axis}={va}. The {nb} is at {axis}={vb}. {va} {cmp} {vb}, "
-                f"so {verdict}. The answer is {gold}, option {letter}.")
+                f"so {verdict}. The answer is {gold}.")
     facts = _scene_facts(shapes, bg) | {"query": {"kind": "relation", "a": a, "b": b, "relation": rel}}
     return Draft(f"Is the {na} {rel} the {nb}?", "multiple choice", letter, image, thinking, options, facts)
 
@@ -81,7 +81,7 @@ def _nearest(rng: random.Random, size: int) -> Draft | None:
     options, letter = lettered(rng, names[others[0]], [names[j] for j in others[1:]])
     listed = ", ".join(f"{names[j]} {d}" for j, d in zip(others, dists))
     thinking = (f"Distances from the {name_a}: {listed}. "
-                f"The nearest is the {names[others[0]]}, option {letter}.")
+                f"The nearest is the {names[others[0]]}.")
     facts = _scene_facts(shapes, bg) | {"query": {"kind": "nearest", "a": a, "nearest": others[0]}}
     question = f"Which shape is nearest to the {name_a}?"
     return Draft(question, "multiple choice", letter, image, thinking, options, facts)
@@ -136,8 +136,7 @@ def _attribute(rng: random.Random, size: int) -> Draft | None:
         image, shapes, bg = render_scene(rng, size, attrs)
         names = [phrase(s, ("color", "shape")) for s in shapes]
         options, letter = lettered(rng, names[0], names[1:])
-        thinking = (f"The {names[0]} is {odd}; the {', '.join(names[1:])} are {other}. "
-                    f"The {odd} one is option {letter}.")
+        thinking = f"The {names[0]} is {odd}; the {', '.join(names[1:])} are {other}."
         question = f"Which object is {odd}?"
         target = 0
     else:
@@ -151,7 +150,7 @@ def _attribute(rng: random.Random, size: int) -> Draft | None:
         options, letter = lettered(rng, gold, rng.sample(pool, min(len(pool), rng.randint(2, 3))))
         x, y = (round(v) for v in shapes[target].center)
         fact = f"is {gold}" if attr == "color" else f"is a {gold}"
-        thinking = f"The {name} at ({x}, {y}) {fact}. That is option {letter}."
+        thinking = f"The {name} at ({x}, {y}) {fact}."
         question = f"What {attr} is the {name}?"
     facts = _scene_facts(shapes, bg) | {"query": {"kind": attr, "target": target}}
     return Draft(question, "multiple choice", letter, image, thinking, options, facts)

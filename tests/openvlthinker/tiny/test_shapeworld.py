@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from openvlthinker.data.records import PROBLEM_TYPES, TaskRecord
+from openvlthinker.rewards.choice import multiple_choice_accuracy, parse_options
+from openvlthinker.tiny.sft import target_text
 from openvlthinker.tiny.shapeworld import (
     COLORS, EVAL_SEED_BASE, FAMILIES, OCR_WORDS, SHAPEWORLD_VERSION, Sample, corpus_texts, generate,
     split, write_split,
@@ -99,8 +101,10 @@ def test_train_eval_disjoint_and_eval_fixed():
 # Bump SHAPEWORLD_VERSION (and this digest) whenever a change alters the eval split.
 # Only the records are pinned: image bytes also depend on the FreeType build inside Pillow.
 # Updated once without a version bump when OCR scenes gained `word_boxes` (metadata only: without
-# that key the records hash to the previous digest, e1a1ea73...).
-EVAL_DIGEST = "9918c6048d59bb30574d6e3257810facd4dbce02850668fd2274f4a347fcb07f"
+# that key the records hash to the previous digest, e1a1ea73...), and once more when the reference traces
+# of multiple-choice questions stopped naming the option letter (`thinking` only: questions, options,
+# answers, scenes and images are unchanged; without `thinking` the records hash alike, 172f3fc9...).
+EVAL_DIGEST = "2e4ea6dc70ca1f298ee7c1fca7bd0685e95bb14ba09ac0a6aaebb4f6ed3054e5"
 
 
 def test_eval_split_is_pinned_to_the_version():
@@ -151,8 +155,11 @@ def test_thinking_traces(family):
             continue
         assert s.thinking and len(s.thinking.split()) <= 45
         answer = s.record.answer
-        if s.record.problem_type == "multiple choice":
-            assert s.thinking.endswith(f"option {answer}.")
+        if s.record.problem_type == "multiple choice":  # it names the chosen option's text, never a letter
+            chosen = parse_options(s.record.options)[answer]
+            assert chosen in s.thinking and "option" not in s.thinking
+            assert target_text(s, "think").endswith(f"</thinking><answer>{chosen}</answer>")
+            assert multiple_choice_accuracy(chosen, s.record) == 1.0  # the grader takes the text for the letter
         else:  # the last number in the trace is the answer
             assert re.findall(r"\d+(?:\.\d+)?", s.thinking)[-1] == answer
 
