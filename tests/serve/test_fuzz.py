@@ -43,3 +43,59 @@ def test_random_requests_never_get_a_5xx(make_client):
             assert r.text.rstrip().endswith("data: [DONE]"), r.text[-300:]
 
     check()
+
+
+input_part = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text"]), "text": st.text(max_size=20)}),
+    st.fixed_dictionaries({"type": st.just("input_image"), "image_url": st.sampled_from(
+        ["data:image/png;base64,AAAA", "data:,", "x", "http://127.0.0.1:1/x"])}),
+    anything)
+item = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]),
+                           "content": st.one_of(st.text(max_size=20), st.lists(input_part, max_size=3), anything)},
+                          optional={"type": st.sampled_from(["message", "reasoning", "function_call"])}),
+    anything)
+noisy_response = st.fixed_dictionaries(
+    {"model": st.sampled_from(["openvlthinker", "scripted-model", "x"]),
+     "input": st.one_of(st.text(max_size=20), st.lists(item, max_size=3), anything)},
+    optional={"instructions": st.one_of(st.text(max_size=10), anything),
+              "max_output_tokens": st.one_of(st.integers(-5, 5000), anything),
+              "temperature": st.one_of(st.floats(-1, 3), anything), "stream": st.booleans(),
+              "reasoning": st.one_of(st.fixed_dictionaries({"effort": st.sampled_from(["none", "low", "xhigh", "x"])}),
+                                     anything),
+              "previous_response_id": st.one_of(st.sampled_from(["resp_x", "chatcmpl-1", ""]), anything),
+              "include": st.one_of(st.just(["message.output_text.logprobs"]), anything),
+              "top_logprobs": st.integers(-1, 25), "store": st.booleans(), "tools": anything, "text": anything})
+# Well-formed requests with odd values, so that streams and stored conversations are exercised too.
+clean_message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "developer"]), "content": st.one_of(
+    st.text(min_size=1, max_size=20), st.lists(st.fixed_dictionaries({"type": st.just("input_text"),
+                                                                     "text": st.text(max_size=20)}), min_size=1))})
+clean_response = st.fixed_dictionaries(
+    {"model": st.just("openvlthinker"),
+     "input": st.one_of(st.text(min_size=1, max_size=20), st.lists(clean_message, min_size=1, max_size=3))},
+    optional={"instructions": st.text(max_size=10), "max_output_tokens": st.integers(1, 40),
+              "temperature": st.floats(0, 2), "stream": st.booleans(),
+              "reasoning": st.fixed_dictionaries({"effort": st.sampled_from(["none", "low", "xhigh", "auto"])}),
+              "include": st.just(["message.output_text.logprobs"]), "top_logprobs": st.integers(0, 20),
+              "store": st.booleans(), "metadata": st.dictionaries(st.text(min_size=1, max_size=8),
+                                                                   st.text(max_size=8), max_size=3)})
+response_body = st.one_of(noisy_response, clean_response)
+
+
+def test_random_responses_requests_never_get_a_5xx(make_client):
+    client = make_client(admin_key="adm")
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(response_body)
+    def check(payload):
+        r = client.post("/v1/responses", content=json.dumps(payload), headers={"content-type": "application/json"})
+        assert r.status_code < 500, (payload, r.text)
+        if r.status_code >= 400:
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        elif payload.get("stream") is True:
+            last = r.text.rstrip().rsplit("\n\n", 1)[-1]
+            assert last.startswith(("event: response.completed", "event: response.incomplete")), r.text[-300:]
+        else:
+            assert r.json()["object"] == "response"
+
+    check()
