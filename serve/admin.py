@@ -14,7 +14,6 @@ from .store.blobs import is_sha256, media_type
 admin = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 
 
-
 def _info(request: Request, version: str) -> AdapterInfo:
     rows = {row["version"]: row for row in request.app.state.registry.describe()}
     return AdapterInfo(**rows[version])

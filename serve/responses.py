@@ -105,8 +105,9 @@ def to_chat(req: ResponsesRequest,
     if req.instructions is not None:
         messages.append({"role": "system", "content": req.instructions})
         where.append("instructions")
-    messages += history or []
-    where += ["previous_response_id"] * len(history or [])
+    history = history or []
+    messages += history
+    where += ["previous_response_id"] * len(history)
     items = [InputItem(role="user", content=req.input)] if isinstance(req.input, str) else req.input
     for i, item in enumerate(items):
         if item.type == "reasoning":  # earlier thinking is not shown to the model (as in chat completions)
@@ -158,18 +159,19 @@ def _responses_param(param: str | None, where: list[str]) -> str | None:
 
 # ---------------------------------------------------------------------------- answering
 
-def _envelope(req: ResponsesRequest, rid: str, created: int, model: str, adapter_version: str | None,
-              status: str) -> ResponseObject:
-    """The response object's fields that echo the request."""
+def _envelope(req: ResponsesRequest, answer: ChatCompletion | ChatCompletionChunk) -> ResponseObject:
+    """The response in progress: the chat answer's id, time, model and version, and the fields that echo
+    the request."""
     return ResponseObject(
-        id=rid, created_at=created, status=status, model=model, instructions=req.instructions,
-        metadata=dict(req.metadata or {}), temperature=1.0 if req.temperature is None else req.temperature,
+        id=answer.id, created_at=answer.created, status="in_progress", model=answer.model,
+        instructions=req.instructions, metadata=dict(req.metadata or {}),
+        temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, max_output_tokens=req.max_output_tokens,
         top_logprobs=req.top_logprobs,
         reasoning={"effort": req.reasoning.effort if req.reasoning and req.reasoning.effort else "auto",
                    "summary": _summary_kind(req)}, previous_response_id=req.previous_response_id,
         tool_choice=req.tool_choice or "auto", parallel_tool_calls=req.parallel_tool_calls is not False,
-        store=req.store is not False, user=req.user, adapter_version=adapter_version)
+        store=req.store is not False, user=req.user, adapter_version=answer.adapter_version)
 
 
 def _summary_kind(req: ResponsesRequest) -> str | None:
@@ -192,52 +194,55 @@ def _message_item(item_id: str, text: str, status: str, logprobs: list[TokenLogp
     return MessageItem(id=item_id, status=status, content=[OutputText(text=text, logprobs=logprobs)])
 
 
-def _usage(usage: Usage) -> ResponseUsage:
-    return ResponseUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
-                         output_tokens_details=OutputTokensDetails(
-                             reasoning_tokens=usage.completion_tokens_details.reasoning_tokens),
-                         total_tokens=usage.total_tokens)
+def _status(finish_reason: str) -> str:
+    """A finished response's status: incomplete when the token limit cut the answer."""
+    return "incomplete" if finish_reason == "length" else "completed"
 
 
-def _finish(response: ResponseObject, finish_reason: str, usage: Usage) -> ResponseObject:
-    """Mark `response` finished: completed, or incomplete when the token limit cut the answer."""
-    cut = finish_reason == "length"
-    return response.model_copy(update=dict(
-        status="incomplete" if cut else "completed", completed_at=int(time.time()),
-        incomplete_details=IncompleteDetails(reason="max_output_tokens") if cut else None, usage=_usage(usage)))
+def _outcome(finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int,
+             completed_at: float) -> dict[str, Any]:
+    """The fields a response gets when it finishes: status, why it is incomplete, usage, when."""
+    return dict(status=_status(finish_reason), completed_at=int(completed_at),
+                incomplete_details=IncompleteDetails(reason="max_output_tokens") if finish_reason == "length" else None,
+                usage=ResponseUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens,
+                                    output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens),
+                                    total_tokens=prompt_tokens + completion_tokens))
+
+
+def _chat_outcome(finish_reason: str, usage: Usage) -> dict[str, Any]:
+    """`_outcome` of a chat completion's usage, finishing now."""
+    return _outcome(finish_reason, usage.prompt_tokens, usage.completion_tokens,
+                    usage.completion_tokens_details.reasoning_tokens, time.time())
+
+
+def _output(rid: str, thinking: str, answer: str, status: str, summarize: bool,
+            logprobs: list[TokenLogprob] | None) -> list[ReasoningItem | MessageItem]:
+    """A finished response's items: the reasoning (if it thought), then the message."""
+    reasoning_id, message_id = _item_ids(rid)
+    output: list[ReasoningItem | MessageItem] = (
+        [_reasoning_item(summarize, reasoning_id, thinking, status)] if thinking else [])
+    return output + [_message_item(message_id, answer, status, logprobs)]
 
 
 def from_chat(req: ResponsesRequest, completion: ChatCompletion) -> ResponseObject:
     """The Responses view of a finished chat completion (one choice)."""
     choice = completion.choices[0]
-    status = "incomplete" if choice.finish_reason == "length" else "completed"
-    reasoning_id, message_id = _item_ids(completion.id)
-    thinking = choice.message.reasoning_content or ""
-    output: list[ReasoningItem | MessageItem] = (
-        [_reasoning_item(bool(_summary_kind(req)), reasoning_id, thinking, status)] if thinking else [])
-    logprobs = choice.logprobs.content if choice.logprobs is not None else None
-    output.append(_message_item(message_id, choice.message.content or "", status, logprobs))
-    response = _envelope(req, completion.id, completion.created, completion.model, completion.adapter_version,
-                         "in_progress")
-    return _finish(response, choice.finish_reason, completion.usage).model_copy(update={"output": output})
+    output = _output(completion.id, choice.message.reasoning_content or "", choice.message.content or "",
+                     _status(choice.finish_reason), bool(_summary_kind(req)),
+                     choice.logprobs.content if choice.logprobs is not None else None)
+    outcome = _chat_outcome(choice.finish_reason, completion.usage)
+    return _envelope(req, completion).model_copy(update=dict(output=output, **outcome))
 
 
 def stored_response(row: dict[str, Any]) -> ResponseObject:
     """The response object of a stored interaction (one the Responses API answered)."""
     request, params, usage = row["request"], row["request"]["params"], row["usage"]
-    status = "incomplete" if row["finish_reason"] == "length" else "completed"
-    reasoning_id, message_id = _item_ids(row["id"])
-    thinking = row["thinking"] or ""
-    output: list[ReasoningItem | MessageItem] = (
-        [_reasoning_item(bool(request.get("reasoning_summary")), reasoning_id, thinking, status)] if thinking else [])
-    output.append(_message_item(message_id, row["answer"] or "", status, None))
+    output = _output(row["id"], row["thinking"] or "", row["answer"] or "", _status(row["finish_reason"]),
+                     bool(request.get("reasoning_summary")), None)
     return ResponseObject(
-        id=row["id"], created_at=int(row["created"] - (row["latency_s"] or 0)), completed_at=int(row["created"]),
-        status=status, incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
-        model=row["model"], output=output,
-        usage=ResponseUsage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"],
-                            output_tokens_details=OutputTokensDetails(reasoning_tokens=usage["reasoning_tokens"]),
-                            total_tokens=usage["prompt_tokens"] + usage["completion_tokens"]),
+        id=row["id"], created_at=int(row["created"] - (row["latency_s"] or 0)), model=row["model"], output=output,
+        **_outcome(row["finish_reason"], usage["prompt_tokens"], usage["completion_tokens"],
+                   usage["reasoning_tokens"], row["created"]),
         instructions=request.get("instructions"), previous_response_id=request.get("previous_response_id"),
         metadata=row["metadata"], temperature=params["temperature"], top_p=params["top_p"],
         max_output_tokens=request.get("max_output_tokens"), top_logprobs=params.get("top_logprobs"),
@@ -281,12 +286,13 @@ class _StreamState:
             return self._failed(item)
         events: list[str] = []
         if self.response is None:
-            self.response = _envelope(self.req, item.id, item.created, item.model, item.adapter_version, "in_progress")
+            self.response = _envelope(self.req, item)
             self.ids = _item_ids(item.id)
             events += [self._event("response.created", response=self._dump(self.response)),
                        self._event("response.in_progress", response=self._dump(self.response))]
         if item.usage is not None:  # the last chunk: every choice has finished
-            return events + self._close_reasoning(self._status()) + self._close_items() + self._completed(item.usage)
+            return (events + self._close_reasoning(_status(self.finish_reason)) + self._close_items()
+                    + self._completed(item.usage))
         for choice in item.choices:
             delta = choice.delta
             if delta.reasoning_content:
@@ -333,9 +339,6 @@ class _StreamState:
             self._event("response.content_part.added", item_id=self.ids[1], output_index=index, content_index=0,
                         part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})]
 
-    def _status(self) -> str:
-        return "incomplete" if self.finish_reason == "length" else "completed"
-
     def _close_reasoning(self, status: str = "completed") -> list[str]:
         if self.open != "reasoning":
             return []
@@ -353,7 +356,7 @@ class _StreamState:
         events = self._open_message()
         index = len(self.output)
         logprobs = self.logprobs if LOGPROBS_INCLUDE in (self.req.include or ()) else None
-        item = _message_item(self.ids[1], self.answer, self._status(), logprobs)
+        item = _message_item(self.ids[1], self.answer, _status(self.finish_reason), logprobs)
         part = self._dump(item.content[0])
         self.output.append(item)
         self.open = None
@@ -365,7 +368,8 @@ class _StreamState:
             self._event("response.output_item.done", output_index=index, item=self._dump(item))]
 
     def _completed(self, usage: Usage) -> list[str]:
-        final = _finish(self.response, self.finish_reason, usage).model_copy(update={"output": self.output})
+        final = self.response.model_copy(update=dict(output=self.output,
+                                                     **_chat_outcome(self.finish_reason, usage)))
         kind = "response.incomplete" if final.status == "incomplete" else "response.completed"
         return [self._event(kind, response=self._dump(final))]
 

@@ -13,8 +13,6 @@ import tempfile
 from pathlib import Path
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
 _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"), (b"BM", "image/bmp"))
 
 
