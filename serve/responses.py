@@ -5,8 +5,9 @@ message first, `max_output_tokens` -> `max_completion_tokens`, `reasoning.effort
 `reasoning_effort`) and goes through `ChatService` unchanged: the same prompt, engine, store and
 metrics. The interaction id starts with "resp_", so `response.id` is what /v1/feedback takes, and
 the store is the conversation state: `previous_response_id` puts the stored conversation (images
-read back from the image store) and its answer before the new input, and
-`GET /v1/responses/{id}` rebuilds a stored response.
+read back from the image store) and its answer before the new input,
+`GET /v1/responses/{id}` rebuilds a stored response, `.../input_items` lists what it was asked
+with, and `DELETE` removes it with its feedback.
 The answer comes back as output items: a `reasoning` item holding the thinking (when there is
 any) and a `message` item holding the answer; a stream as the Responses API's typed events.
 Errors name the Responses parameter (`input[2].content[0].image_url`, not `messages[...]`).
@@ -14,6 +15,7 @@ Errors name the Responses parameter (`input[2].content[0].image_url`, not `messa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -26,7 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from .chat import ChatService, Stream
 from .errors import APIError, not_found, validation_error
 from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, TokenLogprob, Usage
-from .responses_protocol import (LOGPROBS_INCLUDE, IncompleteDetails, InputItem, MessageItem, OutputText,
+from .responses_protocol import (LOGPROBS_INCLUDE, DeletedResponse, IncompleteDetails, InputImagePart, InputItem,
+                                 InputItemList, InputMessageItem, InputTextPart, MessageItem, OutputText,
                                  OutputTokensDetails, ReasoningItem, ReasoningText, ResponseError, ResponseObject,
                                  ResponsesRequest, ResponseUsage, SummaryText)
 from .store import Store
@@ -51,7 +54,8 @@ class ResponsesService:
             history = await run_in_threadpool(history_messages, row, self.store.blobs)
         chat_req, where = to_chat(req, history)
         kept = {"api": "responses", "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
-                "reasoning_summary": _summary_kind(req), "previous_response_id": req.previous_response_id}
+                "reasoning_summary": _summary_kind(req), "previous_response_id": req.previous_response_id,
+                "input_start": (req.instructions is not None) + len(history)}  # where its own input begins
         try:
             result = await self.chat.create(chat_req, id_prefix="resp_", stored=kept)
         except APIError as exc:
@@ -62,6 +66,33 @@ class ResponsesService:
     async def retrieve(self, response_id: str) -> ResponseObject:
         """A stored response, as it was answered."""
         return stored_response(await self._stored(response_id, "response_id"))
+
+    async def delete(self, response_id: str) -> DeletedResponse:
+        """Delete a stored response and its feedback: neither `previous_response_id` nor the RL loop sees it
+        again. On the store's writer thread, in order with the interactions being logged."""
+        await self._stored(response_id, "response_id")
+        store = self.store
+        if not await asyncio.wrap_future(self.chat.writer.call(lambda: store.delete_interaction(response_id))):
+            await self._stored(response_id, "response_id")  # deleted meanwhile by a concurrent request: its 404
+        return DeletedResponse(id=response_id)
+
+    async def input_items(self, response_id: str, after: str | None = None, limit: int = 20,
+                          order: str = "desc") -> InputItemList:
+        """One page of the messages a stored response was asked with (`client.responses.input_items.list`)."""
+        row = await self._stored(response_id, "response_id")
+        items = await run_in_threadpool(input_items, row, self.store.blobs)
+        if order == "desc":
+            items.reverse()
+        start = 0
+        if after is not None:
+            ids = [item.id for item in items]
+            if after not in ids:
+                raise APIError(400, f"'after' is not an input item of {response_id!r}: {after[:80]!r}.", param="after",
+                               code="invalid_value")
+            start = ids.index(after) + 1
+        page = items[start:start + limit]
+        return InputItemList(data=page, first_id=page[0].id if page else None, last_id=page[-1].id if page else None,
+                             has_more=start + limit < len(items))
 
     async def _stored(self, response_id: str, param: str) -> dict[str, Any]:
         rows = await run_in_threadpool(self.store.get_interaction, response_id) if response_id.startswith("resp_") else []
@@ -80,20 +111,39 @@ def history_messages(row: dict[str, Any], blobs: BlobStore) -> list[dict[str, An
         messages = messages[:-1]  # a prefill that the answer continued
     out = []
     for message in messages:
-        parts = []
-        for part in message["content"]:
-            if part["type"] != "image":
-                parts.append({"type": "text", "text": part["text"]})
-                continue
-            data = blobs.get(part["sha256"])
-            if data is None:
-                raise not_found(f"An image of response {row['id']!r} is missing from the image store.",
-                                "previous_response_id", "image_not_found")
-            media = media_type(data)
-            url = f"data:{media if media.startswith('image/') else ''};base64,{base64.b64encode(data).decode()}"
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+        parts = [{"type": "image_url", "image_url": {"url": _data_url(row, part, blobs, "previous_response_id")}}
+                 if part["type"] == "image" else {"type": "text", "text": part["text"]} for part in message["content"]]
         out.append({"role": message["role"], "content": parts})
     return out + [{"role": "assistant", "content": row["answer"] or ""}]
+
+
+def input_items(row: dict[str, Any], blobs: BlobStore) -> list[InputMessageItem | MessageItem]:
+    """The messages of a stored response's own input, oldest first: not its instructions, nor the
+    conversation `previous_response_id` put before them."""
+    request = row["request"]
+    start = request.get("input_start", 1 if request.get("instructions") is not None else 0)
+    suffix = row["id"].removeprefix("resp_")
+    out: list[InputMessageItem | MessageItem] = []
+    for i, message in enumerate(request["messages"][start:]):
+        item_id = f"msg_{suffix}_{i}"
+        if message["role"] == "assistant":  # an answer sent back
+            text = "".join(part.get("text", "") for part in message["content"])
+            out.append(MessageItem(id=item_id, status="completed", content=[OutputText(text=text)]))
+            continue
+        parts = [InputImagePart(image_url=_data_url(row, part, blobs, "response_id")) if part["type"] == "image"
+                 else InputTextPart(text=part["text"]) for part in message["content"]]
+        out.append(InputMessageItem(id=item_id, role=message["role"], content=parts))
+    return out
+
+
+def _data_url(row: dict[str, Any], part: dict[str, Any], blobs: BlobStore, param: str) -> str:
+    """A stored image part (its sha256) as the data: URL it was sent as."""
+    data = blobs.get(part["sha256"])
+    if data is None:
+        raise not_found(f"An image of response {row['id']!r} is missing from the image store.", param,
+                        "image_not_found")
+    media = media_type(data)
+    return f"data:{media if media.startswith('image/') else ''};base64,{base64.b64encode(data).decode()}"
 
 
 def to_chat(req: ResponsesRequest,

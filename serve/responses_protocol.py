@@ -199,6 +199,36 @@ class MessageItem(BaseModel):
     content: list[OutputText] = []
 
 
+class InputTextPart(BaseModel):
+    type: Literal["input_text"] = "input_text"
+    text: str
+
+
+class InputImagePart(BaseModel):
+    type: Literal["input_image"] = "input_image"
+    image_url: str  # a data: URL of the stored image
+    detail: Literal["auto", "low", "high"] = "auto"
+    file_id: None = None
+
+
+class InputMessageItem(BaseModel):
+    """A message of a response's input as `GET /v1/responses/{id}/input_items` lists it."""
+
+    type: Literal["message"] = "message"
+    id: str
+    role: Literal["user", "system", "developer"]
+    status: Literal["completed"] = "completed"
+    content: list[InputTextPart | InputImagePart] = []
+
+
+class InputItemList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[InputMessageItem | MessageItem]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
 
@@ -253,3 +283,11 @@ class ResponseObject(BaseModel):
     user: str | None = None
     service_tier: str = "default"
     adapter_version: str | None = None
+
+
+class DeletedResponse(BaseModel):
+    """What `DELETE /v1/responses/{id}` returns."""
+
+    id: str
+    object: Literal["response"] = "response"
+    deleted: bool = True

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -19,7 +19,7 @@ from .errors import not_found
 from .protocol import (ChatCompletion, ChatCompletionRequest, FeedbackRequest, FeedbackResponse, Health, ModelCard,
                        ModelList)
 from .responses import events as response_events
-from .responses_protocol import ResponseObject, ResponsesRequest
+from .responses_protocol import DeletedResponse, InputItemList, ResponseObject, ResponsesRequest
 from .store import UnknownInteraction
 
 api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -61,6 +61,21 @@ async def create_response(body: ResponsesRequest, request: Request):
 async def retrieve_response(response_id: str, request: Request) -> ResponseObject:
     """A stored response (`client.responses.retrieve`)."""
     return await request.app.state.responses.retrieve(response_id)
+
+
+@api.get("/responses/{response_id}/input_items", response_model=InputItemList)
+async def list_input_items(response_id: str, request: Request, after: str | None = None,
+                           limit: int = Query(20, ge=1, le=100), order: Literal["asc", "desc"] = "desc",
+                           include: list[str] | None = Query(None)) -> InputItemList:
+    """The messages a stored response was asked with, newest first by default (`client.responses.input_items.list`);
+    `include` is accepted and has nothing to add."""
+    return await request.app.state.responses.input_items(response_id, after, limit, order)
+
+
+@api.delete("/responses/{response_id}", response_model=DeletedResponse)
+async def delete_response(response_id: str, request: Request) -> DeletedResponse:
+    """Delete a stored response and its feedback (`client.responses.delete`)."""
+    return await request.app.state.responses.delete(response_id)
 
 
 def _model_cards(request: Request) -> list[ModelCard]:

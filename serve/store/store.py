@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import create_engine, event, exists, func, insert, or_, select
+from sqlalchemy import create_engine, delete, event, exists, func, insert, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -90,6 +90,15 @@ class Store:
             fb_id = f"fb-{uuid.uuid4().hex}"
             session.add(Feedback(id=fb_id, interaction_seq=row.seq, created=time.time(), **fields))
             return fb_id
+
+    def delete_interaction(self, interaction_id: str) -> int:
+        """Delete every choice of one completion id and the feedback on them; returns how many choices.
+
+        Its images stay: they are content-addressed and other interactions may hold the same bytes."""
+        seqs = select(Interaction.seq).where(Interaction.id == interaction_id)
+        with self.sessions.begin() as session:
+            session.execute(delete(Feedback).where(Feedback.interaction_seq.in_(seqs)))
+            return session.execute(delete(Interaction).where(Interaction.id == interaction_id)).rowcount
 
     # ------------------------------------------------------------------- reads
 

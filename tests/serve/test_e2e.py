@@ -177,6 +177,15 @@ def test_responses_api_with_image_matches_chat_continues_and_takes_feedback(clie
         client.responses.create(model="openvlthinker", previous_response_id="resp_unknown", input="Hi")
     assert info.value.param == "previous_response_id"
 
+    (asked,) = client.responses.input_items.list(r.id)  # the SDK's page; its own input only
+    assert [part.type for part in asked.content] == ["input_image", "input_text"] and asked.role == "user"
+    assert [item.content[0].text for item in client.responses.input_items.list(follow.id)] == ["And squares?"]
+
+    client.responses.delete(follow.id)  # the SDK expects no body it reads; a 404 would raise
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(follow.id)
+    assert client.responses.retrieve(r.id).id == r.id  # the one it continued stays
+
 
 def test_responses_stream_helper_rebuilds_the_response(client):
     ask = dict(model="openvlthinker", input=[{"role": "user", "content": "How many squares?"}, *THINK],

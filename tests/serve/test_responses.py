@@ -120,6 +120,65 @@ def test_retrieve_gives_the_stored_response(make_client):
     assert client.get(f"/v1/responses/{chat['id']}").status_code == 404  # a chat completion is not a response
 
 
+def test_input_items_list_the_responses_own_input_in_pages(make_client, h):
+    client = make_client()
+    png = h.png_bytes(color="blue")
+    first = create(client, instructions="Be brief.", input="Hello.").json()
+    sent = [{"role": "user", "content": [{"type": "input_image", "image_url": h.data_url(png)},
+                                         {"type": "input_text", "text": "How many circles?"}]},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "2"}]},
+            {"role": "developer", "content": "Digits only."},
+            {"type": "reasoning", "summary": []},  # sent back, skipped: not an input message
+            {"role": "user", "content": "And squares?"}]
+    rid = create(client, instructions="Answer in digits.", previous_response_id=first["id"], input=sent).json()["id"]
+    r = client.get(f"/v1/responses/{rid}/input_items", params={"order": "asc"})
+    assert r.status_code == 200, r.text
+    page = r.json()
+    # Neither the instructions nor the conversation that previous_response_id put first.
+    assert [(item["role"], item["type"]) for item in page["data"]] == [
+        ("user", "message"), ("assistant", "message"), ("developer", "message"), ("user", "message")]
+    image, text = page["data"][0]["content"]
+    assert image["type"] == "input_image" and image["image_url"] == h.data_url(png)  # read back from the store
+    assert text == {"type": "input_text", "text": "How many circles?"}
+    assert page["data"][1]["content"][0]["text"] == "2" and page["data"][3]["content"][0]["text"] == "And squares?"
+    ids = [item["id"] for item in page["data"]]
+    assert len(set(ids)) == 4 and page["first_id"] == ids[0] and page["last_id"] == ids[-1]
+    assert page["has_more"] is False and page["object"] == "list"
+
+    newest = client.get(f"/v1/responses/{rid}/input_items", params={"limit": 3}).json()  # default order: desc
+    assert [item["id"] for item in newest["data"]] == ids[::-1][:3] and newest["has_more"] is True
+    rest = client.get(f"/v1/responses/{rid}/input_items", params={"limit": 3, "after": newest["last_id"]}).json()
+    assert [item["id"] for item in rest["data"]] == ids[:1] and rest["has_more"] is False
+    one = client.get(f"/v1/responses/{first['id']}/input_items").json()["data"]
+    assert [part["text"] for part in one[0]["content"]] == ["Hello."]
+
+    for params, param in (({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"order": "up"}, "order"),
+                          ({"after": "msg_other"}, "after")):
+        r = client.get(f"/v1/responses/{rid}/input_items", params=params)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (params, r.text)
+    assert client.get("/v1/responses/resp_unknown/input_items").status_code == 404
+
+
+def test_delete_removes_the_response_and_its_feedback(make_client):
+    client = make_client()
+    kept, gone = create(client).json()["id"], create(client).json()["id"]
+    assert client.post("/v1/feedback", json={"id": gone, "thumbs": "down"}).status_code == 200
+    r = client.delete(f"/v1/responses/{gone}")
+    assert r.status_code == 200 and r.json() == {"id": gone, "object": "response", "deleted": True}
+    store = client.app.state.store
+    assert store.get_interaction(gone) == [] and store.list_feedback()[0] == []  # the RL loop sees neither
+    assert client.get(f"/v1/responses/{gone}").status_code == 404
+    r = create(client, previous_response_id=gone)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "previous_response_id"
+    again = client.delete(f"/v1/responses/{gone}")
+    assert again.status_code == 404 and again.json()["error"]["code"] == "response_not_found"
+    assert client.get(f"/v1/responses/{kept}").status_code == 200  # the other one stays
+    chat = client.post("/v1/chat/completions", json={"model": "scripted-model",
+                                                     "messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert client.delete(f"/v1/responses/{chat['id']}").status_code == 404  # not a response: not deleted here
+    assert len(store.get_interaction(chat["id"])) == 1
+
+
 def test_length_cut_is_incomplete(make_client):
     body = create(make_client(), max_output_tokens=6).json()  # cut inside the thinking
     assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "max_output_tokens"}
