@@ -80,22 +80,35 @@ clean_response = st.fixed_dictionaries(
               "store": st.booleans(), "metadata": st.dictionaries(st.text(min_size=1, max_size=8),
                                                                    st.text(max_size=8), max_size=3)})
 response_body = st.one_of(noisy_response, clean_response)
+# What is then asked about an answered response: a page of its input items, and maybe its deletion.
+items_query = st.fixed_dictionaries({}, optional={
+    "limit": st.one_of(st.integers(-2, 200), st.text(max_size=4)), "order": st.sampled_from(["asc", "desc", "x"]),
+    "after": st.text(max_size=12), "include": st.text(max_size=8)})
 
 
 def test_random_responses_requests_never_get_a_5xx(make_client):
     client = make_client(admin_key="adm")
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(response_body)
-    def check(payload):
-        r = client.post("/v1/responses", content=json.dumps(payload), headers={"content-type": "application/json"})
-        assert r.status_code < 500, (payload, r.text)
+    def answered_ok(r, what):
+        assert r.status_code < 500, (what, r.text)
         if r.status_code >= 400:
             assert set(r.json()["error"]) == {"message", "type", "param", "code"}
-        elif payload.get("stream") is True:
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(response_body, items_query, st.booleans())
+    def check(payload, query, delete):
+        r = client.post("/v1/responses", content=json.dumps(payload), headers={"content-type": "application/json"})
+        answered_ok(r, payload)
+        if r.status_code >= 400:
+            return
+        if payload.get("stream") is True:
             last = r.text.rstrip().rsplit("\n\n", 1)[-1]
             assert last.startswith(("event: response.completed", "event: response.incomplete")), r.text[-300:]
-        else:
-            assert r.json()["object"] == "response"
+            return
+        assert r.json()["object"] == "response"
+        rid = r.json()["id"]
+        answered_ok(client.get(f"/v1/responses/{rid}/input_items", params=query), query)
+        if delete:
+            answered_ok(client.delete(f"/v1/responses/{rid}"), "delete")
 
     check()
