@@ -6,7 +6,12 @@ from 1, 4 and 16 concurrent clients through the official `openai` SDK. It does s
 one run: with the engine in its own process (the default) and in a thread of the gateway
 (`--engine-thread`), and prints the two side by side.
 
-    .venv/bin/python bench/serve.py [--model PATH] [--requests 96]
+The clients run on the server's two cores, so their own CPU counts against the server's
+throughput. `--client http` sends the same JSON bodies over plain keep-alive HTTP connections
+(`http.client`, one per client thread) instead of the SDK, which costs the client less CPU per
+request: what the server alone sustains, as with clients on other machines.
+
+    .venv/bin/python bench/serve.py [--model PATH] [--requests 96] [--client sdk|http]
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
+import http.client
+import json
 import os
+import threading
 import statistics
 import tempfile
 import time
@@ -61,7 +69,42 @@ def cpu_seconds(pid: int) -> dict[str, float]:
         return {}
 
 
-def run(client: OpenAI, requests: list[list[dict]], concurrency: int, max_tokens: int,
+class SDKClient:
+    """Chat completions through the official SDK; returns the completion's token count."""
+
+    def __init__(self, url: str):
+        self.sdk = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)
+
+    def __call__(self, messages: list[dict], max_tokens: int) -> int:
+        resp = self.sdk.chat.completions.create(model="openvlthinker", messages=messages, max_tokens=max_tokens,
+                                                temperature=0)
+        return resp.usage.completion_tokens
+
+
+class HTTPClient:
+    """The same request bodies over one keep-alive `http.client` connection per thread."""
+
+    def __init__(self, url: str):
+        self.host, self.port = url.removeprefix("http://").split(":")
+        self.local = threading.local()
+
+    def __call__(self, messages: list[dict], max_tokens: int) -> int:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection(self.host, int(self.port), timeout=300)
+        body = json.dumps({"model": "openvlthinker", "messages": messages, "max_tokens": max_tokens, "temperature": 0})
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
+        return json.loads(data)["usage"]["completion_tokens"]
+
+
+CLIENTS = {"sdk": SDKClient, "http": HTTPClient}
+
+
+def run(client, requests: list[list[dict]], concurrency: int, max_tokens: int,
         server_pid: int | None = None) -> dict[str, float]:
     """Send every request with `concurrency` clients; throughput, latency and CPU per request figures."""
     latencies: list[float] = []
@@ -69,10 +112,9 @@ def run(client: OpenAI, requests: list[list[dict]], concurrency: int, max_tokens
 
     def one(messages):
         start = time.perf_counter()
-        resp = client.chat.completions.create(model="openvlthinker", messages=messages, max_tokens=max_tokens,
-                                              temperature=0)
+        completion_tokens = client(messages, max_tokens)
         latencies.append(time.perf_counter() - start)
-        tokens.append(resp.usage.completion_tokens)
+        tokens.append(completion_tokens)
 
     cpu_before = cpu_seconds(server_pid) if server_pid else {}
     client_before = time.process_time()
@@ -100,12 +142,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="engine torch threads")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="sdk",
+                        help="sdk: the official openai SDK; http: plain keep-alive HTTP (less client CPU)")
     args = parser.parse_args()
 
     requests = make_requests(args.requests)
     results = {name: serve_and_measure(args, requests, extra) for name, extra in CONFIGS}
     print(f"{args.requests} image chat requests, max_tokens={args.max_tokens}, greedy, tiny model, "
-          f"engine threads={args.threads}, max-batch 16")
+          f"engine threads={args.threads}, max-batch 16, client {args.client}")
     for name, rows in results.items():
         base = rows[0][1]
         print(f"\nengine {name}")
@@ -130,7 +174,7 @@ def serve_and_measure(args: argparse.Namespace, requests: list[list[dict]], extr
                                 "--threads", str(args.threads), "--log-level", "warning", *extra],
                                log_path=Path(run_dir) / "server.log")
         try:
-            client = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=300)
+            client = CLIENTS[args.client](server.url)
             run(client, requests[:8], 4, args.max_tokens)  # warm-up
             pid = server.proc.pid
             rows = [("sequential", run(client, requests, 0, args.max_tokens, pid))]
