@@ -25,6 +25,7 @@ from .errors import install_handlers
 from .metrics import Metrics, MetricsMiddleware
 from .request_id import RequestIdMiddleware
 from .responses import ResponsesService
+from .stored_completions import StoredCompletions
 from .routes import api, open_routes
 from .store import Store
 from .store.writer import StoreWriter
@@ -54,6 +55,7 @@ def create_app(config: ServeConfig, engine: Any) -> FastAPI:
         app.state.store, app.state.writer, app.state.registry = store, writer, registry
         app.state.chat = ChatService(engine, registry, writer, config, app.state.metrics)
         app.state.responses = ResponsesService(app.state.chat, store)
+        app.state.stored = StoredCompletions(store, writer)
         app.state.ready = True
         log.info("serving %s as %r (promoted: %s)", registry.base_name, config.served_name, registry.promoted or "base")
         try:

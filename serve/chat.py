@@ -273,7 +273,8 @@ def _rows(call: Call, results: list[GenerationResult], done_at: list[float], str
               "top_logprobs": req.top_logprobs, "reasoning_effort": req.reasoning_effort, "stream": stream,
               "user": req.user, "presence_penalty": req.presence_penalty,
               "frequency_penalty": req.frequency_penalty, "logit_bias": req.logit_bias}
-    request = {"messages": prompt.stored, "params": params, "instruction": prompt.instruction, **call.stored}
+    request = {"messages": prompt.stored, "params": params, "instruction": prompt.instruction,
+               "created": call.created, "system_fingerprint": call.fingerprint, **call.stored}
     rows = []
     for i, res in enumerate(results):
         thinking, answer = split_text(res.text, prompt.prefix)

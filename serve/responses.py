@@ -16,7 +16,6 @@ Errors name the Responses parameter (`input[2].content[0].image_url`, not `messa
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 import time
@@ -27,13 +26,14 @@ from starlette.concurrency import run_in_threadpool
 
 from .chat import ChatService, Stream
 from .errors import APIError, not_found, validation_error
+from .paging import page_after
 from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, TokenLogprob, Usage
 from .responses_protocol import (LOGPROBS_INCLUDE, DeletedResponse, IncompleteDetails, InputImagePart, InputItem,
                                  InputItemList, InputMessageItem, InputTextPart, MessageItem, OutputText,
                                  OutputTokensDetails, ReasoningItem, ReasoningText, ResponseError, ResponseObject,
                                  ResponsesRequest, ResponseUsage, SummaryText)
 from .store import Store
-from .store.blobs import BlobStore, media_type
+from .store.blobs import BlobStore
 
 # Chat parameters that the Responses API names differently.
 _RENAMED = {"max_completion_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort"}
@@ -83,16 +83,9 @@ class ResponsesService:
         items = await run_in_threadpool(input_items, row, self.store.blobs)
         if order == "desc":
             items.reverse()
-        start = 0
-        if after is not None:
-            ids = [item.id for item in items]
-            if after not in ids:
-                raise APIError(400, f"'after' is not an input item of {response_id!r}: {after[:80]!r}.", param="after",
-                               code="invalid_value")
-            start = ids.index(after) + 1
-        page = items[start:start + limit]
+        page, more = page_after(items, after, limit, lambda item: item.id, response_id)
         return InputItemList(data=page, first_id=page[0].id if page else None, last_id=page[-1].id if page else None,
-                             has_more=start + limit < len(items))
+                             has_more=more)
 
     async def _stored(self, response_id: str, param: str) -> dict[str, Any]:
         rows = await run_in_threadpool(self.store.get_interaction, response_id) if response_id.startswith("resp_") else []
@@ -138,12 +131,11 @@ def input_items(row: dict[str, Any], blobs: BlobStore) -> list[InputMessageItem 
 
 def _data_url(row: dict[str, Any], part: dict[str, Any], blobs: BlobStore, param: str) -> str:
     """A stored image part (its sha256) as the data: URL it was sent as."""
-    data = blobs.get(part["sha256"])
-    if data is None:
+    url = blobs.data_url(part["sha256"])
+    if url is None:
         raise not_found(f"An image of response {row['id']!r} is missing from the image store.", param,
                         "image_not_found")
-    media = media_type(data)
-    return f"data:{media if media.startswith('image/') else ''};base64,{base64.b64encode(data).decode()}"
+    return url
 
 
 def to_chat(req: ResponsesRequest,

@@ -1,10 +1,12 @@
-"""Public routes: chat completions, models, feedback (API key), health and metrics (open). Thin: they
-validate with the protocol models and hand over to the service objects on `app.state`.
+"""Public routes: chat completions (and the stored ones), responses, models, feedback (API key), health
+and metrics (open). Thin: they validate with the protocol models and hand over to the service objects
+on `app.state`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import AsyncIterator, Literal
 
@@ -21,6 +23,7 @@ from .protocol import (ChatCompletion, ChatCompletionRequest, FeedbackRequest, F
 from .responses import events as response_events
 from .responses_protocol import DeletedResponse, InputItemList, ResponseObject, ResponsesRequest
 from .store import UnknownInteraction
+from .stored_completions import CompletionList, DeletedCompletion, MessageList
 
 api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 open_routes = APIRouter()
@@ -47,6 +50,36 @@ class EventStream(StreamingResponse):
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     result = await request.app.state.chat.create(body)
     return EventStream(result.sse(), result) if isinstance(result, Stream) else result
+
+
+@api.get("/chat/completions", response_model=CompletionList)
+async def list_chat_completions(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100),
+                                order: Literal["asc", "desc"] = "asc", model: str | None = None) -> CompletionList:
+    """Stored chat completions, a page at a time (`client.chat.completions.list`); `metadata[key]=value`
+    query parameters keep the completions whose metadata has those values."""
+    metadata = {m.group(1): value for key, value in request.query_params.multi_items()
+                if (m := re.fullmatch(r"metadata\[(.+)\]", key))}
+    return await request.app.state.stored.list(after, limit, order, model, metadata)
+
+
+@api.get("/chat/completions/{completion_id}", response_model=ChatCompletion)
+async def retrieve_chat_completion(completion_id: str, request: Request) -> ChatCompletion:
+    """A stored chat completion (`client.chat.completions.retrieve`)."""
+    return await request.app.state.stored.retrieve(completion_id)
+
+
+@api.get("/chat/completions/{completion_id}/messages", response_model=MessageList)
+async def list_chat_completion_messages(completion_id: str, request: Request, after: str | None = None,
+                                        limit: int = Query(20, ge=1, le=100),
+                                        order: Literal["asc", "desc"] = "asc") -> MessageList:
+    """The messages a stored chat completion was asked with (`client.chat.completions.messages.list`)."""
+    return await request.app.state.stored.messages(completion_id, after, limit, order)
+
+
+@api.delete("/chat/completions/{completion_id}", response_model=DeletedCompletion)
+async def delete_chat_completion(completion_id: str, request: Request) -> DeletedCompletion:
+    """Delete a stored chat completion and its feedback (`client.chat.completions.delete`)."""
+    return await request.app.state.stored.delete(completion_id)
 
 
 @api.post("/responses", response_model=ResponseObject,

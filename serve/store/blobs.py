@@ -6,6 +6,7 @@ points at a missing file after a crash. Identical images are stored once.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -65,6 +66,14 @@ class BlobStore:
             return self.path(sha256).read_bytes()
         except (FileNotFoundError, ValueError):
             return None
+
+    def data_url(self, sha256: str) -> str | None:
+        """The stored image as a `data:` URL again (None if it is not here)."""
+        data = self.get(sha256)
+        if data is None:
+            return None
+        media = media_type(data)
+        return f"data:{media if media.startswith('image/') else ''};base64,{base64.b64encode(data).decode()}"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -109,6 +109,40 @@ class Store:
                                    .order_by(Interaction.choice_index)).all()
             return [to_dict(r) for r in rows]
 
+    def get_interactions(self, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The choices of several completion ids in one query: id -> its choices (unknown ids are left out)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self.sessions() as session:
+            rows = session.scalars(select(Interaction).where(Interaction.id.in_(ids))
+                                   .order_by(Interaction.seq)).all()
+            for row in rows:
+                out.setdefault(row.id, []).append(to_dict(row))
+        return out
+
+    def page_ids(self, prefix: str, after: str | None = None, limit: int = 20, descending: bool = False,
+                 model: str | None = None, metadata: dict[str, str] | None = None) -> tuple[list[str], bool]:
+        """One page of the completion ids starting with `prefix`, oldest first (or newest), and whether
+        more follow; `model` matches the name asked for or the one that answered, `metadata` every
+        key's value. Raises UnknownInteraction for an `after` that is not such an id."""
+        query = select(Interaction.seq, Interaction.id).where(
+            Interaction.choice_index == 0, Interaction.id.startswith(prefix, autoescape=True))
+        if model is not None:
+            query = query.where(or_(Interaction.model == model,
+                                    Interaction.request["params"]["model"].as_string() == model))
+        for key, value in (metadata or {}).items():
+            query = query.where(Interaction.meta[key].as_string() == value)
+        with self.sessions() as session:
+            if after is not None:
+                seq = session.scalar(select(Interaction.seq).where(
+                    Interaction.id == after, Interaction.choice_index == 0,
+                    Interaction.id.startswith(prefix, autoescape=True)))
+                if seq is None:
+                    raise UnknownInteraction(f"No completion {after[:80]!r} in the store.")
+                query = query.where(Interaction.seq < seq if descending else Interaction.seq > seq)
+            order = Interaction.seq.desc() if descending else Interaction.seq
+            rows = session.execute(query.order_by(order).limit(limit + 1)).all()
+        return [row.id for row in rows[:limit]], len(rows) > limit
+
     def list_interactions(self, after: int = 0, limit: int = 100,
                           gradable: bool | None = None) -> tuple[list[dict[str, Any]], int | None, bool]:
         """Page by cursor: rows with seq > after, oldest first; returns (rows, next_cursor, has_more).

@@ -52,6 +52,22 @@ def test_image_chat(client, h):
     assert r._request_id.startswith("req_") and again._request_id != r._request_id  # as OpenAI's x-request-id
 
 
+def test_stored_completions_through_the_sdk(client, h):
+    png = h.png_bytes(96, 64)
+    made = client.chat.completions.create(model="openvlthinker", messages=h.image_message("How many circles?", png),
+                                          max_tokens=12, temperature=0, n=2, metadata={"e2e": "stored"})
+    got = client.chat.completions.retrieve(made.id)
+    assert got.model_dump() == made.model_dump()  # the same object, both choices, as answered
+    listed = client.chat.completions.list(metadata={"e2e": "stored"})  # the SDK's cursor page
+    assert [c.id for c in listed] == [made.id]
+    (asked,) = client.chat.completions.messages.list(made.id)
+    assert asked.content == "How many circles?" and asked.content_parts[0].image_url.url == h.data_url(png)
+    client.chat.completions.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.retrieve(made.id)
+    assert list(client.chat.completions.list(metadata={"e2e": "stored"})) == []
+
+
 def test_two_images(client, h):
     r = client.chat.completions.create(
         model="model", messages=h.image_message("Which is bigger?", h.png_bytes(), h.png_bytes(128, 96, "blue")),

@@ -112,3 +112,28 @@ def test_random_responses_requests_never_get_a_5xx(make_client):
             answered_ok(client.delete(f"/v1/responses/{rid}"), "delete")
 
     check()
+
+
+stored_query = st.dictionaries(
+    st.one_of(st.sampled_from(["after", "limit", "order", "model"]), st.text(max_size=6).map(lambda k: f"metadata[{k}]")),
+    st.one_of(st.text(max_size=12), st.integers(-5, 500).map(str), st.sampled_from(["asc", "desc", "chatcmpl-x"])),
+    max_size=4)
+
+
+def test_random_stored_completion_queries_never_get_a_5xx(make_client):
+    client = make_client()
+    ids = [client.post("/v1/chat/completions", json={"model": "scripted-model", "metadata": {"k": str(i)},
+                                                     "messages": [{"role": "user", "content": "Hi"}]}).json()["id"]
+           for i in range(3)]
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(stored_query, st.sampled_from([*ids, "chatcmpl-unknown", "resp_x", "%2F..", "x" * 300]))
+    def check(query, some_id):
+        for r in (client.get("/v1/chat/completions", params=query),
+                  client.get(f"/v1/chat/completions/{some_id}/messages", params=query),
+                  client.get(f"/v1/chat/completions/{some_id}")):
+            assert r.status_code < 500, (query, some_id, r.text)
+            if r.status_code >= 400:
+                assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+    check()
