@@ -134,6 +134,15 @@ class ChatService:
             await fan.close()
             self._done(lease)
 
+    async def count_prompt_tokens(self, req: ChatCompletionRequest) -> int:
+        """The prompt tokens `req` would be answered with, images included, without answering it."""
+        lease = self.registry.acquire(req.model)  # an unknown model is the same error as when answering
+        try:
+            prompt = await build_prompt(req, self.limits)
+            return self.engine.count_prompt_tokens(prompt.messages, prompt.plan.mode)
+        finally:
+            lease.release()
+
     # ------------------------------------------------------------- preparing
 
     def _max_tokens(self, req: ChatCompletionRequest, prompt: Prompt) -> int:

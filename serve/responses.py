@@ -7,7 +7,8 @@ metrics. The interaction id starts with "resp_", so `response.id` is what /v1/fe
 the store is the conversation state: `previous_response_id` puts the stored conversation (images
 read back from the image store) and its answer before the new input,
 `GET /v1/responses/{id}` rebuilds a stored response, `.../input_items` lists what it was asked
-with, and `DELETE` removes it with its feedback.
+with, and `DELETE` removes it with its feedback. `POST /v1/responses/input_tokens` counts a
+request's prompt tokens the same way, without answering it.
 The answer comes back as output items: a `reasoning` item holding the thinking (when there is
 any) and a `message` item holding the answer; a stream as the Responses API's typed events.
 Errors name the Responses parameter (`input[2].content[0].image_url`, not `messages[...]`).
@@ -29,7 +30,7 @@ from .errors import APIError, not_found, validation_error
 from .paging import page_after
 from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, TokenLogprob, Usage
 from .responses_protocol import (LOGPROBS_INCLUDE, DeletedResponse, IncompleteDetails, InputImagePart, InputItem,
-                                 InputItemList, InputMessageItem, InputTextPart, MessageItem, OutputText,
+                                 InputItemList, InputMessageItem, InputTextPart, InputTokens, InputTokensRequest, MessageItem, OutputText,
                                  OutputTokensDetails, ReasoningItem, ReasoningText, ResponseError, ResponseObject,
                                  ResponsesRequest, ResponseUsage, SummaryText)
 from .store import Store
@@ -62,6 +63,21 @@ class ResponsesService:
             exc.param = _responses_param(exc.param, where)
             raise
         return result if isinstance(result, Stream) else from_chat(req, result)
+
+    async def count_input_tokens(self, req: InputTokensRequest) -> InputTokens:
+        """The input tokens `req` would be answered with (`client.responses.input_tokens.count`): its stored
+        conversation, instructions, input and images, and the prompt the server wraps them in."""
+        history: list[dict[str, Any]] = []
+        if req.previous_response_id is not None:
+            row = await self._stored(req.previous_response_id, "previous_response_id")
+            history = await run_in_threadpool(history_messages, row, self.store.blobs)
+        full = req.model_copy(update={"model": req.model or self.chat.config.served_name, "stream": False})
+        chat_req, where = to_chat(full, history)
+        try:
+            return InputTokens(input_tokens=await self.chat.count_prompt_tokens(chat_req))
+        except APIError as exc:
+            exc.param = _responses_param(exc.param, where)
+            raise
 
     async def retrieve(self, response_id: str) -> ResponseObject:
         """A stored response, as it was answered."""

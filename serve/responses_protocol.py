@@ -161,6 +161,18 @@ class ResponsesRequest(_Strict):
 
 
 
+class InputTokensRequest(ResponsesRequest):
+    """`POST /v1/responses/input_tokens`: what a create request would send, counted instead of answered;
+    `model` may be left out (the served model)."""
+
+    model: str | None = Field(None, min_length=1)  # type: ignore[assignment]
+
+
+class InputTokens(BaseModel):
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
+
+
 # ---------------------------------------------------------------------------- responses
 
 class OutputText(BaseModel):

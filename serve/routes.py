@@ -21,7 +21,8 @@ from .errors import not_found
 from .protocol import (ChatCompletion, ChatCompletionRequest, FeedbackRequest, FeedbackResponse, Health, ModelCard,
                        ModelList)
 from .responses import events as response_events
-from .responses_protocol import DeletedResponse, InputItemList, ResponseObject, ResponsesRequest
+from .responses_protocol import (DeletedResponse, InputItemList, InputTokens, InputTokensRequest, ResponseObject,
+                                 ResponsesRequest)
 from .store import UnknownInteraction
 from .stored_completions import CompletionList, DeletedCompletion, MessageList
 
@@ -88,6 +89,12 @@ async def create_response(body: ResponsesRequest, request: Request):
     """The Responses API over the same path as chat completions (responses.py)."""
     result = await request.app.state.responses.create(body)
     return EventStream(response_events(body, result), result) if isinstance(result, Stream) else result
+
+
+@api.post("/responses/input_tokens", response_model=InputTokens)
+async def count_input_tokens(body: InputTokensRequest, request: Request) -> InputTokens:
+    """How many input tokens a Responses request would be answered with (`client.responses.input_tokens.count`)."""
+    return await request.app.state.responses.count_input_tokens(body)
 
 
 @api.get("/responses/{response_id}", response_model=ResponseObject)

@@ -193,6 +193,9 @@ def test_responses_api_with_image_matches_chat_continues_and_takes_feedback(clie
         client.responses.create(model="openvlthinker", previous_response_id="resp_unknown", input="Hi")
     assert info.value.param == "previous_response_id"
 
+    counted = client.responses.input_tokens.count(model="openvlthinker", previous_response_id=r.id,
+                                                  input="And squares?")
+    assert counted.input_tokens == follow.usage.input_tokens  # what the answer was given, without answering
     (asked,) = client.responses.input_items.list(r.id)  # the SDK's page; its own input only
     assert [part.type for part in asked.content] == ["input_image", "input_text"] and asked.role == "user"
     assert [item.content[0].text for item in client.responses.input_items.list(follow.id)] == ["And squares?"]

@@ -159,6 +159,35 @@ def test_input_items_list_the_responses_own_input_in_pages(make_client, h):
     assert client.get("/v1/responses/resp_unknown/input_items").status_code == 404
 
 
+def test_input_tokens_count_what_create_would_be_answered_with(make_client, h):
+    client = make_client()
+
+    def count(**body):
+        r = client.post("/v1/responses/input_tokens", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["object"] == "response.input_tokens"
+        return r.json()["input_tokens"]
+
+    image = [{"role": "user", "content": [{"type": "input_image", "image_url": h.data_url(h.png_bytes())},
+                                          {"type": "input_text", "text": "How many circles?"}]}]
+    # The scripted engine's usage is made up; the e2e test compares the count with a real answer's usage.
+    first = create(client, input=image, instructions="Be brief.").json()
+    with_image = count(model="scripted-model", input=image, instructions="Be brief.")
+    assert count(input="How many circles?", instructions="Be brief.") < with_image  # model left out: the served one
+    # The stored conversation comes before the input.
+    assert count(previous_response_id=first["id"], input="And squares?") > count(input="And squares?")
+    assert len(client.app.state.engine.requests) == 1 and client.app.state.store.count() == 1  # counting answers nothing
+
+    for body, status, param in (({"model": "nope", "input": "Hi"}, 404, "model"),
+                                ({"input": [{"role": "user", "content": [{"type": "input_image",
+                                                                          "image_url": "data:image/png;base64,AAAA"}]}]},
+                                 400, "input[0].content[0].image_url"),
+                                ({"previous_response_id": "resp_unknown", "input": "Hi"}, 404, "previous_response_id"),
+                                ({"input": ""}, 400, "input")):
+        r = client.post("/v1/responses/input_tokens", json=body)
+        assert r.status_code == status and r.json()["error"]["param"] == param, (body, r.text)
+
+
 def test_delete_removes_the_response_and_its_feedback(make_client):
     client = make_client()
     kept, gone = create(client).json()["id"], create(client).json()["id"]
