@@ -108,12 +108,22 @@ def _param_groups(model, vision_scale: float) -> list[dict]:
 def train(cfg: TrainConfig) -> dict:
     """Run the training and save the checkpoint to cfg.out_dir; returns the training log."""
     import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg)
+    finally:  # the caller's setting again (a test module, a notebook)
+        torch.set_num_threads(before)
+
+
+def _train(cfg: TrainConfig) -> dict:
+    import torch
     from tqdm import tqdm
 
     from openvlthinker.tiny.build import save_tiny
     from openvlthinker.tiny.sft import collate, encode, pick_mode
 
-    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, tokenizer, processor = build_untrained(cfg)
     start = time.time()

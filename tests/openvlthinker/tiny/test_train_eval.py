@@ -24,7 +24,7 @@ def one_thread():
 
 def small_config(tmp_path, **kw):
     return TrainConfig(out_dir=tmp_path / "tiny", steps=kw.pop("steps", 30), batch_size=6, lr=3e-3, warmup=5,
-                       tokenizer_corpus=200, log_every=1,
+                       tokenizer_corpus=200, log_every=1, threads=kw.pop("threads", 1),
                        see_steps=kw.pop("see_steps", 5), see_batch=4, **kw)
 
 
@@ -63,7 +63,8 @@ def test_config_validation():
 
 @pytest.mark.slow
 def test_a_few_steps_reduce_the_loss_and_save_a_loadable_folder(tmp_path):
-    log = train(small_config(tmp_path, steps=40))
+    log = train(small_config(tmp_path, steps=40, threads=2))
+    assert torch.get_num_threads() == 1  # the module's setting again after training on two
     losses = [h["loss"] for h in log["history"]]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     model, processor = load(tmp_path / "tiny")
