@@ -26,8 +26,8 @@ import argparse
 import http.client
 import json
 import os
-import threading
 import statistics
+import threading
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor

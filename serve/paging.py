@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from .errors import APIError
 
@@ -22,3 +22,9 @@ def page_after(items: Sequence[T], after: str | None, limit: int, id_of: Callabl
                            code="invalid_value")
         start = ids.index(after) + 1
     return list(items[start:start + limit]), start + limit < len(items)
+
+
+def page_fields(page: Sequence[Any], more: bool) -> dict[str, Any]:
+    """The fields of an OpenAI list object for a page of items that have an `id`."""
+    return {"data": list(page), "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None, "has_more": more}

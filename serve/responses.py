@@ -16,25 +16,26 @@ Errors name the Responses parameter (`input[2].content[0].image_url`, not `messa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
-from typing import Any, AsyncIterator
+from contextlib import contextmanager
+from typing import Any, AsyncIterator, Iterator
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .chat import ChatService, Stream
 from .errors import APIError, not_found, validation_error
-from .paging import page_after
+from .paging import page_after, page_fields
 from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, TokenLogprob, Usage
 from .responses_protocol import (LOGPROBS_INCLUDE, DeletedResponse, IncompleteDetails, InputImagePart, InputItem,
-                                 InputItemList, InputMessageItem, InputTextPart, InputTokens, InputTokensRequest, MessageItem, OutputText,
-                                 OutputTokensDetails, ReasoningItem, ReasoningText, ResponseError, ResponseObject,
+                                 InputItemList, InputMessageItem, InputTextPart, InputTokens, InputTokensRequest,
+                                 MessageItem, OutputText, OutputTokensDetails, ReasoningItem, ReasoningText, ResponseError, ResponseObject,
                                  ResponsesRequest, ResponseUsage, SummaryText)
 from .store import Store
 from .store.blobs import BlobStore
+from .stored_reads import chat_parts, delete_stored, image_url
 
 # Chat parameters that the Responses API names differently.
 _RENAMED = {"max_completion_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort"}
@@ -49,35 +50,21 @@ class ResponsesService:
     async def create(self, req: ResponsesRequest) -> ResponseObject | Stream:
         """A ResponseObject, or for `stream=true` the chat Stream to send through `events` (errors before
         the stream are raised)."""
-        history: list[dict[str, Any]] = []
-        if req.previous_response_id is not None:
-            row = await self._stored(req.previous_response_id, "previous_response_id")
-            history = await run_in_threadpool(history_messages, row, self.store.blobs)
-        chat_req, where = to_chat(req, history)
+        chat_req, where, history = await self._chat_request(req)
         kept = {"api": "responses", "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
                 "reasoning_summary": _summary_kind(req), "previous_response_id": req.previous_response_id,
                 "input_start": (req.instructions is not None) + len(history)}  # where its own input begins
-        try:
+        with _named_as_responses(where):
             result = await self.chat.create(chat_req, id_prefix="resp_", stored=kept)
-        except APIError as exc:
-            exc.param = _responses_param(exc.param, where)
-            raise
         return result if isinstance(result, Stream) else from_chat(req, result)
 
     async def count_input_tokens(self, req: InputTokensRequest) -> InputTokens:
         """The input tokens `req` would be answered with (`client.responses.input_tokens.count`): its stored
         conversation, instructions, input and images, and the prompt the server wraps them in."""
-        history: list[dict[str, Any]] = []
-        if req.previous_response_id is not None:
-            row = await self._stored(req.previous_response_id, "previous_response_id")
-            history = await run_in_threadpool(history_messages, row, self.store.blobs)
         full = req.model_copy(update={"model": req.model or self.chat.config.served_name, "stream": False})
-        chat_req, where = to_chat(full, history)
-        try:
+        chat_req, where, _ = await self._chat_request(full)
+        with _named_as_responses(where):
             return InputTokens(input_tokens=await self.chat.count_prompt_tokens(chat_req))
-        except APIError as exc:
-            exc.param = _responses_param(exc.param, where)
-            raise
 
     async def retrieve(self, response_id: str) -> ResponseObject:
         """A stored response, as it was answered."""
@@ -86,10 +73,7 @@ class ResponsesService:
     async def delete(self, response_id: str) -> DeletedResponse:
         """Delete a stored response and its feedback: neither `previous_response_id` nor the RL loop sees it
         again. On the store's writer thread, in order with the interactions being logged."""
-        await self._stored(response_id, "response_id")
-        store = self.store
-        if not await asyncio.wrap_future(self.chat.writer.call(lambda: store.delete_interaction(response_id))):
-            await self._stored(response_id, "response_id")  # deleted meanwhile by a concurrent request: its 404
+        await delete_stored(self.store, self.chat.writer, response_id, lambda: self._stored(response_id, "response_id"))
         return DeletedResponse(id=response_id)
 
     async def input_items(self, response_id: str, after: str | None = None, limit: int = 20,
@@ -99,9 +83,16 @@ class ResponsesService:
         items = await run_in_threadpool(input_items, row, self.store.blobs)
         if order == "desc":
             items.reverse()
-        page, more = page_after(items, after, limit, lambda item: item.id, response_id)
-        return InputItemList(data=page, first_id=page[0].id if page else None, last_id=page[-1].id if page else None,
-                             has_more=more)
+        return InputItemList(**page_fields(*page_after(items, after, limit, lambda item: item.id, response_id)))
+
+    async def _chat_request(self, req: ResponsesRequest) -> tuple[ChatCompletionRequest, list[str], list[dict]]:
+        """The chat request serving `req`, where each of its messages came from, and the stored conversation
+        `previous_response_id` put first."""
+        history: list[dict[str, Any]] = []
+        if req.previous_response_id is not None:
+            row = await self._stored(req.previous_response_id, "previous_response_id")
+            history = await run_in_threadpool(history_messages, row, self.store.blobs)
+        return (*to_chat(req, history), history)
 
     async def _stored(self, response_id: str, param: str) -> dict[str, Any]:
         rows = await run_in_threadpool(self.store.get_interaction, response_id) if response_id.startswith("resp_") else []
@@ -118,11 +109,9 @@ def history_messages(row: dict[str, Any], blobs: BlobStore) -> list[dict[str, An
     messages = request["messages"][1:] if request.get("instructions") is not None else list(request["messages"])
     if messages and messages[-1]["role"] == "assistant":
         messages = messages[:-1]  # a prefill that the answer continued
-    out = []
-    for message in messages:
-        parts = [{"type": "image_url", "image_url": {"url": _data_url(row, part, blobs, "previous_response_id")}}
-                 if part["type"] == "image" else {"type": "text", "text": part["text"]} for part in message["content"]]
-        out.append({"role": message["role"], "content": parts})
+    owner = f"response {row['id']!r}"
+    out = [{"role": message["role"], "content": chat_parts(blobs, message["content"], owner, "previous_response_id")}
+           for message in messages]
     return out + [{"role": "assistant", "content": row["answer"] or ""}]
 
 
@@ -139,19 +128,11 @@ def input_items(row: dict[str, Any], blobs: BlobStore) -> list[InputMessageItem 
             text = "".join(part.get("text", "") for part in message["content"])
             out.append(MessageItem(id=item_id, status="completed", content=[OutputText(text=text)]))
             continue
-        parts = [InputImagePart(image_url=_data_url(row, part, blobs, "response_id")) if part["type"] == "image"
+        parts = [InputImagePart(image_url=image_url(blobs, part, f"response {row['id']!r}", "response_id"))
+                 if part["type"] == "image"
                  else InputTextPart(text=part["text"]) for part in message["content"]]
         out.append(InputMessageItem(id=item_id, role=message["role"], content=parts))
     return out
-
-
-def _data_url(row: dict[str, Any], part: dict[str, Any], blobs: BlobStore, param: str) -> str:
-    """A stored image part (its sha256) as the data: URL it was sent as."""
-    url = blobs.data_url(part["sha256"])
-    if url is None:
-        raise not_found(f"An image of response {row['id']!r} is missing from the image store.", param,
-                        "image_not_found")
-    return url
 
 
 def to_chat(req: ResponsesRequest,
@@ -197,6 +178,16 @@ def _chat_content(content: str | list) -> str | list[dict[str, Any]]:
         else:  # input_text, or the output_text / refusal of an assistant turn sent back
             parts.append({"type": "text", "text": part.text if part.type != "refusal" else part.refusal})
     return parts
+
+
+@contextmanager
+def _named_as_responses(where: list[str]) -> Iterator[None]:
+    """Errors of the chat path name the Responses parameter they came from."""
+    try:
+        yield
+    except APIError as exc:
+        exc.param = _responses_param(exc.param, where)
+        raise
 
 
 def _responses_param(param: str | None, where: list[str]) -> str | None:

@@ -11,18 +11,18 @@ chat completions; `/v1/responses` serves them.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from .errors import APIError, not_found
-from .paging import page_after
+from .paging import page_after, page_fields
 from .protocol import AssistantMessage, ChatCompletion, Choice, CompletionTokensDetails, Usage
 from .store import Store, UnknownInteraction
 from .store.blobs import BlobStore
 from .store.writer import StoreWriter
+from .stored_reads import chat_parts, delete_stored
 
 PREFIX = "chatcmpl-"
 
@@ -84,9 +84,7 @@ class StoredCompletions:
                            code="invalid_value") from None
         rows = await run_in_threadpool(self.store.get_interactions, ids)
         # Deleted between the two reads: left out rather than failed.
-        data = [completion_of(rows[i]) for i in ids if i in rows]
-        return CompletionList(data=data, first_id=data[0].id if data else None,
-                              last_id=data[-1].id if data else None, has_more=more)
+        return CompletionList(**page_fields([completion_of(rows[i]) for i in ids if i in rows], more))
 
     async def messages(self, completion_id: str, after: str | None = None, limit: int = 20,
                        order: str = "asc") -> MessageList:
@@ -95,16 +93,11 @@ class StoredCompletions:
         items = await run_in_threadpool(store_messages, rows[0], self.store.blobs)
         if order == "desc":
             items.reverse()
-        page, more = page_after(items, after, limit, lambda m: m.id, completion_id)
-        return MessageList(data=page, first_id=page[0].id if page else None, last_id=page[-1].id if page else None,
-                           has_more=more)
+        return MessageList(**page_fields(*page_after(items, after, limit, lambda m: m.id, completion_id)))
 
     async def delete(self, completion_id: str) -> DeletedCompletion:
         """Delete a stored completion and its feedback, on the writer thread (in order with the logging)."""
-        await self._rows(completion_id)
-        store = self.store
-        if not await asyncio.wrap_future(self.writer.call(lambda: store.delete_interaction(completion_id))):
-            await self._rows(completion_id)  # deleted meanwhile by a concurrent request: its 404
+        await delete_stored(self.store, self.writer, completion_id, lambda: self._rows(completion_id))
         return DeletedCompletion(id=completion_id)
 
     async def _rows(self, completion_id: str) -> list[dict[str, Any]]:
@@ -139,16 +132,7 @@ def store_messages(row: dict[str, Any], blobs: BlobStore) -> list[StoreMessage]:
     """The messages of a stored request, oldest first; `content` is their text, `content_parts` every part."""
     out = []
     for i, message in enumerate(row["request"]["messages"]):
-        parts = []
-        for part in message["content"]:
-            if part["type"] != "image":
-                parts.append({"type": "text", "text": part["text"]})
-                continue
-            url = blobs.data_url(part["sha256"])
-            if url is None:
-                raise not_found(f"An image of completion {row['id']!r} is missing from the image store.",
-                                "completion_id", "image_not_found")
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+        parts = chat_parts(blobs, message["content"], f"completion {row['id']!r}", "completion_id")
         text = "".join(p["text"] for p in parts if p["type"] == "text")
         out.append(StoreMessage(id=f"{row['id']}-{i}", role=message["role"], content=text or None,
                                 content_parts=parts))

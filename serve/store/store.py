@@ -124,8 +124,8 @@ class Store:
         """One page of the completion ids starting with `prefix`, oldest first (or newest), and whether
         more follow; `model` matches the name asked for or the one that answered, `metadata` every
         key's value. Raises UnknownInteraction for an `after` that is not such an id."""
-        query = select(Interaction.seq, Interaction.id).where(
-            Interaction.choice_index == 0, Interaction.id.startswith(prefix, autoescape=True))
+        first_choices = (Interaction.choice_index == 0, Interaction.id.startswith(prefix, autoescape=True))
+        query = select(Interaction.seq, Interaction.id).where(*first_choices)
         if model is not None:
             query = query.where(or_(Interaction.model == model,
                                     Interaction.request["params"]["model"].as_string() == model))
@@ -133,9 +133,7 @@ class Store:
             query = query.where(Interaction.meta[key].as_string() == value)
         with self.sessions() as session:
             if after is not None:
-                seq = session.scalar(select(Interaction.seq).where(
-                    Interaction.id == after, Interaction.choice_index == 0,
-                    Interaction.id.startswith(prefix, autoescape=True)))
+                seq = session.scalar(select(Interaction.seq).where(Interaction.id == after, *first_choices))
                 if seq is None:
                     raise UnknownInteraction(f"No completion {after[:80]!r} in the store.")
                 query = query.where(Interaction.seq < seq if descending else Interaction.seq > seq)

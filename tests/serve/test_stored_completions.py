@@ -107,3 +107,23 @@ def test_rows_stored_before_the_time_and_fingerprint_were_kept_still_read(make_c
     assert got["system_fingerprint"] == "fp_unknown" and got["choices"][0]["message"]["content"] == ANSWER
     assert got["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
                             "completion_tokens_details": {"reasoning_tokens": 1}}
+
+
+def test_an_image_gone_from_the_store_is_a_404_naming_the_parameter(make_client, h):
+    client = make_client()
+    png = h.png_bytes(color="blue")
+    parts = [{"type": "image_url", "image_url": {"url": h.data_url(png)}}, {"type": "text", "text": "How many?"}]
+    made = chat(client, text=parts)
+    resp = client.post("/v1/responses", json={"model": "scripted-model", "input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": h.data_url(png)}, {"type": "input_text", "text": "How many?"}]}]}).json()
+    store = client.app.state.store
+    sha = store.get_interaction(made["id"])[0]["request"]["messages"][0]["content"][0]["sha256"]
+    store.blobs.path(sha).unlink()  # the same bytes: one file for both
+    for r, param, owner in ((client.get(f"/v1/chat/completions/{made['id']}/messages"), "completion_id", "completion"),
+                            (client.get(f"/v1/responses/{resp['id']}/input_items"), "response_id", "response"),
+                            (client.post("/v1/responses", json={"model": "scripted-model", "input": "And?",
+                                                               "previous_response_id": resp["id"]}),
+                             "previous_response_id", "response")):
+        error = r.json()["error"]
+        assert r.status_code == 404 and error["code"] == "image_not_found" and error["param"] == param, r.text
+        assert error["message"].startswith(f"An image of {owner} ")
