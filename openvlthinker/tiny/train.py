@@ -4,7 +4,8 @@ Deterministic for a given config: the tokenizer is trained on a seeded corpus, t
 initialised from the seed, and example i of the stream is `generate(family_i, seed_i)` of the
 train split. It runs on two torch threads by default: a run is bit-for-bit reproducible for a
 given thread count (the weights differ between thread counts, so the count is part of the
-recipe), and two threads train 1.6x faster than one on the 2-core machine it targets.
+recipe), and two threads train about 1.5x faster than one on the 2-core machine it targets
+(`bench/train_threads.py`).
 """
 
 from __future__ import annotations
