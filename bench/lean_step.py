@@ -30,7 +30,7 @@ from openvlthinker.tiny.shapeworld import split
 from serve.engines.inputs import collate, collect_images, encode_one, render
 from serve.engines.kv import KVBatch
 from serve.engines.lean_step import Decoding, LeanStep, Prompts
-from serve.engines.lean_vision import LeanVision
+from openvlthinker.models.lean_vision import LeanVision
 from serve.engines.running import prefill_positions
 
 

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from openvlthinker.models.lean_vision import LeanVision
+
 from .adapters import VISION_TOWER
 from .base import EngineError
-from .lean_vision import LeanVision
 
 __all__ = ["GatewayVision"]
 

@@ -17,6 +17,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from openvlthinker.models.functional import conv_as_linear, rotate, signed_sin
+
 from .base import EngineError
 
 __all__ = ["Fused", "attend_cache", "attention_inputs", "fuse_layer", "conv_as_linear", "linear", "linear_patch_embed", "mlp_residual",
@@ -137,15 +139,6 @@ def linear_patch_embed(model: torch.nn.Module) -> bool:
     return True
 
 
-def conv_as_linear(conv: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """A patch embedding's Conv3d whose kernel equals its stride, as (weight, bias) of a linear map of the
-    flattened patch (each patch meets the kernel exactly once); None for any other layer. The weight is a
-    view: adapters or reloads see the same data."""
-    if not isinstance(conv, torch.nn.Conv3d) or tuple(conv.kernel_size) != tuple(conv.stride) or any(conv.padding):
-        return None
-    return conv.weight.detach().reshape(conv.out_channels, -1), conv.bias.detach() if conv.bias is not None else None
-
-
 def attend_cache(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
                  scale: float) -> torch.Tensor:
     """Attention of one query per row (B, H, 1, d) over the cache (B, KVH, C, d), grouped-query aware.
@@ -161,18 +154,6 @@ def attend_cache(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias
                            q.reshape(b * kv_heads, group, dim), keys.reshape(b * kv_heads, cols, dim).transpose(1, 2),
                            alpha=scale)
     return torch.bmm(torch.softmax(scores, dim=-1), values.reshape(b * kv_heads, cols, dim)).view(b, heads, dim)
-
-
-def signed_sin(sin: torch.Tensor) -> torch.Tensor:
-    """sin with its first half negated: rotate_half(x) * sin == swap_halves(x) * signed_sin(sin), exactly."""
-    half = sin.shape[-1] // 2
-    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """The rotary embedding x * cos + rotate_half(x) * sin, with the halves swapped by one flip."""
-    d = x.shape[-1]
-    return x * cos + x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2) * sin_signed
 
 
 class Fused:

@@ -7,7 +7,7 @@ import torch
 
 from serve.engines.base import EngineError
 from serve.engines.gateway_vision import GatewayVision
-from serve.engines.lean_vision import LeanVision
+from openvlthinker.models.lean_vision import LeanVision
 
 
 def test_gateway_features_equal_the_engines_tower(tiny_dir, h):

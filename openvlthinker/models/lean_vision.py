@@ -12,6 +12,10 @@ one pass, one attention call for all images of equal size). The output equals th
 `LeanVision.build` returns None for a tower of another shape, and `has_adapters` tells the caller
 when a loaded adapter reaches into the tower (PEFT cannot mix those per row): then the model's
 forward runs instead.
+
+Serving calls it (`__call__`, in inference mode); the tiny model's vision stage trains through it
+(`forward`, with autograd): the same weights, about half the time of the module's forward and
+backward for a batch of 32 small images, most of the module's being its per-image attention loop.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .lean_layers import conv_as_linear, rotate, signed_sin
+from .functional import conv_as_linear, rotate, signed_sin
 
 __all__ = ["LeanVision"]
 
@@ -31,13 +35,12 @@ GEOMETRY_CACHE = 256  # distinct image-grid combinations remembered
 class LeanVision:
     """Image features and DeepStack features of a Qwen3-VL vision tower, for patch rows and their grids."""
 
-    def __init__(self, visual: torch.nn.Module, patch_embed: tuple[torch.Tensor, torch.Tensor | None]):
+    def __init__(self, visual: torch.nn.Module):
         self.visual = visual
         cfg = visual.config
         self.merge = cfg.spatial_merge_size
         self.heads = cfg.num_heads
         self.head_dim = cfg.hidden_size // cfg.num_heads
-        self.patch_weight, self.patch_bias = patch_embed  # the Conv3d as a linear map of the flat patch
         self.deepstack = {layer: visual.deepstack_merger_list[i] for i, layer in enumerate(cfg.deepstack_visual_indexes)}
         self._geometry: dict[tuple, tuple] = {}
 
@@ -46,8 +49,9 @@ class LeanVision:
         """A lean forward for a Qwen3-VL vision tower, or None if `visual` is something else."""
         if type(visual).__name__ != "Qwen3VLVisionModel":
             return None
-        patch_embed = conv_as_linear(getattr(getattr(visual, "patch_embed", None), "proj", None))
-        return None if patch_embed is None else cls(visual, patch_embed)
+        if conv_as_linear(getattr(getattr(visual, "patch_embed", None), "proj", None)) is None:
+            return None
+        return cls(visual)
 
     def has_adapters(self) -> bool:
         """True when LoRA layers sit in the tower (its weights are then not the ones this path uses)."""
@@ -55,11 +59,17 @@ class LeanVision:
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(merged image features (tokens, D_text), DeepStack features per injected layer) for images in `grid`."""
+        """`forward` in inference mode: what serving runs."""
+        return self.forward(pixel_values, grid)
+
+    def forward(self, pixel_values: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(merged image features (tokens, D_text), DeepStack features per injected layer) for images in `grid`;
+        differentiable in the tower's weights when autograd is on."""
         pos_embeds, cos, sin_signed, lengths = self._grid_inputs(grid)
         v = self.visual
-        h = F.linear(pixel_values.reshape(-1, self.patch_weight.shape[1]).to(self.patch_weight.dtype),
-                     self.patch_weight, self.patch_bias) + pos_embeds
+        conv = v.patch_embed.proj  # read at every call: a view of the live weights, trained or reloaded
+        weight = conv.weight.reshape(conv.out_channels, -1)
+        h = F.linear(pixel_values.reshape(-1, weight.shape[1]).to(weight.dtype), weight, conv.bias) + pos_embeds
         deepstack = []
         for index, block in enumerate(v.blocks):
             h = h + self._attention(block, h, cos, sin_signed, lengths)
@@ -87,7 +97,10 @@ class LeanVision:
         return F.linear(out, attn.proj.weight, attn.proj.bias)
 
     def _grid_inputs(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """Position embeddings (N, D), rotary cos and signed sin (N, 1, 1, d) and patches per image (cached per grids)."""
+        """Position embeddings (N, D), rotary cos and signed sin (N, 1, 1, d) and patches per image (cached per grids).
+
+        The position embeddings are learned: while training they are resampled from the live table at every
+        call (from cached indices), so that gradients reach it; in inference they are cached too."""
         key = tuple(map(tuple, grid.tolist()))
         cached = self._geometry.get(key)
         if cached is None:
@@ -95,20 +108,27 @@ class LeanVision:
             if len(self._geometry) >= GEOMETRY_CACHE:
                 self._geometry.clear()
             self._geometry[key] = cached
-        return cached
+        indices, weights, pos_embeds, cos, sin_signed, lengths = cached
+        if torch.is_grad_enabled() and self.visual.pos_embed.weight.requires_grad:
+            pos_embeds = self._resample(indices, weights)
+        return pos_embeds, cos, sin_signed, lengths
 
-    def _compute_grid_inputs(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    def _resample(self, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return (self.visual.pos_embed(indices) * weights[:, :, None]).sum(1)
+
+    def _compute_grid_inputs(self, grid: torch.Tensor) -> tuple:
         from transformers.vision_utils import get_vision_interpolation_indices_and_weights, get_vision_position_ids
 
         v = self.visual
         indices, weights = get_vision_interpolation_indices_and_weights(
             grid, num_grid_per_side=v.num_grid_per_side, mode=v.interpolation_mode,
             align_corners=v.interpolation_align_corners, spatial_merge_size=self.merge)
-        pos_embeds = (v.pos_embed(indices) * weights[:, :, None]).sum(1)
-        position_ids = get_vision_position_ids(grid, v.spatial_merge_size)
-        cos, sin = v.rotary_pos_emb(pos_embeds, position_ids)
+        with torch.no_grad():  # what is cached must not hold a graph (a backward would free it)
+            pos_embeds = self._resample(indices, weights)
+            position_ids = get_vision_position_ids(grid, v.spatial_merge_size)
+            cos, sin = v.rotary_pos_emb(pos_embeds, position_ids)
         lengths = [int(t * h * w) for t, h, w in grid.tolist()]
-        return pos_embeds, cos[:, None, None], signed_sin(sin)[:, None, None], lengths
+        return indices, weights, pos_embeds, cos[:, None, None], signed_sin(sin)[:, None, None], lengths
 
 
 def _layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
