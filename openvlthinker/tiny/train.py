@@ -43,9 +43,10 @@ class TrainConfig:
     vision_hidden: int = 64
     vision_depth: int = 2
     families: tuple[str, ...] = field(default_factory=lambda: tuple(FAMILIES))
-    see_steps: int = 1000  # vision stage (openvlthinker.tiny.see) before SFT; 0 skips it
+    see_steps: int = 4000  # vision stage (openvlthinker.tiny.see) before SFT; 0 skips it
     see_batch: int = 32
     see_lr: float = 2e-3
+    see_ocr_share: float = 0.5  # share of OCR images in the vision stage (the rest even): words are learnt slowest
     vision_lr_scale: float = 0.0  # SFT learning rate of the vision tower (not its deepstack mergers) / lr; 0 freezes it
     log_every: int = 50
 
@@ -58,7 +59,7 @@ class TrainConfig:
             raise ValueError(f"see_steps must be >= 0, got {self.see_steps}")
         if self.vision_lr_scale < 0:
             raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
-        for name in ("flip_mode", "describe"):
+        for name in ("flip_mode", "describe", "see_ocr_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         unknown = set(self.families) - set(FAMILIES)
@@ -130,10 +131,10 @@ def _train(cfg: TrainConfig) -> dict:
     start = time.time()
     see_log = []
     if cfg.see_steps:
-        from openvlthinker.tiny.see import pretrain_vision
+        from openvlthinker.tiny.see import family_weights, pretrain_vision
 
         see_log = pretrain_vision(model, processor, cfg.see_steps, cfg.see_batch, cfg.see_lr, cfg.families,
-                                  cfg.image_size, cfg.seed)
+                                  cfg.image_size, cfg.seed, weights=family_weights(cfg.families, cfg.see_ocr_share))
     model.train()
     optim = torch.optim.AdamW(_param_groups(model, cfg.vision_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay,
                               betas=(0.9, 0.98))
@@ -188,7 +189,8 @@ def plot_history(log: dict, path: Path) -> Path:
         for part in ("kind", "color", "size", "word", "box", "value"):
             if not any(h[part] for h in see):
                 continue  # a target no family in this run has (bar values without charts)
-            ax.plot(steps, [max(h[part], 1e-4) for h in see], label=part)
+            # 0 means the logged batch had no such target (no chart drawn): a gap, not a dive to zero loss
+            ax.plot(steps, [h[part] if h[part] > 0 else float("nan") for h in see], label=part)
         ax.set_xlabel("vision-stage step")
         ax.set_ylabel("loss per target")
         ax.set_yscale("log")

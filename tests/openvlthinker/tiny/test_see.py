@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from openvlthinker.tiny.see import (
-    KINDS, Element, SeeHeads, cell_targets, pretrain_vision, scene_elements, see_loss, targets_for,
+    KINDS, Element, SeeHeads, cell_targets, family_weights, pretrain_vision, scene_elements, see_loss, targets_for,
 )
 from openvlthinker.tiny.shapeworld import FAMILIES, generate
 from openvlthinker.tiny.shapeworld.common import COLORS, OCR_WORDS, PALETTE
@@ -21,7 +21,8 @@ def test_an_element_lands_in_the_cell_of_its_centre_and_the_largest_wins():
     t = cell_targets([small, large, word], rows=4, cols=4, image_size=128)
     assert t["kind"].tolist() == [0] * 5 + [KINDS.index("square")] + [0] * 9 + [KINDS.index("word")]
     assert t["color"][5] == 1 + COLORS.index("blue") and t["color"][15] == -100  # words have no colour
-    assert t["word"][15] == 1 + OCR_WORDS.index("cat") and t["word"][5] == -100 and t["word"][0] == 0
+    # Words are learnt only where there is one: every other cell is ignored by the word loss.
+    assert t["word"][15] == OCR_WORDS.index("cat") and t["word"][5] == -100 and t["word"][0] == -100
     assert t["box"][5].tolist() == pytest.approx([36 / 128, 34 / 128, 60 / 128, 58 / 128])
     assert math.isnan(t["box"][0, 0]) and math.isnan(t["value"][5])
 
@@ -73,8 +74,17 @@ def test_loss_parts_and_masking():
     assert set(parts) == {"kind", "color", "size", "word", "box", "value"}
     assert torch.isfinite(total) and total.requires_grad
     empty = cell_targets([], 4, 4, 128)
-    total, parts = see_loss(heads(tokens), empty)  # no box or value anywhere: those parts are 0
-    assert parts["box"] == 0 and parts["value"] == 0 and torch.isfinite(total)
+    total, parts = see_loss(heads(tokens), empty)  # no box, value or word anywhere: those parts are 0
+    assert parts["box"] == 0 and parts["value"] == 0 and parts["word"] == 0 and torch.isfinite(total)
+    total.backward()  # still a graph to step on
+
+
+def test_family_weights_give_ocr_its_share_and_the_rest_evenly():
+    weights = family_weights(FAMILIES, 0.5)
+    assert sum(weights) == pytest.approx(1) and weights[FAMILIES.index("ocr")] == 0.5
+    assert len({w for f, w in zip(FAMILIES, weights) if f != "ocr"}) == 1
+    assert family_weights(("chart", "math_reasoning"), 0.5) == [1.0, 1.0]  # no OCR: even
+    assert family_weights(("ocr",), 0.3) == [1.0]
 
 
 @pytest.mark.slow
@@ -84,7 +94,7 @@ def test_the_vision_stage_lowers_its_loss_and_only_touches_the_vision_tower():
     text_before = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
     vision_before = model.model.visual.patch_embed.proj.weight.clone()
     log = pretrain_vision(model, processor, steps=60, batch_size=8, lr=2e-3, families=FAMILIES, image_size=128,
-                          seed=0, progress=False)
+                          seed=0, progress=False, weights=family_weights(FAMILIES, 0.5))
     assert log[-1]["loss"] < 0.6 * log[0]["loss"]
     assert not torch.equal(vision_before, model.model.visual.patch_embed.proj.weight)
     assert all(torch.equal(v, model.model.language_model.state_dict()[k]) for k, v in text_before.items())
