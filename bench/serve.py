@@ -3,15 +3,17 @@
 Starts `openvlthinker serve` on the tiny model, sends the same ShapeWorld image questions
 (greedy, fixed max_tokens, reasoning_effort auto) first strictly one after another, then
 from 1, 4 and 16 concurrent clients through the official `openai` SDK. It does so twice in
-one run: with the engine in its own process (the default) and in a thread of the gateway
-(`--engine-thread`), and prints the two side by side.
+one run and prints the two side by side: `--compare engine` (default), the engine in its own
+process (the default) and in a thread of the gateway (`--engine-thread`); `--compare http`,
+uvicorn's C HTTP parser and event loop (httptools and uvloop; `pip install` them first) and the
+pure-Python ones (`--http h11 --loop asyncio`, what the project installs).
 
 The clients run on the server's two cores, so their own CPU counts against the server's
 throughput. `--client http` sends the same JSON bodies over plain keep-alive HTTP connections
 (`http.client`, one per client thread) instead of the SDK, which costs the client less CPU per
 request: what the server alone sustains, as with clients on other machines.
 
-    .venv/bin/python bench/serve.py [--model PATH] [--requests 96] [--client sdk|http]
+    .venv/bin/python bench/serve.py [--model PATH] [--requests 96] [--client sdk|http] [--compare engine|http]
 """
 
 from __future__ import annotations
@@ -142,17 +144,25 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="engine torch threads")
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="engine",
+                        help="engine: own process vs gateway thread; http: httptools+uvloop vs h11+asyncio")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="sdk",
                         help="sdk: the official openai SDK; http: plain keep-alive HTTP (less client CPU)")
     args = parser.parse_args()
 
+    if args.compare == "http":
+        import importlib.util
+
+        missing = [m for m in ("httptools", "uvloop") if importlib.util.find_spec(m) is None]
+        if missing:
+            parser.error(f"--compare http needs {' and '.join(missing)}: .venv/bin/pip install httptools uvloop")
     requests = make_requests(args.requests)
-    results = {name: serve_and_measure(args, requests, extra) for name, extra in CONFIGS}
+    results = {name: serve_and_measure(args, requests, extra) for name, extra in COMPARISONS[args.compare]}
     print(f"{args.requests} image chat requests, max_tokens={args.max_tokens}, greedy, tiny model, "
           f"engine threads={args.threads}, max-batch 16, client {args.client}")
     for name, rows in results.items():
         base = rows[0][1]
-        print(f"\nengine {name}")
+        print(f"\n{name}")
         print(f"{'clients':<16}{'req/s':>8}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'throughput vs sequential':>27}"
               f"   CPU ms per request: {'gateway':>7}{'engine':>8}{'client':>8}")
         for label, r in rows:
@@ -164,7 +174,12 @@ def main() -> None:
                                               for (label, p), (_, t) in zip(proc, thread)))
 
 
-CONFIGS = [("in its own process (default)", []), ("in a gateway thread (--engine-thread)", ["--engine-thread"])]
+COMPARISONS = {
+    "engine": [("engine in its own process (default)", []),
+               ("engine in a gateway thread (--engine-thread)", ["--engine-thread"])],
+    "http": [("httptools + uvloop (--http httptools --loop uvloop)", ["--http", "httptools", "--loop", "uvloop"]),
+             ("h11 + asyncio (--http h11 --loop asyncio)", ["--http", "h11", "--loop", "asyncio"])],
+}
 
 
 def serve_and_measure(args: argparse.Namespace, requests: list[list[dict]], extra: list[str]) -> list[tuple[str, dict]]:

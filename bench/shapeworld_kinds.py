@@ -1,8 +1,9 @@
-"""Benchmark: a model's ShapeWorld attribute and counting accuracy per question kind, real vs shuffled images.
+"""Benchmark: a model's ShapeWorld accuracy per question kind, real vs shuffled images.
 
 `openvlthinker eval` reports one accuracy per family; a family mixes kinds of questions with
 different answer priors (general VQA: colour, shape and size; math: "remove", "plus", "how many
-more"). Per kind, this prints the accuracy with the question's own image, with the next
+more"; spatial reasoning: relations, nearest shape, width and distance ratios; charts: a bar's
+value, the largest bar). Per kind, this prints the accuracy with the question's own image, with the next
 question's image (`--shuffle-images`: what the text alone earns), and the answers given most
 often, which shows a model answering from a prior (always "B", always "1").
 
@@ -20,11 +21,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse
 import collections
 
-FAMILIES = ("general_vqa", "math_reasoning")
+FAMILIES = ("spatial_reasoning", "general_vqa", "math_reasoning", "chart")  # the families with kinds
 
 
 def kind(record) -> str:
-    """The question's kind as the generator recorded it: an attribute, or an arithmetic operation."""
+    """The question's kind as the generator recorded it: a relation, an attribute, an operation, a chart query."""
     query = record.extra["scene"].get("query", {})
     return f"{record.task} {query.get('kind') or query.get('op')}"
 
@@ -58,13 +59,13 @@ def main() -> None:
     for (record, _), a, b in zip(data, real, shuffled):
         groups[kind(record)].append((a.accuracy, b.accuracy, record.answer, answer_of(a.response)))
     print(f"model {args.model or DEFAULT_MODEL}, ShapeWorld eval, {args.per_family} per family, greedy, effort auto")
-    print(f"{'kind':<22}{'n':>5}{'real':>7}{'shuffled':>10}   gold answers (top 3)        answers given (top 3)")
+    print(f"{'kind':<34}{'n':>5}{'real':>7}{'shuffled':>10}   gold answers (top 3)        answers given (top 3)")
     for name, rows in sorted(groups.items()):
         n = len(rows)
         gold = collections.Counter(r[2] for r in rows).most_common(3)
         given = collections.Counter(r[3] for r in rows).most_common(3)
         top = lambda c: ", ".join(f"{k} {v}" for k, v in c)  # noqa: E731
-        print(f"{name:<22}{n:>5}{sum(r[0] for r in rows) / n:>7.2f}{sum(r[1] for r in rows) / n:>10.2f}   "
+        print(f"{name:<34}{n:>5}{sum(r[0] for r in rows) / n:>7.2f}{sum(r[1] for r in rows) / n:>10.2f}   "
               f"{top(gold):<28}{top(given)}")
 
 

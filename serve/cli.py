@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import Any
 
+from .config import ENGINES, HTTP_IMPLS, LOOPS
+
 # flag -> (ServeConfig field, type, help). Defaults live in ServeConfig only.
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--model", "model", str, "base model folder or hub id (default: the shipped tiny model)"),
@@ -35,6 +37,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--default-max-tokens", "default_max_tokens", int, "completion cap when a request sets none (default 1024)"),
     ("--threads", "threads", int, "torch threads of the engine (default 1)"),
     ("--log-level", "log_level", str, "debug, info, warning (default info)"),
+    ("--http", "http", str, "HTTP parser: auto (httptools when installed, default), httptools, h11"),
+    ("--loop", "loop", str, "event loop: auto (uvloop when installed, default), uvloop, asyncio"),
     ("--vllm-python", "vllm_python", str, "vLLM engine: python of an environment with vLLM (default: this one)"),
     ("--vllm-port", "vllm_port", int, "vLLM engine: vLLM's private loopback port (default: any free port)"),
     ("--vllm-start-timeout", "vllm_start_timeout_s", float, "vLLM engine: seconds to wait for vLLM to serve (default 900)"),
@@ -50,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML file of ServeConfig fields (flags override it)")
     for flag, dest, kind, help_text in _FLAGS:
         kwargs: dict[str, Any] = {"dest": dest, "type": kind, "default": None, "help": help_text}
-        if flag == "--engine":
-            kwargs["choices"] = ["transformers", "vllm"]
+        choices = {"--engine": ENGINES, "--http": HTTP_IMPLS, "--loop": LOOPS}.get(flag)
+        if choices:
+            kwargs["choices"] = list(choices)
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--vllm-arg", dest="vllm_args", action="append", default=None, metavar="ARGS",
                         help="vLLM engine: extra vLLM arguments, passed through last (repeatable; write "
@@ -126,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config.run_path.mkdir(parents=True, exist_ok=True)
     app = create_app(config, engine)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=10,
+                http=config.http, loop=config.loop)
     return 0
 
 

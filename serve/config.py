@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ENGINES = ("transformers", "vllm")
+# uvicorn's HTTP parser and event loop. "auto" takes the C ones (httptools, uvloop) when they are
+# installed and the pure-Python h11 and asyncio otherwise. The project does not install the C ones:
+# on the 2-core benchmark they did not lower the gateway's CPU (`bench/serve.py --compare http`).
+HTTP_IMPLS = ("auto", "httptools", "h11")
+LOOPS = ("auto", "uvloop", "asyncio")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
 
@@ -49,6 +54,8 @@ class ServeConfig:
     threads: int = 1  # torch intra-op threads (tiny tensors gain nothing from more)
     engine_process: bool = True  # transformers engine: decode in a child process (False: a gateway thread)
     log_level: str = "info"
+    http: str = "auto"  # uvicorn's HTTP parser: auto (httptools if importable), httptools, h11
+    loop: str = "auto"  # uvicorn's event loop: auto (uvloop if importable), uvloop, asyncio
     # --- vLLM engine only (vLLM runs as a child process, usually from its own environment) ---
     vllm_python: str = ""  # interpreter of an environment with vLLM; "" = this one
     vllm_port: int = 0  # vLLM's private loopback port; 0 = any free port
@@ -63,6 +70,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid: {', '.join(ENGINES)}")
+        for name, valid in (("http", HTTP_IMPLS), ("loop", LOOPS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(valid)}")
         if not self.model:
             self.model = _default_model()
         if not _NAME.match(self.served_name) or "@" in self.served_name:

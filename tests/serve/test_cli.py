@@ -37,6 +37,16 @@ def test_invalid_options_are_clear(tmp_path):
         parse("--engine", "tgi")
     with pytest.raises(ValueError, match="served_name"):
         ServeConfig(served_name="a@b")
+    with pytest.raises(SystemExit):
+        parse("--http", "zttp")
+    with pytest.raises(ValueError, match="unknown loop 'trio'"):
+        ServeConfig(loop="trio")  # the YAML file's way in, which argparse's choices do not guard
+
+
+def test_http_stack_flags_reach_the_config():
+    assert (build_config(parse()).http, build_config(parse()).loop) == ("auto", "auto")
+    cfg = build_config(parse("--http", "h11", "--loop", "asyncio"))
+    assert (cfg.http, cfg.loop) == ("h11", "asyncio")
 
 
 def test_vllm_engine_command_line(tmp_path):
