@@ -36,6 +36,14 @@ class UpdateConfig:
     entropy_low: float = 0.2
     entropy_high: float = 0.6
     is_cap: float = 2.0
+    # KL to the base model (k3, per token): REFERENCE §2 has none; the base is the LoRA's own model with the
+    # adapter switched off, so it costs one more forward per micro-batch and no second copy of the weights.
+    kl_coef: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("kl_coef", "entropy_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def _batch(rollouts: Sequence[Rollout], processor, pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -164,9 +172,14 @@ class LoraPolicy:
             for i, r in enumerate(part):
                 if r.off_policy:
                     behaviour[i, : len(r.behaviour_logprobs)] = torch.tensor(r.behaviour_logprobs, device=self.device)
+        ref_logp = None
+        if cfg.kl_coef > 0:
+            with self.model.disable_adapter():
+                ref_logp, _, _ = self.token_stats(part, grad=False)
         loss, metrics = policy_loss(
             logp, old_logp, adv.to(self.device, logp.dtype), mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-            dual_clip=cfg.dual_clip, behaviour_logprobs=behaviour, is_cap=cfg.is_cap,
+            dual_clip=cfg.dual_clip, behaviour_logprobs=behaviour, is_cap=cfg.is_cap, ref_logprobs=ref_logp,
+            kl_coef=cfg.kl_coef,
         )
         penalty = entropy_band_penalty(ent, mask, [r.task for r in part], cfg.entropy_low, cfg.entropy_high)
         total = loss + cfg.entropy_coef * penalty

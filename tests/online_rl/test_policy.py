@@ -70,6 +70,32 @@ def test_updates_raise_good_and_lower_bad_completions(tiny_path):
     assert {"clip_frac", "approx_kl", "entropy", "grad_norm", "loss"} <= set(metrics)
 
 
+def test_kl_to_the_base_model_holds_the_policy_back(tiny_path):
+    """With kl_coef, the reference is the model with the adapter off: it reports kl_ref, and the same
+    updates move the rewarded completion less than without it."""
+    img = generate("math_reasoning", 0).image
+    gains = {}
+    for kl in (0.0, 1.0):
+        torch.manual_seed(0)
+        policy = LoraPolicy.create(tiny_path, UpdateConfig(lr=5e-3, micro_batch=2, updates_per_round=2, kl_coef=kl),
+                                   lora_r=4)
+        rollouts = make_rollouts(policy, ["<answer>3</answer>", "<answer>5</answer>"], [img] * 2)
+        before, _, _ = policy.token_stats(rollouts[:1], grad=False)
+        for _ in range(6):
+            metrics = policy.update(rollouts, torch.tensor([1.0, -1.0]))
+        after, _, _ = policy.token_stats(rollouts[:1], grad=False)
+        gains[kl] = (after - before).sum().item()
+        assert ("kl_ref" in metrics) == (kl > 0)
+        if kl:
+            assert metrics["kl_ref"] > 0  # the adapter has moved away from the base by now
+            with policy.model.disable_adapter():  # and the base itself is untouched
+                base, _, _ = policy.token_stats(rollouts[:1], grad=False)
+            assert torch.allclose(base, before, atol=1e-5)
+    assert 0 < gains[1.0] < gains[0.0]
+    with pytest.raises(ValueError, match="kl_coef"):
+        UpdateConfig(kl_coef=-0.1)
+
+
 def test_vision_tower_stays_frozen_and_adapter_saves(tiny_path, tmp_path):
     policy = LoraPolicy.create(tiny_path, UpdateConfig(), lora_r=4)
     trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
