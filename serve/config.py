@@ -6,6 +6,7 @@ passes the values a user set, so no default is written twice.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -71,8 +72,11 @@ class ServeConfig:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid: {', '.join(ENGINES)}")
         for name, valid in (("http", HTTP_IMPLS), ("loop", LOOPS)):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(valid)}")
+            value = getattr(self, name)
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+            if value in ("httptools", "uvloop") and importlib.util.find_spec(value) is None:
+                raise ValueError(f"{name} {value!r} needs the {value} package: pip install {value}")
         if not self.model:
             self.model = _default_model()
         if not _NAME.match(self.served_name) or "@" in self.served_name:

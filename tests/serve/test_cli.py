@@ -1,6 +1,7 @@
 """`openvlthinker serve` options: precedence defaults < YAML < flags, validation, the vLLM engine's command line."""
 
 import argparse
+import importlib.util
 
 import pytest
 
@@ -47,6 +48,13 @@ def test_http_stack_flags_reach_the_config():
     assert (build_config(parse()).http, build_config(parse()).loop) == ("auto", "auto")
     cfg = build_config(parse("--http", "h11", "--loop", "asyncio"))
     assert (cfg.http, cfg.loop) == ("h11", "asyncio")
+    # The C implementations are optional: asking for one that is not installed says how to get it.
+    for name, package in (("http", "httptools"), ("loop", "uvloop")):
+        if importlib.util.find_spec(package) is None:
+            with pytest.raises(ValueError, match=f"pip install {package}"):
+                ServeConfig(**{name: package})
+        else:
+            assert getattr(ServeConfig(**{name: package}), name) == package
 
 
 def test_vllm_engine_command_line(tmp_path):
