@@ -9,8 +9,13 @@ Final split (`split_text`, what a non-streamed response and the store get):
 Streaming (`ReasoningSplitter.feed`) emits the same pieces as tokens arrive. Tags may be split
 across tokens, so a tail that could still become a tag is held back until the next token decides.
 Whitespace at the edges of each block is held too, so the concatenated deltas equal the final
-split whenever the output is well formed. The one case it cannot know in advance: stray text
-before a late `<answer>` tag is streamed as content, but left out of the final answer.
+split whenever the output is well formed. Text outside any block after a thinking block has
+closed is held until an `<answer>` tag drops it or the end of the stream sends it: a model in the
+think-then-answer format writes `<answer>` next, so nothing waits in the normal case, and a stray
+phrase between the blocks never streams as content the final answer leaves out. The one case it
+cannot know in advance: stray text before the first thinking block or before a late `<answer>`
+with no thinking is streamed as content (a plain untagged answer must stream as it comes), but
+left out of the final answer.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class ReasoningSplitter:
         self.pending_ws = ""  # whitespace held inside the current block
         self.block_started = False  # emitted non-whitespace in the current block yet
         self.answered = False  # an <answer> block was opened: later outside text is not the answer
+        self.thought = False  # a thinking block has closed: outside text waits for <answer> or the end
+        self.held: list[tuple[Kind, str]] = []  # that waiting text, as the deltas it would have been
         self.reasoning: list[str] = []
         self.content: list[str] = []
         if prefix:
@@ -74,7 +81,7 @@ class ReasoningSplitter:
         if self.buffer:
             self._emit(self.buffer, out)
             self.buffer = ""
-        return out
+        return self._release() + out
 
     @property
     def thinking_text(self) -> str:
@@ -106,6 +113,8 @@ class ReasoningSplitter:
         self.pending_ws = trailing
         self.block_started = True
         (self.reasoning if kind == "reasoning" else self.content).append(piece)
+        if kind == "content" and self.state == _OUT and self.thought:
+            out = self.held  # untagged text after thinking: the answer only if no <answer> follows
         if out and out[-1][0] == kind:
             out[-1] = (kind, out[-1][1] + piece)
         else:
@@ -115,17 +124,24 @@ class ReasoningSplitter:
         if tag == THINK_OPEN and self.state != _ANSWER:
             if not self.answered:
                 self.content.clear()  # untagged answers are the text after the thinking block
+                self.held.clear()
             self._enter(_THINK)
         elif tag == THINK_CLOSE and self.state == _THINK:
+            self.thought = True
             self._enter(_OUT)
         elif tag == ANSWER_OPEN and self.state != _THINK:
             if not self.answered:
                 self.content.clear()  # the final answer is the tagged one (streams cannot take back)
+                self.held.clear()  # what waited after thinking was not the answer after all
             self.answered = True
             self._enter(_ANSWER)
         elif tag == ANSWER_CLOSE and self.state == _ANSWER:
             self._enter(_OUT)
         # Any other tag (a stray close, `<answer>` inside thinking) is dropped, never shown.
+
+    def _release(self) -> list[tuple[Kind, str]]:
+        held, self.held = self.held, []
+        return held
 
     def _enter(self, state: str) -> None:
         self.state, self.pending_ws, self.block_started = state, "", False

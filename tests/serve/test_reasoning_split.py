@@ -14,6 +14,10 @@ WELL_FORMED = [
     "no tags at all, a < b <x>",
     "<thinking>truncated by max_tokens",
     "<thinking>t</thinking>untagged answer",
+    # Stray text between the blocks (the shipped model wrote this one to a text-only question):
+    # held after </thinking>, dropped at <answer>, so the stream still equals the final split.
+    "<thinking>The green square is notes.</thinking> to is no. 72 / 72.</thinking><answer>no</answer>",
+    "<thinking>t</thinking> x <thinking>u</thinking>y",
 ]
 
 
@@ -62,6 +66,17 @@ def test_any_tokenisation_streams_the_same_split(text, cuts):
     pieces, reasoning, content = stream(text, cuts)
     assert (reasoning, content) == split_text(text)
     assert all(t for _, t in pieces)  # never an empty delta
+
+
+def test_plain_answers_stream_at_once_and_text_after_thinking_waits_for_the_answer_tag():
+    s = ReasoningSplitter()
+    assert s.feed("plain answer, ") == [("content", "plain answer,")]  # no tags: nothing to wait for
+    s = ReasoningSplitter()
+    assert s.feed("<thinking>t</thinking> stray") == [("reasoning", "t")]  # may still be followed by <answer>
+    assert s.feed("<answer>A") == [("content", "A")] and s.finish() == []
+    s = ReasoningSplitter()
+    s.feed("<thinking>t</thinking> the answer")
+    assert s.finish() == [("content", "the answer")]  # no <answer> came: it was the answer
 
 
 def test_tag_split_across_tokens_is_held_back():

@@ -34,7 +34,8 @@ def test_model_opens_and_closes_its_own_block(trained_client):
         deltas = [c.choices[0].delta for c in chunks if c.choices]
         assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == (msg.reasoning_content or "")
         streamed = "".join(d.content or "" for d in deltas)
-        # Stray text before a late <answer> streams as content but is not the final answer (see
-        # serve/reasoning_split.py); a well-formed completion streams exactly its answer.
+        # After a thinking block the stream holds stray text until <answer> or the end, so it equals the
+        # final answer; without one, stray text before a late <answer> streams as content but is not the
+        # final answer (serve/reasoning_split.py).
         assert streamed == (msg.content or "") if reasoning else streamed.endswith(msg.content or "")
     assert thought >= 1 and answered >= 1  # the trained model thinks, and answers, on at least one of them
