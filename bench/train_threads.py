@@ -24,21 +24,7 @@ import time
 
 import torch
 
-from openvlthinker.tiny.sft import collate, encode, pick_mode
-from openvlthinker.tiny.shapeworld import generate, split_seed
-from openvlthinker.tiny.train import TrainConfig, _param_groups, build_untrained
-
-
-def make_batch(cfg: TrainConfig, processor, pad_id: int, step: int, rng: random.Random) -> dict:
-    """Step `step`'s batch of the recipe's example stream."""
-    examples = []
-    for j in range(cfg.batch_size):
-        index = step * cfg.batch_size + j
-        family = cfg.families[index % len(cfg.families)]
-        sample = generate(family, split_seed("train", index // len(cfg.families)), cfg.image_size)
-        examples.append(encode(processor, sample, pick_mode(family, rng, cfg.flip_mode),
-                               describe_scene=rng.random() < cfg.describe))
-    return collate(examples, pad_id)
+from openvlthinker.tiny.train import TrainConfig, build_untrained, sft_batch, sft_optimizer, sft_update
 
 
 def main() -> None:
@@ -53,21 +39,16 @@ def main() -> None:
         torch.manual_seed(cfg.seed)
         model, tokenizer, processor = build_untrained(cfg)
         model.train()
-        optim = torch.optim.AdamW(_param_groups(model, cfg.vision_lr_scale), lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+        optim = sft_optimizer(model, cfg)
         runs[threads] = (model, optim, processor, tokenizer.pad_token_id, random.Random(cfg.seed))
     times = {threads: {"batch": [], "step": []} for threads in runs}
     for step in range(args.warmup + args.steps):
         for threads, (model, optim, processor, pad_id, rng) in runs.items():
             torch.set_num_threads(threads)
             start = time.perf_counter()
-            batch = make_batch(cfg, processor, pad_id, step, rng)
+            batch = sft_batch(cfg, processor, pad_id, step, rng)
             built = time.perf_counter()
-            loss = model(**batch).loss
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
+            sft_update(model, optim, batch)
             done = time.perf_counter()
             if step >= args.warmup:
                 times[threads]["batch"].append(built - start)

@@ -107,6 +107,40 @@ def _param_groups(model, vision_scale: float) -> list[dict]:
     return [{"params": rest, "scale": 1.0}, {"params": vision, "scale": vision_scale}]
 
 
+def sft_optimizer(model, cfg: TrainConfig):
+    """The SFT stage's AdamW over `_param_groups` (the vision tower frozen, or at its scaled rate)."""
+    import torch
+
+    return torch.optim.AdamW(_param_groups(model, cfg.vision_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             betas=(0.9, 0.98))
+
+
+def sft_batch(cfg: TrainConfig, processor, pad_id: int, step: int, rng: random.Random) -> dict:
+    """Step `step`'s batch of the recipe's example stream; `rng` draws each example's mode and description."""
+    from openvlthinker.tiny.sft import collate, encode, pick_mode
+
+    examples = []
+    for j in range(cfg.batch_size):
+        index = step * cfg.batch_size + j
+        family = cfg.families[index % len(cfg.families)]
+        sample = generate(family, split_seed("train", index // len(cfg.families)), cfg.image_size)
+        examples.append(encode(processor, sample, pick_mode(family, rng, cfg.flip_mode),
+                               describe_scene=rng.random() < cfg.describe))
+    return collate(examples, pad_id)
+
+
+def sft_update(model, optim, batch: dict):
+    """One optimizer step on `batch`: forward, backward, gradients clipped to norm 1; returns the loss."""
+    import torch
+
+    loss = model(**batch).loss
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optim.step()
+    return loss
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run the training and save the checkpoint to cfg.out_dir; returns the training log."""
     import torch
@@ -124,7 +158,6 @@ def _train(cfg: TrainConfig) -> dict:
     from tqdm import tqdm
 
     from openvlthinker.tiny.build import save_tiny
-    from openvlthinker.tiny.sft import collate, encode, pick_mode
 
     torch.manual_seed(cfg.seed)
     model, tokenizer, processor = build_untrained(cfg)
@@ -136,29 +169,17 @@ def _train(cfg: TrainConfig) -> dict:
         see_log = pretrain_vision(model, processor, cfg.see_steps, cfg.see_batch, cfg.see_lr, cfg.families,
                                   cfg.image_size, cfg.seed, weights=family_weights(cfg.families, cfg.see_ocr_share))
     model.train()
-    optim = torch.optim.AdamW(_param_groups(model, cfg.vision_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                              betas=(0.9, 0.98))
+    optim = sft_optimizer(model, cfg)
     rng = random.Random(cfg.seed)
     pad_id = tokenizer.pad_token_id
     history: list[dict] = []
     running = None
     bar = tqdm(range(cfg.steps), desc="train-tiny", unit="step")
     for step in bar:
-        examples = []
-        for j in range(cfg.batch_size):
-            index = step * cfg.batch_size + j
-            family = cfg.families[index % len(cfg.families)]
-            sample = generate(family, split_seed("train", index // len(cfg.families)), cfg.image_size)
-            examples.append(encode(processor, sample, pick_mode(family, rng, cfg.flip_mode),
-                                   describe_scene=rng.random() < cfg.describe))
-        batch = collate(examples, pad_id)
+        batch = sft_batch(cfg, processor, pad_id, step, rng)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg) * group["scale"]
-        loss = model(**batch).loss
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
+        loss = sft_update(model, optim, batch)
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         bar.set_postfix(loss=f"{running:.3f}")
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
