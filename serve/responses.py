@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .chat import ChatService, Stream
 from .errors import APIError, not_found, validation_error
-from .paging import page_after, page_fields
+from .paging import page_after
 from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, TokenLogprob, Usage
 from .responses_protocol import (LOGPROBS_INCLUDE, DeletedResponse, IncompleteDetails, InputImagePart, InputItem,
                                  InputItemList, InputMessageItem, InputTextPart, InputTokens, InputTokensRequest,
@@ -81,9 +81,7 @@ class ResponsesService:
         """One page of the messages a stored response was asked with (`client.responses.input_items.list`)."""
         row = await self._stored(response_id, "response_id")
         items = await run_in_threadpool(input_items, row, self.store.blobs)
-        if order == "desc":
-            items.reverse()
-        return InputItemList(**page_fields(*page_after(items, after, limit, lambda item: item.id, response_id)))
+        return InputItemList.of(*page_after(items, after, limit, response_id, descending=order == "desc"))
 
     async def _chat_request(self, req: ResponsesRequest) -> tuple[ChatCompletionRequest, list[str], list[dict]]:
         """The chat request serving `req`, where each of its messages came from, and the stored conversation

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from .paging import CursorPage
 from .protocol import Effort, Text, TextFormat, TokenLogprob, _Strict
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
@@ -233,12 +234,8 @@ class InputMessageItem(BaseModel):
     content: list[InputTextPart | InputImagePart] = []
 
 
-class InputItemList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[InputMessageItem | MessageItem]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+class InputItemList(CursorPage[InputMessageItem | MessageItem]):
+    pass
 
 
 class InputTokensDetails(BaseModel):

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from .errors import APIError, not_found
-from .paging import page_after, page_fields
+from .paging import CursorPage, page_after
 from .protocol import AssistantMessage, ChatCompletion, Choice, CompletionTokensDetails, Usage
 from .store import Store, UnknownInteraction
 from .store.blobs import BlobStore
@@ -37,20 +37,12 @@ class StoreMessage(BaseModel):
     name: str | None = None
 
 
-class CompletionList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ChatCompletion]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+class CompletionList(CursorPage[ChatCompletion]):
+    pass
 
 
-class MessageList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[StoreMessage]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+class MessageList(CursorPage[StoreMessage]):
+    pass
 
 
 class DeletedCompletion(BaseModel):
@@ -84,16 +76,14 @@ class StoredCompletions:
                            code="invalid_value") from None
         rows = await run_in_threadpool(self.store.get_interactions, ids)
         # Deleted between the two reads: left out rather than failed.
-        return CompletionList(**page_fields([completion_of(rows[i]) for i in ids if i in rows], more))
+        return CompletionList.of([completion_of(rows[i]) for i in ids if i in rows], more)
 
     async def messages(self, completion_id: str, after: str | None = None, limit: int = 20,
                        order: str = "asc") -> MessageList:
         """One page of the messages a stored completion was asked with."""
         rows = await self._rows(completion_id)
         items = await run_in_threadpool(store_messages, rows[0], self.store.blobs)
-        if order == "desc":
-            items.reverse()
-        return MessageList(**page_fields(*page_after(items, after, limit, lambda m: m.id, completion_id)))
+        return MessageList.of(*page_after(items, after, limit, completion_id, descending=order == "desc"))
 
     async def delete(self, completion_id: str) -> DeletedCompletion:
         """Delete a stored completion and its feedback, on the writer thread (in order with the logging)."""
