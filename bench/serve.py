@@ -151,11 +151,12 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.compare == "http":
-        import importlib.util
+        from serve.config import ServeConfig
 
-        missing = [m for m in ("httptools", "uvloop") if importlib.util.find_spec(m) is None]
-        if missing:
-            parser.error(f"--compare http needs {' and '.join(missing)}: .venv/bin/pip install httptools uvloop")
+        try:  # the server's own check of the C stack, before a run that would fail to start it
+            ServeConfig(http="httptools", loop="uvloop")
+        except ValueError as exc:
+            parser.error(f"--compare http: {exc}")
     requests = make_requests(args.requests)
     results = {name: serve_and_measure(args, requests, extra) for name, extra in COMPARISONS[args.compare]}
     print(f"{args.requests} image chat requests, max_tokens={args.max_tokens}, greedy, tiny model, "
