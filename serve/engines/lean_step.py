@@ -118,9 +118,14 @@ class LeanStep:
         bias = _cache_bias(decoding.kv.mask, h.dtype) if decoding is not None else None
         allowed = _prompt_mask(prompts.enc["attention_mask"]) if prompts is not None else None
         cache = DynamicCache() if prompts is not None else None
+        final = len(self.text.layers) - 1
         for index, layer in enumerate(self.text.layers):
             qkv, gate_up = self._fused(index)
             q, k, v = attention_inputs(layer, h, token_names, cos, sin, qkv)  # (N, heads, 1, d)
+            # Past the last layer's keys and values only the tokens whose logits are wanted matter: each
+            # decoding row and each prompt's last token. The rest of a prompt skips that layer's attention
+            # output, projection and MLP (a quarter of a four-layer prefill's products).
+            trim = index == final and prompts is not None
             parts = []
             if decoding is not None:
                 keys, values = decoding.kv.append(index, k[:b], v[:b])
@@ -128,18 +133,21 @@ class LeanStep:
             if prompts is not None:
                 qp, kp, vp = (_by_prompt(t[b:], bp, length) for t in (q, k, v))  # (Bp, heads, L, d)
                 cache.update(kp, vp, index)
-                out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=allowed, scale=layer.self_attn.scaling,
+                mask = allowed
+                if trim:  # left padding: a prompt's last column is real, and its query sees every real key
+                    qp, mask = qp[:, :, -1:], allowed[:, :, -1:]
+                out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=layer.self_attn.scaling,
                                                      enable_gqa=qp.shape[1] != kp.shape[1])
-                parts.append(out.transpose(1, 2).reshape(bp * length, -1))
+                parts.append(out.transpose(1, 2).reshape(-1, out.shape[1] * out.shape[3]))
             attended = parts[0] if len(parts) == 1 else torch.cat(parts)
+            if trim:
+                h, token_names = h[_kept_tokens(b, bp, length)], names
             attended = linear(layer.self_attn.o_proj, attended[:, None], token_names)
             h = mlp_residual(layer, h + attended, token_names, gate_up)
-            if index < len(deepstack):
+            # After a trim no image token is left (each image's placeholders end before `<|vision_end|>`).
+            if index < len(deepstack) and not trim:
                 h[visual] += deepstack[index]
-        # Left padding: a prompt's last column is real.
-        last = torch.cat([torch.arange(b), b + torch.arange(1, bp + 1) * length - 1]) if bp else slice(None)
-        h = rms_norm(h[last], self.text.norm)
-        return linear(self.base.lm_head, h, names)[:, -1], cache
+        return linear(self.base.lm_head, rms_norm(h, self.text.norm), names)[:, -1], cache
 
     def _fused(self, index: int) -> tuple[Any, Any]:
         """Layer `index`'s fused q/k/v and gate/up, each None where it cannot be used (then the modules run)."""
@@ -166,6 +174,11 @@ class LeanStep:
         ids_all = ids[0] if len(ids) == 1 else torch.cat(ids)
         pos_all = positions[0] if len(positions) == 1 else torch.cat(positions, dim=-1)
         return ids_all, pos_all[..., None], token_names
+
+
+def _kept_tokens(decoding: int, prompts: int, length: int) -> torch.Tensor:
+    """Indices of the decoding rows' tokens and of each left-padded prompt's last token in the token list."""
+    return torch.cat([torch.arange(decoding), decoding + torch.arange(1, prompts + 1) * length - 1])
 
 
 def _by_prompt(t: torch.Tensor, prompts: int, length: int) -> torch.Tensor:
