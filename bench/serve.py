@@ -13,7 +13,15 @@ throughput. `--client http` sends the same JSON bodies over plain keep-alive HTT
 (`http.client`, one per client thread) instead of the SDK, which costs the client less CPU per
 request: what the server alone sustains, as with clients on other machines.
 
-    .venv/bin/python bench/serve.py [--model PATH] [--requests 96] [--client sdk|http] [--compare engine|http]
+The last column is the CPU ceiling: the requests per second the machine's cores would serve if
+they did nothing but this, at the CPU per request the row measured (gateway + engine + client),
+as a multiple of the sequential rate. No schedule of the same work beats it on this machine.
+
+`--repeats N` runs the whole sequence (sequential, 1, 4, 16 clients) N times on the same server,
+one after another, and prints each row's median: the machine's speed drifts between passes, and
+a ratio of two single passes moves with it.
+
+    .venv/bin/python bench/serve.py [--model PATH] [--requests 96] [--repeats 1] [--client sdk|http] [--compare engine|http]
 """
 
 from __future__ import annotations
@@ -148,7 +156,10 @@ def main() -> None:
                         help="engine: own process vs gateway thread; http: httptools+uvloop vs h11+asyncio")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="sdk",
                         help="sdk: the official openai SDK; http: plain keep-alive HTTP (less client CPU)")
+    parser.add_argument("--repeats", type=int, default=1, help="passes of the whole sequence per server; medians")
     args = parser.parse_args()
+    if args.requests < 1 or args.repeats < 1 or args.max_tokens < 1 or args.threads < 1:
+        parser.error("--requests, --repeats, --max-tokens and --threads must be at least 1")
 
     if args.compare == "http":
         from serve.config import ServeConfig
@@ -158,18 +169,28 @@ def main() -> None:
         except ValueError as exc:
             parser.error(f"--compare http: {exc}")
     requests = make_requests(args.requests)
-    results = {name: serve_and_measure(args, requests, extra) for name, extra in COMPARISONS[args.compare]}
+    passes = {name: serve_and_measure(args, requests, extra) for name, extra in COMPARISONS[args.compare]}
+    results = {name: [(label, median_row([p[i] for p in runs])) for i, label in enumerate(LABELS)]
+               for name, runs in passes.items()}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     print(f"{args.requests} image chat requests, max_tokens={args.max_tokens}, greedy, tiny model, "
-          f"engine threads={args.threads}, max-batch 16, client {args.client}")
+          f"engine threads={args.threads}, max-batch 16, client {args.client}, {cores} cores"
+          + (f", median of {args.repeats} passes" if args.repeats > 1 else ""))
     for name, rows in results.items():
         base = rows[0][1]
         print(f"\n{name}")
         print(f"{'clients':<16}{'req/s':>8}{'tok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'throughput vs sequential':>27}"
-              f"   CPU ms per request: {'gateway':>7}{'engine':>8}{'client':>8}")
+              f"   CPU ms per request: {'gateway':>7}{'engine':>8}{'client':>8}   CPU ceiling vs sequential")
         for label, r in rows:
-            cpu = "".join(f"{r[k]:>8.1f}" if k in r else f"{'-':>8}" for k in ("gateway_ms", "engine_ms", "client_ms"))
+            parts = [r.get(k) for k in ("gateway_ms", "engine_ms", "client_ms")]
+            cpu = "".join(f"{v:>8.1f}" if v is not None else f"{'-':>8}" for v in parts)
+            known = [v for v in parts if v is not None]
+            ceiling = f"{cores * 1e3 / sum(known) / base['rps']:>14.2f}x" if len(known) >= 2 else f"{'-':>15}"
             print(f"{label:<16}{r['rps']:>8.2f}{r['tps']:>9.0f}{r['p50'] * 1e3:>9.0f}{r['p99'] * 1e3:>9.0f}"
-                  f"{r['rps'] / base['rps']:>26.2f}x{'':>20}{cpu}")
+                  f"{r['rps'] / base['rps']:>26.2f}x{'':>20}{cpu}{'':>13}{ceiling}")
+        if args.repeats > 1:
+            print("16 clients vs sequential, pass by pass: "
+                  + ", ".join(f"{p[-1]['rps'] / p[0]['rps']:.2f}x" for p in passes[name]))
     (a, proc), (b, thread) = results.items()
     print(f"\nthroughput, {a} / {b}: " + ", ".join(f"{label} {p['rps'] / t['rps']:.2f}x"
                                               for (label, p), (_, t) in zip(proc, thread)))
@@ -183,8 +204,16 @@ COMPARISONS = {
 }
 
 
-def serve_and_measure(args: argparse.Namespace, requests: list[list[dict]], extra: list[str]) -> list[tuple[str, dict]]:
-    """Start a server with `extra` flags; sequential, then 1, 4 and 16 clients."""
+LABELS = ["sequential", "1 concurrent", "4 concurrent", "16 concurrent"]
+
+
+def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the passes (the figures a pass lacks stay out)."""
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0] if all(k in r for r in rows)}
+
+
+def serve_and_measure(args: argparse.Namespace, requests: list[list[dict]], extra: list[str]) -> list[list[dict]]:
+    """Start a server with `extra` flags; `args.repeats` passes of sequential, then 1, 4 and 16 clients."""
     with tempfile.TemporaryDirectory() as run_dir:
         server = ServerProcess(["--model", args.model, "--run-dir", run_dir, "--max-batch", "16", "--max-queue", "256",
                                 "--threads", str(args.threads), "--log-level", "warning", *extra],
@@ -193,12 +222,10 @@ def serve_and_measure(args: argparse.Namespace, requests: list[list[dict]], extr
             client = CLIENTS[args.client](server.url)
             run(client, requests[:8], 4, args.max_tokens)  # warm-up
             pid = server.proc.pid
-            rows = [("sequential", run(client, requests, 0, args.max_tokens, pid))]
-            for c in (1, 4, 16):
-                rows.append((f"{c} concurrent", run(client, requests, c, args.max_tokens, pid)))
+            return [[run(client, requests, c, args.max_tokens, pid) for c in (0, 1, 4, 16)]
+                    for _ in range(args.repeats)]
         finally:
             server.stop()
-    return rows
 
 
 if __name__ == "__main__":
