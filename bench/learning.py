@@ -12,6 +12,7 @@ entropy and length per task over the first and last rounds) and writes learning 
 
     .venv/bin/python bench/learning.py [--rounds 16] [--lr 5e-4] [--pool 0] [--estimators g2rpo,grpo,dr_grpo]
                                        [--eval-per-family 16] [--entropy-coef 0.02] [--kl-coef 0]
+                                       [--temperature 1.0] [--updates 4]
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def run_estimator(name: str, args: argparse.Namespace, run_dir: Path, evalset: l
         cfg = RLConfig(endpoint=server.url, admin_key=admin, model=args.model, adapters_dir=str(adapters),
                        advantage=name, group_size=args.group_size, prompts_per_round=args.prompts,
                        max_new_tokens=args.max_tokens, gate_margin=args.gate_margin, seed=args.seed,
-                       update=UpdateConfig(lr=args.lr, entropy_coef=args.entropy_coef, kl_coef=args.kl_coef))
+                       rollout_temperature=args.temperature,
+                       update=UpdateConfig(lr=args.lr, entropy_coef=args.entropy_coef, kl_coef=args.kl_coef,
+                                           updates_per_round=args.updates))
         torch.manual_seed(args.seed)  # the same LoRA initialisation for every estimator
         policy = served_policy(cfg, None)
         client = GatewayClient(server.url, "none", admin)
@@ -193,6 +196,10 @@ def main() -> None:
     parser.add_argument("--entropy-coef", type=float, default=UpdateConfig.entropy_coef,
                         help="weight of the entropy band penalty (REFERENCE §4; 0 turns it off)")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=RLConfig.rollout_temperature,
+                        help="sampling temperature of the rollouts (the held-out eval is greedy)")
+    parser.add_argument("--updates", type=int, default=UpdateConfig.updates_per_round,
+                        help="optimizer steps per round")
     parser.add_argument("--pool", type=int, default=0,
                         help="training pool: questions per family drawn from each round (0 = new questions every round)")
     parser.add_argument("--gate-margin", type=float, default=1.0,
@@ -210,6 +217,7 @@ def main() -> None:
     results = [run_estimator(name, args, args.out / stamp / name, evalset, pool) for name in args.estimators.split(",")]
     (args.out / stamp / "results.json").write_text(json.dumps(results, indent=1))
     print(f"{args.rounds} rounds x {args.prompts} prompts x G={args.group_size}, lr {args.lr}, "
+          f"{args.updates} updates per round, rollout temperature {args.temperature}, "
           f"entropy coef {args.entropy_coef}, kl coef {args.kl_coef}, "
           f"{'pool of ' + str(args.pool) + ' per family' if args.pool else 'new prompts each round'}, "
           f"gate margin {args.gate_margin}, eval {args.eval_per_family} per family (held out), seed {args.seed}")

@@ -44,6 +44,8 @@ class RLConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2: advantages compare responses within a group")
+        if not 0 < self.rollout_temperature <= 2:  # 0 would sample G identical responses: no signal
+            raise ValueError(f"rollout_temperature must be in (0, 2], got {self.rollout_temperature}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "RLConfig":

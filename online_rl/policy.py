@@ -41,9 +41,20 @@ class UpdateConfig:
     kl_coef: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("kl_coef", "entropy_coef"):
-            if getattr(self, name) < 0:
+        # Config files and CLI flags land here: say which knob is wrong, not fail mid-round.
+        for name in ("kl_coef", "entropy_coef", "weight_decay"):
+            if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "clip_low", "clip_high", "grad_clip", "is_cap"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        for name in ("micro_batch", "updates_per_round"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            raise ValueError(f"dual_clip must be > 1 (or None), got {self.dual_clip}")
+        if not 0 <= self.entropy_low <= self.entropy_high:
+            raise ValueError(f"need 0 <= entropy_low <= entropy_high, got {self.entropy_low} and {self.entropy_high}")
 
 
 def _batch(rollouts: Sequence[Rollout], processor, pad_id: int, device) -> dict[str, torch.Tensor]:

@@ -96,6 +96,19 @@ def test_kl_to_the_base_model_holds_the_policy_back(tiny_path):
         UpdateConfig(kl_coef=-0.1)
 
 
+@pytest.mark.parametrize("knobs, says", [
+    ({"lr": 0.0}, "lr must be a positive number"), ({"lr": float("nan")}, "lr must be a positive number"),
+    ({"updates_per_round": 0}, "updates_per_round must be >= 1"), ({"micro_batch": 0}, "micro_batch must be >= 1"),
+    ({"clip_high": -0.3}, "clip_high must be a positive number"), ({"grad_clip": float("inf")}, "grad_clip"),
+    ({"dual_clip": 0.5}, "dual_clip must be > 1"), ({"entropy_low": 0.7}, "entropy_low <= entropy_high"),
+    ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+])
+def test_update_config_names_the_bad_knob(knobs, says):
+    with pytest.raises(ValueError, match=says):
+        UpdateConfig(**knobs)
+    UpdateConfig(dual_clip=None)  # no dual clip is allowed
+
+
 def test_vision_tower_stays_frozen_and_adapter_saves(tiny_path, tmp_path):
     policy = LoraPolicy.create(tiny_path, UpdateConfig(), lora_r=4)
     trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]

@@ -43,6 +43,9 @@ def test_config_validation():
         RLConfig(advantage="ppo")
     with pytest.raises(ValueError, match="group_size must be >= 2"):
         RLConfig(group_size=1)
+    for bad in (0.0, -1.0, 2.5, float("nan")):
+        with pytest.raises(ValueError, match="rollout_temperature must be in"):
+            RLConfig(rollout_temperature=bad)
     with pytest.raises(ValueError, match="unknown RL config keys: bogus"):
         RLConfig.from_mapping({"bogus": 1})
     assert RLConfig.from_mapping({"lr": 1e-3, "group_size": 4}).update.lr == 1e-3
