@@ -6,13 +6,14 @@ rollouts through the API, graders, advantages, update, publish, load, gate, prom
 multi-task ShapeWorld mix: a fixed training pool (`--pool` questions per family, the same
 draws for every estimator) or new train-split questions every round (`--pool 0`). The served
 model is scored greedily on a held-out eval set (per family) and on the pool, before the first
-and after the last round.
+and after the last round, and on the held-out set with `--eval-samples` answers per question
+sampled at temperature 1.0 (the API's default temperature, so what a client that sets none gets).
 Prints a per-task table (eval accuracy before/after, the worst task's gain, rollout reward,
 entropy and length per task over the first and last rounds) and writes learning curves.
 
     .venv/bin/python bench/learning.py [--rounds 16] [--lr 5e-4] [--pool 0] [--estimators g2rpo,grpo,dr_grpo]
                                        [--eval-per-family 16] [--entropy-coef 0.02] [--kl-coef 0]
-                                       [--temperature 1.0] [--updates 4]
+                                       [--temperature 1.0] [--updates 4] [--eval-samples 4]
 """
 
 from __future__ import annotations
@@ -75,16 +76,21 @@ def eval_prompts(per_family: int) -> list[Prompt]:
                                                   for i in range(per_family) for f in FAMILIES)]
 
 
-def evaluate(client: GatewayClient, prompts: list[Prompt], model: str, max_tokens: int) -> dict[str, float]:
-    """Greedy accuracy per task of `model` on `prompts` (8 requests in flight)."""
+def evaluate(client: GatewayClient, prompts: list[Prompt], model: str, max_tokens: int,
+             samples: int = 0) -> dict[str, float]:
+    """Accuracy per task of `model` on `prompts` (8 requests in flight): greedy, or with `samples` > 0 the
+    mean over that many answers sampled at temperature 1.0 (the API's default), seeded per question."""
 
-    def one(prompt: Prompt) -> tuple[str, float]:
-        resp = client.chat(messages_for(prompt), model=model, temperature=0.0, max_tokens=max_tokens,
+    def one(item: tuple[int, Prompt]) -> tuple[str, float]:
+        index, prompt = item
+        resp = client.chat(messages_for(prompt), model=model, temperature=1.0 if samples else 0.0,
+                           n=max(1, samples), seed=index if samples else None, max_tokens=max_tokens,
                            metadata=metadata_for(prompt.record, source="rl-gate"))
-        return prompt.record.task, graded_accuracy(prompt, resp["choices"][0]["message"])
+        choices = resp["choices"]
+        return prompt.record.task, sum(graded_accuracy(prompt, c["message"]) for c in choices) / len(choices)
 
     with ThreadPoolExecutor(8) as pool:
-        scores = list(pool.map(one, prompts))
+        scores = list(pool.map(one, enumerate(prompts)))
     out = {task: sum(s for t, s in scores if t == task) / sum(1 for t, _ in scores if t == task)
            for task in dict.fromkeys(t for t, _ in scores)}
     out["mean"] = sum(out.values()) / len(out)
@@ -111,6 +117,8 @@ def run_estimator(name: str, args: argparse.Namespace, run_dir: Path, evalset: l
         client = GatewayClient(server.url, "none", admin)
         gate = gate_prompts(cfg.gate_per_family)
         before = evaluate(client, evalset, "openvlthinker", args.max_tokens)
+        sampled_before = evaluate(client, evalset, "openvlthinker", args.max_tokens, args.eval_samples) \
+            if args.eval_samples else None
         pool_before = evaluate(client, pool, "openvlthinker", args.max_tokens) if pool else None
         rounds = []
         for index in tqdm(range(args.rounds), desc=name, unit="round"):
@@ -120,11 +128,13 @@ def run_estimator(name: str, args: argparse.Namespace, run_dir: Path, evalset: l
             if result.version and not result.promoted:  # as the loop does: continue from what is served
                 policy = served_policy(cfg, client.adapters().get("promoted"))
         after = evaluate(client, evalset, "openvlthinker", args.max_tokens)
+        sampled_after = evaluate(client, evalset, "openvlthinker", args.max_tokens, args.eval_samples) \
+            if args.eval_samples else None
         pool_after = evaluate(client, pool, "openvlthinker", args.max_tokens) if pool else None
     finally:
         server.stop()
     return {"estimator": name, "before": before, "after": after, "rounds": rounds, "pool_before": pool_before,
-            "pool_after": pool_after}
+            "pool_after": pool_after, "sampled_before": sampled_before, "sampled_after": sampled_after}
 
 
 def _window(rounds: list[dict], key: str, last: bool) -> float:
@@ -149,14 +159,21 @@ def report(results: list[dict]) -> str:
         if res.get("pool_before"):
             lines.append(f"   training pool (greedy): {res['pool_before']['mean']:.3f} -> {res['pool_after']['mean']:.3f}"
                          f" ({res['pool_after']['mean'] - res['pool_before']['mean']:+.3f})")
-        lines.append(f"{'task':<18}{'eval before':>12}{'eval after':>11}{'gain':>8}{'rollout acc':>16}"
-                     f"{'rollout reward':>16}{'entropy':>13}{'length':>10}")
+        sb, sa = res.get("sampled_before"), res.get("sampled_after")
+        if sb:
+            lines.append(f"   held-out sampled at temperature 1.0: {sb['mean']:.3f} -> {sa['mean']:.3f} "
+                         f"({sa['mean'] - sb['mean']:+.3f})")
+        lines.append(f"{'task':<18}{'eval before':>12}{'eval after':>11}{'gain':>8}"
+                     + (f"{'sampled':>16}{'gain':>8}" if sb else "")
+                     + f"{'rollout acc':>16}{'rollout reward':>16}{'entropy':>13}{'length':>10}")
         for t in tasks:
             ra = f"{_window(rounds, f'accuracy/{t}', False):.3f}->{_window(rounds, f'accuracy/{t}', True):.3f}"
             rr = f"{_window(rounds, f'reward/{t}', False):.3f}->{_window(rounds, f'reward/{t}', True):.3f}"
             en = f"{_window(rounds, f'train_entropy/{t}', False):.2f}->{_window(rounds, f'train_entropy/{t}', True):.2f}"
             ln = f"{_window(rounds, f'length/{t}', False):.0f}->{_window(rounds, f'length/{t}', True):.0f}"
-            lines.append(f"{t:<18}{res['before'][t]:>12.3f}{res['after'][t]:>11.3f}{gains[t]:>+8.3f}{ra:>16}{rr:>16}{en:>13}{ln:>10}")
+            sampled = f"{f'{sb[t]:.3f}->{sa[t]:.3f}':>16}{sa[t] - sb[t]:>+8.3f}" if sb else ""
+            lines.append(f"{t:<18}{res['before'][t]:>12.3f}{res['after'][t]:>11.3f}{gains[t]:>+8.3f}{sampled}"
+                         f"{ra:>16}{rr:>16}{en:>13}{ln:>10}")
     return "\n".join(lines)
 
 
@@ -206,9 +223,13 @@ def main() -> None:
                         help="promotion gate margin (default 1.0: promote every well-formed version, so the "
                              "estimators are compared and not the gate's noise)")
     parser.add_argument("--eval-per-family", type=int, default=16)
+    parser.add_argument("--eval-samples", type=int, default=4,
+                        help="answers per held-out question sampled at temperature 1.0 (0: greedy eval only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-learning"))
     args = parser.parse_args()
+    if args.eval_samples < 0 or args.eval_per_family < 1 or args.rounds < 1:
+        parser.error("--eval-samples must be >= 0, --eval-per-family and --rounds >= 1")
     torch.set_num_threads(1)
 
     evalset = eval_prompts(args.eval_per_family)
