@@ -141,11 +141,14 @@ class LeanStep:
                 parts.append(out.transpose(1, 2).reshape(-1, out.shape[1] * out.shape[3]))
             attended = parts[0] if len(parts) == 1 else torch.cat(parts)
             if trim:
-                h, token_names = h[_kept_tokens(b, bp, length)], names
+                kept = _kept_tokens(b, bp, length)
+                h, token_names = h[kept], names
+                if visual is not None and index < len(deepstack):  # a DeepStack layer last: its kept image tokens
+                    feature_row = visual.cumsum(0) - 1
+                    visual, deepstack = visual[kept], [f[feature_row[kept][visual[kept]]] for f in deepstack]
             attended = linear(layer.self_attn.o_proj, attended[:, None], token_names)
             h = mlp_residual(layer, h + attended, token_names, gate_up)
-            # After a trim no image token is left (each image's placeholders end before `<|vision_end|>`).
-            if index < len(deepstack) and not trim:
+            if index < len(deepstack):
                 h[visual] += deepstack[index]
         return linear(self.base.lm_head, rms_norm(h, self.text.norm), names)[:, -1], cache
 

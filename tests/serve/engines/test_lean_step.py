@@ -108,6 +108,35 @@ def test_a_prefill_alone_equals_the_model_forward_on_a_padded_batch(tiny, h):
             assert torch.allclose(a.values * real, b.values * real, atol=1e-5)
 
 
+def test_a_deepstack_layer_last_is_trimmed_to_the_tokens_whose_logits_are_wanted(tiny_dir, h):
+    """The last layer runs only for the decoding rows' and each prompt's last token; when that layer also takes
+    DeepStack features (here: the model cut to its first two layers, both DeepStack ones), a kept token that is an
+    image placeholder still gets its features, and the logits equal the model's forward."""
+    from openvlthinker.models import load
+    from serve.engines.running import prefill_positions
+
+    model, processor = load(str(tiny_dir))
+    text = model.model.language_model
+    depth = len(model.config.vision_config.deepstack_visual_indexes)
+    assert depth < len(text.layers)
+    text.layers = text.layers[:depth]
+    model.config.text_config.num_hidden_layers = text.config.num_hidden_layers = depth
+    img = h.shape_image
+    enc = _encode(processor, [h.user("How many red circles are in this picture?", [img()]), h.user("Count."),
+                              h.user("What is the box?", [img(96, 160, "blue"), img()])])
+    # One prompt cut right after its image's placeholders, so that its last (kept) token is an image token.
+    image = _encode(processor, [h.user("Look.", [img()])])
+    end = int((image["input_ids"][0] == model.config.image_token_id).nonzero().max()) + 1
+    cut = {k: (v[:, :end] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v) for k, v in image.items()}
+    step = LeanStep.build(model)
+    for batch in (enc, cut):
+        with torch.inference_mode():
+            ref, _ = _model_prefill(model, batch)
+            lean, cache = step(None, Prompts(batch, prefill_positions(model, batch), step.encode_images(batch)), None)
+        assert len(cache.layers) == depth
+        assert torch.allclose(lean, ref, atol=1e-5)
+
+
 def test_decoding_rows_and_joining_prompts_in_one_forward_equal_two_model_forwards(tiny, h):
     """The running rows' next-token logits and cache column, and the joiners' first-token logits and
     cache, are those of a decoding step and of a prefill through the model, each on its own."""
