@@ -11,7 +11,7 @@ sampled at temperature 1.0 (the API's default temperature, so what a client that
 Prints a per-task table (eval accuracy before/after, the worst task's gain, rollout reward,
 entropy and length per task over the first and last rounds) and writes learning curves.
 
-    .venv/bin/python bench/learning.py [--rounds 16] [--lr 5e-4] [--pool 0] [--estimators g2rpo,grpo,dr_grpo]
+    .venv/bin/python bench/learning.py [--rounds 16] [--lr 2e-4] [--pool 0] [--estimators g2rpo,grpo,dr_grpo]
                                        [--eval-per-family 16] [--entropy-coef 0.02] [--kl-coef 0]
                                        [--temperature 1.0] [--updates 4] [--eval-samples 4]
 """
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per round")
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=UpdateConfig.lr, help="LoRA learning rate (default: the loop's own)")
     parser.add_argument("--kl-coef", type=float, default=UpdateConfig.kl_coef,
                         help="KL to the base model per token (0: none, as in the paper)")
     parser.add_argument("--entropy-coef", type=float, default=UpdateConfig.entropy_coef,
