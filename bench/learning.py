@@ -13,7 +13,7 @@ entropy and length per task over the first and last rounds) and writes learning 
 
     .venv/bin/python bench/learning.py [--rounds 16] [--lr 2e-4] [--pool 0] [--estimators g2rpo,grpo,dr_grpo]
                                        [--eval-per-family 16] [--entropy-coef 0.02] [--kl-coef 0]
-                                       [--temperature 1.0] [--updates 4] [--eval-samples 4]
+                                       [--temperature 1.0] [--updates 4] [--eval-samples 4] [--train-families ...]
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def run_estimator(name: str, args: argparse.Namespace, run_dir: Path, evalset: l
         pool_before = evaluate(client, pool, "openvlthinker", args.max_tokens) if pool else None
         rounds = []
         for index in tqdm(range(args.rounds), desc=name, unit="round"):
-            prompts = round_prompts(pool, args.prompts, index, args.seed) if pool else shapeworld_prompts(args.prompts, index)
+            prompts = (round_prompts(pool, args.prompts, index, args.seed) if pool
+                       else shapeworld_prompts(args.prompts, index, args.train_families))
             result = run_round(client, policy, prompts, gate, cfg, index)
             rounds.append({"round": index, "promoted": result.promoted, **result.metrics})
             if result.version and not result.promoted:  # as the loop does: continue from what is served
@@ -222,6 +223,8 @@ def main() -> None:
     parser.add_argument("--gate-margin", type=float, default=1.0,
                         help="promotion gate margin (default 1.0: promote every well-formed version, so the "
                              "estimators are compared and not the gate's noise)")
+    parser.add_argument("--train-families", default=",".join(FAMILIES),
+                        help="task families the rounds train on (comma-separated; the eval covers all six)")
     parser.add_argument("--eval-per-family", type=int, default=16)
     parser.add_argument("--eval-samples", type=int, default=4,
                         help="answers per held-out question sampled at temperature 1.0 (0: greedy eval only)")
@@ -230,10 +233,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.eval_samples < 0 or args.eval_per_family < 1 or args.rounds < 1:
         parser.error("--eval-samples must be >= 0, --eval-per-family and --rounds >= 1")
+    args.train_families = [f.strip() for f in args.train_families.split(",") if f.strip()]
+    unknown = sorted(set(args.train_families) - set(FAMILIES))
+    if unknown or not args.train_families:
+        parser.error(f"--train-families: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(FAMILIES)}")
     torch.set_num_threads(1)
 
     evalset = eval_prompts(args.eval_per_family)
-    pool = pool_prompts(args.pool) if args.pool else []
+    pool = [p for p in pool_prompts(args.pool) if p.record.task in args.train_families] if args.pool else []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = [run_estimator(name, args, args.out / stamp / name, evalset, pool) for name in args.estimators.split(",")]
     (args.out / stamp / "results.json").write_text(json.dumps(results, indent=1))
@@ -241,6 +248,7 @@ def main() -> None:
           f"{args.updates} updates per round, rollout temperature {args.temperature}, "
           f"entropy coef {args.entropy_coef}, kl coef {args.kl_coef}, "
           f"{'pool of ' + str(args.pool) + ' per family' if args.pool else 'new prompts each round'}, "
+          f"training on {'all families' if len(args.train_families) == len(FAMILIES) else ', '.join(args.train_families)}, "
           f"gate margin {args.gate_margin}, eval {args.eval_per_family} per family (held out), seed {args.seed}")
     print(report(results))
     png = args.out / stamp / "learning.png"
