@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-size", type=int)
     parser.add_argument("--prompts-per-round", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--skip-tasks", help="comma-separated tasks not to train on (task_type or problem type, "
+                                             "e.g. ocr); default: none")
     parser.add_argument("--rounds", type=int, default=1, help="rounds to run now; 0 = until stopped (default 1)")
     parser.add_argument("--every", type=float, default=0.0, help="start rounds at most every SECONDS")
     parser.add_argument("--min-new", type=int, default=0,
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
                 "prompts_per_round", "lr"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
+    if args.skip_tasks is not None:
+        values["skip_tasks"] = [t.strip() for t in args.skip_tasks.split(",") if t.strip()]
     values.setdefault("model", DEFAULT_MODEL)
     if args.rounds < 0 or args.every < 0 or args.min_new < 0:
         raise ValueError("--rounds, --every and --min-new must be >= 0")

@@ -33,6 +33,9 @@ class RLConfig:
     rollback_check: bool = True  # after promoting, re-run the gate through the alias; roll back on failure
     rollback_margin: float | None = None  # ... failure: served reward below the previous one's by more (None: gate_margin)
     max_staleness: int = 4  # rated logged responses from versions older than this are not trained on
+    # Tasks (task_type, else problem type; ShapeWorld family names) the loop does not train on: their prompts
+    # are not rolled out and their rated responses not used. None by default, as in the paper.
+    skip_tasks: tuple[str, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -46,6 +49,9 @@ class RLConfig:
             raise ValueError("group_size must be >= 2: advantages compare responses within a group")
         if not 0 < self.rollout_temperature <= 2:  # 0 would sample G identical responses: no signal
             raise ValueError(f"rollout_temperature must be in (0, 2], got {self.rollout_temperature}")
+        if isinstance(self.skip_tasks, str) or not all(isinstance(t, str) and t.strip() for t in self.skip_tasks):
+            raise ValueError(f"skip_tasks must be a list of task names, got {self.skip_tasks!r}")
+        self.skip_tasks = tuple(t.strip() for t in self.skip_tasks)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "RLConfig":

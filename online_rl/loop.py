@@ -36,6 +36,23 @@ def shapeworld_prompts(count: int, round_index: int, families=FAMILIES) -> list[
     return out
 
 
+def trainable(prompts: list[Prompt], skip_tasks: tuple[str, ...]) -> list[Prompt]:
+    """The prompts whose task the loop trains on."""
+    return [p for p in prompts if p.record.task not in skip_tasks]
+
+
+def fill_prompts(stream: Iterator[Prompt] | None, count: int, round_index: int,
+                 skip_tasks: tuple[str, ...] = ()) -> list[Prompt]:
+    """Prompts that complete a round: the data file's next `count` records (those of skipped tasks dropped,
+    so a round may come out short), or `count` ShapeWorld questions of the families not skipped."""
+    if count <= 0:
+        return []
+    if stream is not None:
+        return trainable([next(stream) for _ in range(count)], skip_tasks)
+    families = tuple(f for f in FAMILIES if f not in skip_tasks)
+    return shapeworld_prompts(count, round_index, families) if families else []
+
+
 def file_prompts(path: str, image_root: str | None, seed: int) -> Iterator[Prompt]:
     """An endless shuffled stream of a OneThinker file's records with their images."""
     from openvlthinker.data import load_records, open_image
@@ -114,11 +131,11 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
         else:
             found = harvest(client, cursors["feedback"], cursors["interactions"], promoted, cfg.max_staleness)
         cursors = {"feedback": found.feedback_cursor, "interactions": found.interaction_cursor}
-        fill = cfg.prompts_per_round - min(len(found.prompts), cfg.prompts_per_round)
-        prompts = found.prompts[: cfg.prompts_per_round] + (
-            [next(stream) for _ in range(fill)] if stream else shapeworld_prompts(fill, index))
-        result = run_round(client, policy, prompts, gate, cfg, index, logged=found.logged)
-        result.metrics.update(user_prompts=float(min(len(found.prompts), cfg.prompts_per_round)))
+        user = trainable(found.prompts, cfg.skip_tasks)[: cfg.prompts_per_round]
+        prompts = user + fill_prompts(stream, cfg.prompts_per_round - len(user), index, cfg.skip_tasks)
+        logged = [r for r in found.logged if r.task not in cfg.skip_tasks]
+        result = run_round(client, policy, prompts, gate, cfg, index, logged=logged)
+        result.metrics.update(user_prompts=float(len(user)))
         results.append(result)
         row = {"round": index, "version": result.version, "promoted": result.promoted, "note": result.note,
                **result.metrics}

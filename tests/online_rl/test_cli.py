@@ -24,12 +24,16 @@ def test_rounds_resume_and_plot(tmp_path):
         assert first.returncode == 0, first.stderr[-3000:]
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert [r["round"] for r in rows] == [0, 1]
-        assert all("reward/math_reasoning" in r and "wall_s" in r for r in rows)
-        # A publisher killed mid-publish leaves a hidden folder; the next run removes it and resumes.
+        assert all("reward/math_reasoning" in r and "reward/ocr" in r and "wall_s" in r for r in rows)
+        # A publisher killed mid-publish leaves a hidden folder; the next run removes it and resumes,
+        # here without the OCR questions: none is rolled out, the round is still full.
         (adapters / ".tmp-policy-v0099-1-1").mkdir(parents=True)
-        again = subprocess.run([*rl, "--rounds", "1"], capture_output=True, text=True, timeout=600)
+        again = subprocess.run([*rl, "--rounds", "1", "--skip-tasks", "ocr"], capture_output=True, text=True,
+                               timeout=600)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "removed a partial publish" in again.stdout
+        last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        assert "reward/ocr" not in last and "reward/chart" in last and last["rollouts"] == 6 * 4
         assert json.loads((out / "state.json").read_text())["next_round"] == 3
         assert not (adapters / ".tmp-policy-v0099-1-1").exists()
         assert len(published_versions(adapters)) == sum(1 for r in [*rows, json.loads(

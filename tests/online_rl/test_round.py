@@ -14,7 +14,7 @@ from online_rl.policy import LoraPolicy
 from online_rl.rounds import Prompt, keep_informative, run_round
 from online_rl.rollout import Rollout
 from openvlthinker.models import DEFAULT_MODEL
-from openvlthinker.tiny.shapeworld import generate, split_seed
+from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
 from openvlthinker.versions import published_versions
 from serve.launcher import ServerProcess
 
@@ -46,6 +46,10 @@ def test_config_validation():
     for bad in (0.0, -1.0, 2.5, float("nan")):
         with pytest.raises(ValueError, match="rollout_temperature must be in"):
             RLConfig(rollout_temperature=bad)
+    for bad in ("ocr", ["ocr", ""], [3]):
+        with pytest.raises(ValueError, match="skip_tasks must be a list of task names"):
+            RLConfig(skip_tasks=bad)
+    assert RLConfig.from_mapping({"skip_tasks": ["ocr", " chart "]}).skip_tasks == ("ocr", "chart")
     with pytest.raises(ValueError, match="unknown RL config keys: bogus"):
         RLConfig.from_mapping({"bogus": 1})
     assert RLConfig.from_mapping({"lr": 1e-3, "group_size": 4}).update.lr == 1e-3
@@ -106,3 +110,17 @@ def test_one_round_publishes_gates_and_serves(tmp_path):
         assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()["model"].endswith("@v0001")
     finally:
         server.stop()
+
+
+def test_skipped_tasks_are_neither_rolled_out_nor_filled_in():
+    from online_rl.loop import fill_prompts, shapeworld_prompts, trainable
+
+    mixed = shapeworld_prompts(12, 0)
+    assert {p.record.task for p in mixed} == set(FAMILIES)
+    kept = trainable(mixed, ("ocr", "chart"))
+    assert len(kept) == 8 and not {p.record.task for p in kept} & {"ocr", "chart"}
+    filled = fill_prompts(None, 10, 3, ("ocr",))
+    assert len(filled) == 10 and "ocr" not in {p.record.task for p in filled}
+    assert fill_prompts(None, 5, 3, tuple(FAMILIES)) == [] and fill_prompts(None, 0, 3) == []
+    stream = iter(mixed)  # a data file's records: the skipped ones are dropped, so the round comes out short
+    assert [p.record.task for p in fill_prompts(stream, 6, 0, ("ocr",))] == [t for t in FAMILIES if t != "ocr"]
