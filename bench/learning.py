@@ -215,7 +215,8 @@ def main() -> None:
                         help="weight of the entropy band penalty (REFERENCE §4; 0 turns it off)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=RLConfig.rollout_temperature,
-                        help="sampling temperature of the rollouts (the held-out eval is greedy)")
+                        help="sampling temperature of the rollouts (the held-out eval is greedy, and at 1.0 for "
+                             "--eval-samples)")
     parser.add_argument("--updates", type=int, default=UpdateConfig.updates_per_round,
                         help="optimizer steps per round")
     parser.add_argument("--pool", type=int, default=0,

@@ -204,7 +204,8 @@ COMPARISONS = {
 }
 
 
-LABELS = ["sequential", "1 concurrent", "4 concurrent", "16 concurrent"]
+CONCURRENCY = (0, 1, 4, 16)  # 0: strictly one after another
+LABELS = [f"{c} concurrent" if c else "sequential" for c in CONCURRENCY]
 
 
 def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -222,7 +223,7 @@ def serve_and_measure(args: argparse.Namespace, requests: list[list[dict]], extr
             client = CLIENTS[args.client](server.url)
             run(client, requests[:8], 4, args.max_tokens)  # warm-up
             pid = server.proc.pid
-            return [[run(client, requests, c, args.max_tokens, pid) for c in (0, 1, 4, 16)]
+            return [[run(client, requests, c, args.max_tokens, pid) for c in CONCURRENCY]
                     for _ in range(args.repeats)]
         finally:
             server.stop()
