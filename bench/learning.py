@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=UpdateConfig.kl_coef,
                         help="KL to the base model per token (0: none, as in the paper)")
     parser.add_argument("--entropy-coef", type=float, default=UpdateConfig.entropy_coef,
-                        help="weight of the entropy band penalty (REFERENCE §4; 0 turns it off)")
+                        help="weight of the entropy band penalty (docs/method.md §4; 0 turns it off)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=RLConfig.rollout_temperature,
                         help="sampling temperature of the rollouts (the held-out eval is greedy, and at 1.0 for "

@@ -1,6 +1,6 @@
 """The RL loop's view of the server: the public OpenAI-style API plus the admin routes, over HTTP.
 
-The loop is a client like any other (DESIGN: online_rl -> serve over HTTP only): rollouts are
+The loop is a client like any other (docs/architecture.md: online_rl -> serve over HTTP only): rollouts are
 ordinary chat completions pinned to a version, and their token ids and behaviour logprobs
 come back from the interaction export.
 """

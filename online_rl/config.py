@@ -1,4 +1,4 @@
-"""RLConfig: every knob of the online loop, defaults from REFERENCE §2-§4 (LoRA learning rate)."""
+"""RLConfig: every knob of the online loop, defaults from docs/method.md §2-§4 (LoRA learning rate)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from .rollout import Rollout
 
 @dataclass
 class UpdateConfig:
-    """Optimisation knobs of one round (REFERENCE §2 and §4 defaults, LoRA learning rate)."""
+    """Optimisation knobs of one round (docs/method.md §2 and §4 defaults, LoRA learning rate)."""
 
     lr: float = 2e-4
     weight_decay: float = 0.01
@@ -36,7 +36,7 @@ class UpdateConfig:
     entropy_low: float = 0.2
     entropy_high: float = 0.6
     is_cap: float = 2.0
-    # KL to the base model (k3, per token): REFERENCE §2 has none; the base is the LoRA's own model with the
+    # KL to the base model (k3, per token): docs/method.md §2 has none; the base is the LoRA's own model with the
     # adapter switched off, so it costs one more forward per micro-batch and no second copy of the weights.
     kl_coef: float = 0.0
 

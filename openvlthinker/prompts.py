@@ -1,4 +1,4 @@
-"""Prompt templates (REFERENCE §5): thinking mode, direct mode, per-problem-type tails.
+"""Prompt templates (docs/method.md §5): thinking mode, direct mode, per-problem-type tails.
 
 One user turn, no system prompt. Thinking mode asks for `<thinking>…</thinking>` then
 `<answer>…</answer>`; direct mode (perception queries: grounding, reading text) asks for

@@ -1,4 +1,4 @@
-"""Task records in the OneThinker / EasyR1 JSON format (REFERENCE §6).
+"""Task records in the OneThinker / EasyR1 JSON format (docs/method.md §6).
 
 A record is one question with its reference answer. The same type carries the real
 OneThinker training data, the synthetic ShapeWorld tasks and logged interactions that

@@ -1,8 +1,8 @@
-"""The composite reward of REFERENCE §3: accuracy, format and structure in one breakdown.
+"""The composite reward of docs/method.md §3: accuracy, format and structure in one breakdown.
 
 overall = (0.9 − w)·accuracy + 0.1·format + structure + w·length, where w = `length_weight`
 applies only when the caller passes a `length_score` (computed from its own length envelope,
-see REFERENCE §3). Without it, overall = 0.9·accuracy + 0.1·format + structure. The maximum is
+see docs/method.md §3). Without it, overall = 0.9·accuracy + 0.1·format + structure. The maximum is
 1.0 for most problem types and 1.5 for JSON-answer types (structure adds up to 0.5).
 """
 

@@ -1,4 +1,4 @@
-"""Format and structure rewards (REFERENCE §3): is the response shaped the way the prompt asked?
+"""Format and structure rewards (docs/method.md §3): is the response shaped the way the prompt asked?
 
 `format_reward` is strict on purpose: exact lowercase tags, nothing outside the blocks but
 whitespace, each tag exactly once. (Accuracy uses the lenient extractor, so a sloppy tag

@@ -102,7 +102,7 @@ def informative_groups(
 ) -> torch.Tensor:
     """Boolean mask of responses whose group's mean accuracy lies strictly in (low, high).
 
-    Dynamic sampling (REFERENCE §1): groups that are all right or all wrong carry no signal.
+    Dynamic sampling (docs/method.md §1): groups that are all right or all wrong carry no signal.
     """
     r, groups = _prepare(accuracy, group_ids)
     count, total, _ = _group_stats(r, groups)

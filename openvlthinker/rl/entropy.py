@@ -1,4 +1,4 @@
-"""Token entropy and the per-task entropy band penalty (REFERENCE §4).
+"""Token entropy and the per-task entropy band penalty (docs/method.md §4).
 
 H_task is the mean token entropy over that task's response tokens in the micro-batch;
 penalty = sum over tasks of relu(H_task - high) + relu(low - H_task). It keeps reasoning

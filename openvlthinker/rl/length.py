@@ -1,4 +1,4 @@
-"""Length shaping (REFERENCE §3): a trapezoid envelope and per-task dynamic targets.
+"""Length shaping (docs/method.md §3): a trapezoid envelope and per-task dynamic targets.
 
 `length_envelope` is the pure trapezoid. `LengthTargets` keeps rolling statistics of
 the lengths of *correct* responses per task and turns them into envelopes that move:

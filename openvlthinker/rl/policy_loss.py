@@ -1,4 +1,4 @@
-"""Token-mean PPO policy loss with clip-higher and dual-clip (REFERENCE §2).
+"""Token-mean PPO policy loss with clip-higher and dual-clip (docs/method.md §2).
 
 Signature shared by every loss: fn(logp, old_logp, adv, mask, **knobs) -> (loss, metrics).
 Options beyond the paper's defaults:

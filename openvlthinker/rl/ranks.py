@@ -1,4 +1,4 @@
-"""Rank-based Gaussianisation (REFERENCE §1): scores -> N(0,1) quantiles by rank.
+"""Rank-based Gaussianisation (docs/method.md §1): scores -> N(0,1) quantiles by rank.
 
 `segment_gaussian_rank_np` does it for many segments (prompt groups, tasks) at once with
 a value sort, a stable radix sort by segment and bincount sums, so the cost is O(N log N) with no Python loop

@@ -1,7 +1,7 @@
 """Plain, loop-based reference implementations of the estimators (for tests and benchmarks).
 
 Written for reading, not speed: one Python pass per group and per task, straight from
-REFERENCE §1. The vectorised code in `ranks.py` and `advantages.py` must agree with them.
+docs/method.md §1. The vectorised code in `ranks.py` and `advantages.py` must agree with them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ _PPF = NormalDist().inv_cdf
 
 
 def reference_gaussian_rank(values: Sequence[float]) -> list[float]:
-    """REFERENCE §1 literally: sort, quantile per position, mean quantile per tie block."""
+    """docs/method.md §1 literally: sort, quantile per position, mean quantile per tie block."""
     n = len(values)
     if n <= 1:
         return [0.0] * n

@@ -1,4 +1,4 @@
-"""gaussian_rank: the worked examples of REFERENCE §1 and its properties."""
+"""gaussian_rank: the worked examples of docs/method.md §1 and its properties."""
 
 import math
 
