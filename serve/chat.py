@@ -31,6 +31,8 @@ from .prompting import Prompt, build_prompt
 from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                        ChoiceLogprobs, ChunkChoice, CompletionTokensDetails, Delta, TokenLogprob, TopLogprob, Usage)
 from .reasoning_split import ReasoningSplitter, split_text
+from .tool_calls import parse_answer
+from .tool_protocol import DeltaFunction, DeltaToolCall, ToolCallOut
 from .store.writer import StoreWriter
 
 log = logging.getLogger("serve.chat")
@@ -92,7 +94,8 @@ class ChatService:
     def __init__(self, engine: Any, registry: AdapterRegistry, writer: StoreWriter, config: ServeConfig, metrics: Metrics):
         self.engine, self.registry, self.writer, self.config, self.metrics = engine, registry, writer, config, metrics
         self.limits = ImageLimits(config.max_image_bytes, config.max_image_pixels, config.max_images,
-                                  config.allow_remote_images, config.remote_timeout_s)
+                                  config.allow_remote_images, config.remote_timeout_s,
+                                  tuple(config.remote_image_allow_networks))
 
     async def create(self, req: ChatCompletionRequest, id_prefix: str = "chatcmpl-",
                      stored: dict[str, Any] | None = None) -> ChatCompletion | Stream:
@@ -164,15 +167,17 @@ class ChatService:
 
     def _engine_requests(self, call: Call) -> list[GenerationRequest]:
         req = call.req
+        schema = None if call.prompt.answer_schema is None else json.dumps(call.prompt.answer_schema)
         return [GenerationRequest(
             request_id=f"{call.id}-{i}", messages=call.prompt.messages,
             sampling=SamplingParams(max_tokens=call.max_tokens, temperature=req.temperature, top_p=max(req.top_p, _MIN_TOP_P),
                                     stop=tuple(req.stop or ()), seed=None if req.seed is None else req.seed + i,
                                     top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0,
                                     presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-                                    logit_bias=req.token_bias()),
+                                    logit_bias=req.token_bias(), top_k=max(req.top_k or 0, 0), min_p=req.min_p or 0.0,
+                                    repetition_penalty=req.repetition_penalty or 1.0),
             mode=call.prompt.plan.mode, thinking_budget=call.prompt.plan.budget, adapter=call.lease.engine_name,
-            stream=bool(req.stream), token_events=bool(req.stream or req.logprobs),
+            stream=bool(req.stream), token_events=bool(req.stream or req.logprobs), answer_schema=schema,
         ) for i in range(req.n)]
 
     def _fingerprint(self, lease: Lease) -> str:
@@ -203,9 +208,11 @@ class ChatService:
         choices = []
         for i, res in enumerate(finished):
             thinking, answer = split_text(res.text, call.prompt.prefix)
+            content, calls, finish = _answer(call, answer, res.finish_reason)
             choices.append(Choice(
-                index=i, finish_reason=res.finish_reason,
-                message=AssistantMessage(content=answer, reasoning_content=thinking or None, reasoning=thinking or None),
+                index=i, finish_reason=finish,
+                message=AssistantMessage(content=content, reasoning_content=thinking or None, reasoning=thinking or None,
+                                         tool_calls=calls),
                 logprobs=ChoiceLogprobs(content=_token_logprobs(events[i], call.req)) if call.req.logprobs else None,
             ))
         return ChatCompletion(id=call.id, created=call.created, model=call.lease.model, choices=choices,
@@ -221,6 +228,8 @@ class ChatService:
         try:
             for i in range(n):
                 yield self._chunk(call, i, Delta(role="assistant", content=""))
+            # With tools offered, the answer may be a call: it goes out as tool-call deltas once it is complete.
+            held = bool(call.prompt.tool_names)
             async for i, item in fan.events():
                 if isinstance(item, GenerationResult):
                     results[i], done_at[i] = item, time.perf_counter()
@@ -228,6 +237,8 @@ class ChatService:
                 else:
                     deltas = splitters[i].feed(item.text)
                     logprobs = ChoiceLogprobs(content=_token_logprobs([item], req)) if req.logprobs else None
+                if held:
+                    deltas = [(kind, text) for kind, text in deltas if kind != "content"]
                 if logprobs is not None and not deltas:
                     yield self._chunk(call, i, Delta(), logprobs=logprobs)
                 for kind, text in deltas:
@@ -237,7 +248,17 @@ class ChatService:
             finished = _check_results(results)
             await self._log(call, finished, done_at, stream=True)  # committed before the final chunks
             for i, res in enumerate(finished):
-                yield self._chunk(call, i, Delta(), finish_reason=res.finish_reason)
+                finish = res.finish_reason
+                if held:
+                    content, calls, finish = _answer(call, splitters[i].content_text, res.finish_reason)
+                    if content:
+                        yield self._chunk(call, i, Delta(content=content))
+                    if calls:
+                        yield self._chunk(call, i, Delta(tool_calls=[
+                            DeltaToolCall(index=j, id=c.id, type="function",
+                                          function=DeltaFunction(name=c.function.name, arguments=c.function.arguments))
+                            for j, c in enumerate(calls)]))
+                yield self._chunk(call, i, Delta(), finish_reason=finish)
             if req.stream_options and req.stream_options.include_usage:
                 yield self._chunk_obj(call, [], usage=_usage(finished))
         except (EngineError, APIError) as exc:
@@ -281,7 +302,13 @@ def _rows(call: Call, results: list[GenerationResult], done_at: list[float], str
               "max_tokens": call.max_tokens, "stop": req.stop, "seed": req.seed, "logprobs": req.logprobs,
               "top_logprobs": req.top_logprobs, "reasoning_effort": req.reasoning_effort, "stream": stream,
               "user": req.user, "presence_penalty": req.presence_penalty,
-              "frequency_penalty": req.frequency_penalty, "logit_bias": req.logit_bias}
+              "frequency_penalty": req.frequency_penalty, "logit_bias": req.logit_bias, "top_k": req.top_k,
+              "min_p": req.min_p, "repetition_penalty": req.repetition_penalty,
+              "chat_template_kwargs": req.chat_template_kwargs,
+              "tools": [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
+              "tool_choice": req.tool_choice if isinstance(req.tool_choice, (str, type(None))) else req.tool_choice.model_dump(),
+              "parallel_tool_calls": req.parallel_tool_calls,
+              "response_format": req.response_format.model_dump(by_alias=True, exclude_none=True) if req.response_format else None}
     request = {"messages": prompt.stored, "params": params, "instruction": prompt.instruction,
                "created": call.created, "system_fingerprint": call.fingerprint, **call.stored}
     rows = []
@@ -299,6 +326,18 @@ def _rows(call: Call, results: list[GenerationResult], done_at: list[float], str
             latency_s=done_at[i] - call.arrival, stream=stream,
         ))
     return rows
+
+
+def _answer(call: Call, answer: str, finish: str) -> tuple[str | None, list[ToolCallOut] | None, str]:
+    """(content, tool calls, finish reason) of one choice's answer text."""
+    if not call.prompt.tool_names:
+        return answer, None, finish
+    req = call.req
+    parsed = parse_answer(answer, call.prompt.tool_names, forced=bool(req.forced_tools()),
+                          parallel=req.parallel_tool_calls is not False)
+    if not parsed.calls:
+        return answer, None, finish
+    return parsed.content, parsed.calls, "tool_calls" if finish == "stop" else finish
 
 
 def _check_results(results: list[GenerationResult | None]) -> list[GenerationResult]:

@@ -74,7 +74,8 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 def _validation_message(err: dict[str, Any], param: str | None) -> str:
     if err.get("type") == "json_invalid":
         return f"The request body is not valid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
-    if param is None and tuple(err.get("loc", ())) == ("body",):  # the body as a whole is not an object
+    if param is None and tuple(err.get("loc", ())) == ("body",) and err.get("type") != "value_error":
+        # the body as a whole is not an object (a value_error there is a check across its fields)
         return f"The request body must be a JSON object, sent with Content-Type: application/json; got {_kind(err)}."
     if err.get("type") == "extra_forbidden":
         return f"Unsupported parameter: {param!r} is not accepted by this server."

@@ -1,14 +1,16 @@
 """The OpenAI wire subset this server accepts and returns (pydantic models; they make /openapi.json).
 
-Served: chat completions with text and `image_url` parts, `n`, sampling knobs, `stop`, `seed`,
-`presence_penalty`/`frequency_penalty`, `logit_bias`, `logprobs`/`top_logprobs`, `stream`
-(+ `stream_options.include_usage`), `reasoning_effort`, `metadata`; models list. Our additions:
+Served: chat completions with text and `image_url` parts, `n`, sampling knobs (with vLLM's `top_k`,
+`min_p`, `repetition_penalty`), `stop`, `seed`, `presence_penalty`/`frequency_penalty`, `logit_bias`,
+`logprobs`/`top_logprobs`, `stream` (+ `stream_options.include_usage`), `reasoning_effort`,
+`metadata`, function calling (`tools`, `tool_choice`, `parallel_tool_calls`, tool calls and tool
+results in the history, `tool_protocol.py`), `response_format` (`text`, `json_object`,
+`json_schema`), `chat_template_kwargs.enable_thinking`; models list. Our additions:
 `message.reasoning_content`/`reasoning`, top-level `adapter_version`, feedback, adapter admin
 and the interaction export. `store: false` keeps the interaction out of the store (and so out of
-learning). `response_format`, `tool_choice` and `modalities` are accepted at their text-only
-values, `service_tier` at `auto`/`default`. Anything else (tools, JSON output, audio, ...) is
-rejected with 400 naming the parameter, rather than being silently ignored. The Responses API
-(`responses_protocol.py`) is translated onto these models.
+learning). `modalities` is accepted at `["text"]`, `service_tier` at `auto`/`default`. Anything
+else (audio, ...) is rejected with 400 naming the parameter, rather than being silently ignored.
+The Responses API (`responses_protocol.py`) is translated onto these models.
 """
 
 from __future__ import annotations
@@ -16,23 +18,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
+
+from .tool_protocol import (MAX_TOOLS, DeltaToolCall, NamedToolChoice, ResponseFormat, ToolCall, ToolCallOut,
+                            ToolChoice, ToolDef)
+from .wire import Open, Strict, Text
 
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max", "auto"]
 INT64 = 2**63
 MAX_LOGIT_BIAS = 1024
-
-
-def _utf8(text: str) -> str:
-    # JSON may carry lone surrogates ("\ud800"); tokenizers cannot encode them, so refuse them here.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text is not valid Unicode (lone surrogate)") from None
-    return text
-
-
-Text = Annotated[str, AfterValidator(_utf8)]
 
 
 def _text_format_only(v: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -46,12 +40,7 @@ def _text_format_only(v: dict[str, Any] | None) -> dict[str, Any] | None:
 TextFormat = Annotated[dict[str, Any] | None, AfterValidator(_text_format_only)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+_Strict, _Open = Strict, Open
 
 
 # ----------------------------------------------------------------------------- requests
@@ -82,18 +71,26 @@ class ContentPart(_Strict):
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[ContentPart] | None = None
     name: str | None = None
     # Accepted on assistant turns so clients can send back what we returned; not shown to the model.
     reasoning_content: str | None = None
     reasoning: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="assistant turns: the calls it made")
+    tool_call_id: str | None = Field(None, description="tool turns: the call this is the result of")
 
     @model_validator(mode="after")
     def _content_required(self) -> "ChatMessage":
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a {self.role} message needs content")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("a tool message needs tool_call_id, and only tool messages take one")
+        if self.role == "tool" and isinstance(self.content, list) and any(p.type != "text" for p in self.content):
+            raise ValueError("a tool message's content is text")
         return self
 
 
@@ -125,9 +122,18 @@ class ChatCompletionRequest(_Strict):
     store: bool | None = Field(None, description="false: do not keep this interaction (it cannot get feedback "
                                                  "and is not learned from)")
     service_tier: Literal["auto", "default"] | None = Field(None, description="one tier: auto or default")
-    # Accepted only at the values that ask for what this server does anyway (clients send them by default).
-    response_format: TextFormat = Field(None, description='only {"type": "text"}')
-    tool_choice: Literal["none"] | None = Field(None, description='only "none": this server has no tools')
+    tools: list[ToolDef] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = Field(None, description="none | auto (the default with tools) | required | "
+                                                             "{type: function, function: {name}}")
+    parallel_tool_calls: bool | None = Field(None, description="false: at most one call per answer")
+    response_format: ResponseFormat | None = None
+    # Sampling knobs of vLLM's server that its users send.
+    top_k: int | None = Field(None, ge=-1, description="keep the k most likely tokens; -1 or 0: all")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="drop tokens below min_p x the top probability")
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0,
+                                             description="divide the logits of prompt and output tokens (1: off)")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="only enable_thinking (true/false)")
+    # Accepted only at the value that asks for what this server does anyway (clients send it by default).
     modalities: list[Literal["text"]] | None = Field(None, description='only ["text"]')
 
 
@@ -175,11 +181,56 @@ class ChatCompletionRequest(_Strict):
                 raise ValueError(f"metadata value of {key!r} is longer than 8192 characters")
         return v
 
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key, value in (v or {}).items():
+            if key != "enable_thinking":
+                raise ValueError(f"unsupported key {key[:40]!r}: only enable_thinking is understood (the model's "
+                                 f"template takes no other options)")
+            if not isinstance(value, bool):
+                raise ValueError("enable_thinking must be true or false")
+        return v
+
     @model_validator(mode="after")
     def _logprobs(self) -> "ChatCompletionRequest":
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs=true")
         return self
+
+    @model_validator(mode="after")
+    def _tools(self) -> "ChatCompletionRequest":
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tool names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not names:
+            raise ValueError("tool_choice that calls a tool needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools {names}")
+        if self.forced_tools() and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError("tool_choice forces a tool call, so the answer cannot also follow response_format")
+        calls: set[str] = set()
+        for i, msg in enumerate(self.messages):
+            calls.update(c.id for c in msg.tool_calls or [])
+            if msg.role == "tool" and msg.tool_call_id not in calls:
+                raise ValueError(f"messages[{i}] answers tool_call_id {msg.tool_call_id!r}, which no earlier "
+                                 f"assistant message called")
+        return self
+
+    def tools_offered(self) -> list[ToolDef]:
+        """The tools the model is shown: all of them unless tool_choice is none."""
+        return [] if self.tool_choice == "none" else list(self.tools or [])
+
+    def forced_tools(self) -> list[ToolDef]:
+        """The tools one of which the answer must call (tool_choice required or named), else []."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return [t for t in self.tools or [] if t.function.name == self.tool_choice.function.name]
+        return list(self.tools or []) if self.tool_choice == "required" else []
+
+    def thinking_switch(self) -> bool | None:
+        """chat_template_kwargs.enable_thinking, if given."""
+        return (self.chat_template_kwargs or {}).get("enable_thinking")
 
 
 class FeedbackRequest(_Strict):
@@ -246,13 +297,17 @@ class AssistantMessage(BaseModel):
     reasoning_content: str | None = None
     reasoning: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -271,13 +326,14 @@ class Delta(BaseModel):
     content: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

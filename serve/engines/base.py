@@ -49,6 +49,11 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), -100..100
+    # vLLM's extras: keep the k most likely tokens (0 = all); drop those below min_p x the top probability;
+    # divide positive logits (multiply negative ones) of every prompt and output token by repetition_penalty.
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     def shapes_logits(self) -> bool:
         """Whether any penalty or bias changes the logits tokens are chosen from."""
@@ -62,6 +67,9 @@ class SamplingParams:
                 ("temperature", self.temperature >= 0, "at least 0"),
                 ("top_p", 0 < self.top_p <= 1, "within (0, 1]"),
                 ("top_logprobs", 0 <= self.top_logprobs <= max_top_logprobs, f"within 0..{max_top_logprobs}"),
+                ("top_k", self.top_k >= 0, "at least 0 (0: off)"),
+                ("min_p", 0 <= self.min_p <= 1, "within 0..1"),
+                ("repetition_penalty", 0 < self.repetition_penalty <= 10, "within (0, 10]"),
                 ("logit_bias", not bad, f"token ids of this model's vocabulary (0..{vocab_size - 1}), not {bad[:5]}")):
             if not ok:
                 raise EngineError(f"{param} must be {need}", param)
@@ -77,6 +85,8 @@ class GenerationRequest:
       cap: after `thinking_budget` tokens inside the thinking block it closes the block
       (emits `</thinking>`) and lets the model write the answer.
     adapter: the adapter *version name* to decode with (None = the base model).
+    answer_schema: JSON text of a JSON schema the answer inside `<answer>…</answer>` must follow (None =
+      free text); the engine holds the whole completion to `engines/grammar.py`'s grammar for it.
     stream: the client reads tokens as they come; False lets an engine fetch the completion in
       one piece (its TokenEvents then all arrive just before the result).
     token_events: the caller reads every TokenEvent; False (a plain answer without logprobs) lets an
@@ -91,6 +101,7 @@ class GenerationRequest:
     adapter: str | None = None
     stream: bool = True
     token_events: bool = True
+    answer_schema: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 `pick_tokens` takes the logits of one decoding step and picks every row's token itself
 (forced by the thinking budget, greedy, or sampled with the row's own knobs, see `sampling`,
-from logits shifted by the row's logit_bias and presence/frequency penalties), records its raw
+from logits shifted by the row's logit_bias, presence/frequency and repetition penalties, and masked
+by its answer grammar when it has one), records its raw
 logprob and advances the row's `RowState`: text delta, thinking block, stop strings, max_tokens.
 Events go out the moment they exist, and a row's GenerationResult the moment that row ends, not
 when the batch does. (This is where the token, its logprobs and the row's text are known
@@ -17,9 +18,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .base import GenerationRequest, GenerationResult, TokenEvent
+from .grammar import GrammarMasks
 from .sampling import GREEDY_EPS, choose_tokens, make_generator, top_logprobs
 from .text import IncrementalDetokenizer, StopWatch
-from openvlthinker.thinking import ThinkTracker, close_tag_suffix_ids
+from openvlthinker.thinking import THINK_OPEN, ThinkTracker, close_tag_suffix_ids
 
 __all__ = ["DecodeContext", "Emit", "RowState", "pick_tokens"]
 
@@ -37,6 +39,16 @@ class DecodeContext:
     close_ids: dict[int, list[int]]
     banned: tuple[int, ...] = ()  # vision placeholder tokens: never generated (see from_tokenizer)
     _token_text: dict[int, str] = field(default_factory=dict)
+    _grammars: GrammarMasks | None = None
+
+    @property
+    def grammars(self) -> GrammarMasks:
+        """Matchers for answers held to a JSON schema (built on first use: most servers never need them)."""
+        if self._grammars is None:
+            end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+            end = end if isinstance(end, int) and end != self.tokenizer.unk_token_id else min(self.eos_ids)
+            self._grammars = GrammarMasks(self.tokenizer, end)
+        return self._grammars
 
     @classmethod
     def from_tokenizer(cls, tokenizer, extra_eos: Sequence[int] = ()) -> "DecodeContext":
@@ -76,6 +88,17 @@ class RowState:
         self._seen: set[int] = set()
         budget = request.thinking_budget if request.mode == "think" and request.thinking_budget > 0 else None
         self.think = ThinkTracker(ctx.close_ids, budget=budget, prefix=prefix)
+        # vLLM's repetition penalty counts the prompt's tokens as well as the completion's.
+        self._repeated = set(prompt_ids) if s.repetition_penalty != 1.0 else None
+        # An answer held to a schema: in think mode the block is opened by force and thought in freely (it may
+        # not end the turn there); the grammar takes over once the block has closed.
+        self.grammar = None
+        self._opening: list[int] = []
+        if request.answer_schema is not None:
+            if request.mode == "think":
+                self._opening = ctx.tokenizer.encode(THINK_OPEN, add_special_tokens=False)
+            else:
+                self.grammar = ctx.grammars.matcher(request.answer_schema, "answer")
         self.detok = IncrementalDetokenizer(ctx.tokenizer)
         self.ids: list[int] = []
         self.logprobs: list[float] = []
@@ -89,8 +112,25 @@ class RowState:
         return not self.finished and not getattr(self.job, "cancelled", False)
 
     def forced_next(self) -> int | None:
-        """The token the thinking budget imposes next, if any."""
+        """The token the thinking budget (or a held answer's opening tag) imposes next, if any."""
+        if self._opening:
+            return self._opening[0]
         return self.think.forced_next(self.text, len(self.ids))
+
+    @property
+    def thinking_before_grammar(self) -> bool:
+        """A held answer still in its free thinking block: the turn may not end yet."""
+        return self.request.answer_schema is not None and self.grammar is None
+
+    def _after_token(self, token: int) -> None:
+        """Advance the opening tag and the grammar past `token`."""
+        if self._opening and token == self._opening[0]:
+            self._opening.pop(0)
+        elif self.grammar is not None and not self.grammar.consume_token(token):
+            # Only a forced token can disagree with the grammar (sampled ones come from its mask).
+            raise RuntimeError(f"token {token} broke the answer grammar: {self.grammar.get_error()}")
+        if self.thinking_before_grammar and not self._opening and self.think.close_end is not None:
+            self.grammar = self.ctx.grammars.matcher(self.request.answer_schema, "answer")
 
     def logit_offsets(self, vocab: int, device: torch.device | str) -> torch.Tensor:
         """(V,) what this row adds to its logits before choosing: the logit_bias, less the presence and
@@ -116,12 +156,16 @@ class RowState:
         self.ids.append(token)
         if self._offsets is not None:
             self._penalise(token)
+        if self._repeated is not None:
+            self._repeated.add(token)
         self.logprobs.append(logprob)
         if self.k:
             self.tops.append(top)
         self.text += self.detok.push(token)
         self.offsets.append(len(self.text))
         self.think.observe(self.text, self.offsets)
+        if self.request.answer_schema is not None:
+            self._after_token(token)
         reason, end = None, None
         if token in self.ctx.eos_ids:
             reason = "stop"
@@ -166,17 +210,29 @@ def pick_tokens(rows: Sequence[RowState], logits: torch.Tensor) -> tuple[list[in
     """
     forced = [row.forced_next() for row in rows]
     allowed = logits
-    shaped = [i for i, row in enumerate(rows) if row.shapes_logits]
+    shaped = [i for i, row in enumerate(rows) if row.shapes_logits or row._repeated is not None]
     if shaped:
         allowed = logits.to(torch.float32, copy=True)
         for i in shaped:
-            allowed[i] += rows[i].logit_offsets(logits.shape[-1], logits.device)
+            if rows[i]._repeated is not None:
+                _repetition_penalty(allowed[i], rows[i]._repeated, rows[i].request.sampling.repetition_penalty)
+            if rows[i].shapes_logits:
+                allowed[i] += rows[i].logit_offsets(logits.shape[-1], logits.device)
     if rows and rows[0].ctx.banned:
         allowed = logits.clone() if allowed is logits else allowed
         # after the bias: no logit_bias can make an image placeholder a generated token
         allowed[:, list(rows[0].ctx.banned)] = float("-inf")
+    held = [i for i, row in enumerate(rows) if row.grammar is not None and forced[i] is None]
+    if held:
+        allowed = logits.clone() if allowed is logits else allowed
+        rows[held[0]].ctx.grammars.apply(allowed, held, [rows[i].grammar for i in held])
+    thinking = [i for i, row in enumerate(rows) if row.thinking_before_grammar]
+    if thinking:
+        allowed = logits.clone() if allowed is logits else allowed
+        allowed[torch.tensor(thinking)[:, None], torch.tensor(sorted(rows[0].ctx.eos_ids))[None, :]] = float("-inf")
     chosen = choose_tokens(allowed, [r.temperature for r in rows], [r.top_p for r in rows],
-                           [r.generator for r in rows], forced)
+                           [r.generator for r in rows], forced, top_ks=[r.request.sampling.top_k for r in rows],
+                           min_ps=[r.request.sampling.min_p for r in rows])
     logp = torch.log_softmax(logits.float(), dim=-1)
     chosen_lp = logp.gather(1, chosen[:, None])[:, 0].tolist()
     tops = top_logprobs(logp, [r.k for r in rows])
@@ -186,3 +242,11 @@ def pick_tokens(rows: Sequence[RowState], logits: torch.Tensor) -> tuple[list[in
         top = tuple((row.ctx.token_text(t), v) for t, v in zip(ids, vals))
         out.extend((row.job, item) for item in row.advance(token, lp, top))
     return tokens, out
+
+
+def _repetition_penalty(logits: torch.Tensor, seen: set[int], penalty: float) -> None:
+    """vLLM's (and HF's) repetition penalty on one row, in place: seen tokens' positive logits are divided
+    by `penalty`, negative ones multiplied."""
+    ids = torch.tensor(sorted(seen), dtype=torch.long, device=logits.device)
+    picked = logits[ids]
+    logits[ids] = torch.where(picked > 0, picked / penalty, picked * penalty)

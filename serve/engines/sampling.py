@@ -1,4 +1,4 @@
-"""Per-row token choice for a decoding batch: each row's own temperature, top_p and generator.
+"""Per-row token choice for a decoding batch: each row's own temperature, top_k, top_p, min_p and generator.
 
 HF `generate` samples a whole batch from one global RNG with one temperature. A server needs
 every request to keep its own knobs and its own seeded generator, so that a seeded request
@@ -31,14 +31,24 @@ def make_generator(seed: int | None, device: torch.device | str) -> torch.Genera
     return gen
 
 
-def _sample(probs: torch.Tensor, top_p: float, gen: torch.Generator) -> int:
-    """Draw one token id from one row's probabilities (V,), restricted to its top_p nucleus."""
-    if top_p >= 1.0:
+def _sample(probs: torch.Tensor, top_p: float, gen: torch.Generator, top_k: int = 0, min_p: float = 0.0) -> int:
+    """Draw one token id from one row's probabilities (V,), restricted to its top_k, top_p nucleus and min_p."""
+    if top_p >= 1.0 and top_k <= 0 and min_p <= 0.0:
         return int(torch.multinomial(probs, 1, generator=gen))
-    # Nucleus: keep the smallest prefix of the sorted distribution whose mass reaches top_p
-    # (the most likely token always stays, even when top_p is tiny).
+    # Filters in vLLM's order: top_k, then the nucleus (the smallest prefix of the sorted distribution
+    # whose mass reaches top_p), then min_p relative to the most likely token, which always stays.
     sorted_p, order = probs.sort(descending=True)
-    keep = (sorted_p.cumsum(0) - sorted_p) < top_p
+    keep = torch.ones_like(sorted_p, dtype=torch.bool)
+    if 0 < top_k < len(sorted_p):
+        keep[top_k:] = False
+        if top_p < 1.0:  # the nucleus of what top_k left, renormalised
+            kept = sorted_p[:top_k]
+            keep[:top_k] = ((kept.cumsum(0) - kept) / kept.sum()) < top_p
+    elif top_p < 1.0:
+        keep = (sorted_p.cumsum(0) - sorted_p) < top_p
+    if min_p > 0.0:
+        keep &= sorted_p >= min_p * sorted_p[0]
+    keep[0] = True
     return int(order[torch.multinomial(sorted_p * keep, 1, generator=gen)])
 
 
@@ -48,6 +58,8 @@ def choose_tokens(
     top_ps: Sequence[float],
     generators: Sequence[torch.Generator | None],
     forced: Sequence[int | None],
+    top_ks: Sequence[int] | None = None,
+    min_ps: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Next token per row of `logits` (B, V): forced id, else greedy (temperature ~0), else sampled.
 
@@ -63,7 +75,8 @@ def choose_tokens(
         for row, i in zip(probs, sampled):
             if generators[i] is None:
                 raise ValueError(f"row {i} samples (temperature {temperatures[i]}) but has no generator")
-            chosen[i] = _sample(row, top_ps[i], generators[i])
+            chosen[i] = _sample(row, top_ps[i], generators[i], top_ks[i] if top_ks else 0,
+                                min_ps[i] if min_ps else 0.0)
     for i, force in enumerate(forced):
         if force is not None:
             chosen[i] = force

@@ -28,6 +28,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from openvlthinker.thinking import THINK_CLOSE, THINK_OPEN, ThinkTracker
 
 from .base import EngineFailed, GenerationRequest, GenerationResult, TokenEvent
+from .grammar import answer_grammar
 from .text import IncrementalDetokenizer, StopWatch
 
 __all__ = ["Upstream", "decode"]
@@ -119,7 +120,7 @@ class _Completion:
 
 
 def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]], done: _Completion,
-          extra_stops: list[str], max_tokens: int) -> dict[str, Any]:
+          extra_stops: list[str], max_tokens: int, state: str, tokenizer: Any) -> dict[str, Any]:
     """The vLLM chat request of one pass (continuing the assistant text written so far)."""
     s = request.sampling
     msgs, cont = _continued(messages, done.prefix + done.text)
@@ -137,6 +138,18 @@ def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]
     if s.presence_penalty or s.frequency_penalty:
         # vLLM counts a pass's own output only: after a budget pass the thinking so far is prompt to it.
         body.update(presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty)
+    if s.top_k:
+        body["top_k"] = s.top_k
+    if s.min_p:
+        body["min_p"] = s.min_p
+    if s.repetition_penalty != 1.0:
+        body["repetition_penalty"] = s.repetition_penalty
+    if request.answer_schema is not None and state == AFTER:
+        # The thinking passes are free; the answer pass (a new vLLM request) is held to the grammar.
+        start = "answer"
+        if request.mode == "think" and done.think.close_end is None and not done.think.is_open:
+            start = "think"  # a thinking completion without a budget: one pass from the top
+        body["structured_outputs"] = {"grammar": answer_grammar(request.answer_schema, tokenizer, start)}
     return body
 
 
@@ -176,7 +189,7 @@ async def decode(request: GenerationRequest, model: str, messages: list[dict[str
         else:
             extra, limit = ([THINK_OPEN] if state == BEFORE else []), remaining
         finish, final = None, None
-        async for chunk in _chunks(up, _body(request, model, messages, done, extra, limit)):
+        async for chunk in _chunks(up, _body(request, model, messages, done, extra, limit, state, up.tokenizer)):
             if done.prompt_ids is None and chunk.get("prompt_token_ids"):
                 done.prompt_ids = list(chunk["prompt_token_ids"])
             for choice in chunk.get("choices") or []:

@@ -55,7 +55,9 @@ class VllmLaunch:
                "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
                "--tensor-parallel-size", str(self.tensor_parallel_size),
                # top_logprobs=20 needs 21: vLLM lists the sampled token before the top ones
-               "--max-logprobs", "21"]
+               "--max-logprobs", "21",
+               # answers held to a JSON schema come as llguidance (Lark) grammars, see engines/grammar.py
+               "--structured-outputs-config", json.dumps({"backend": "guidance"})]
         if _is_multimodal(self.model):  # sizes vLLM's multimodal memory profiling; moot for text-only models
             cmd += ["--limit-mm-per-prompt", json.dumps({"image": self.max_images, "video": 0})]
         if self.gpu_memory_utilization is not None:
