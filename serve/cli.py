@@ -65,7 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transformers engine: decode in a thread of the gateway process instead of a child "
                              "process (shares the GIL with HTTP handling; slower under load)")
     parser.add_argument("--allow-remote-images", dest="allow_remote_images", action="store_const", const=True,
-                        default=None, help="also fetch http(s) image URLs (size and time limited)")
+                        default=None, help="also fetch http(s) image URLs (size and time limited; public "
+                                           "addresses only, each redirect checked)")
+    parser.add_argument("--remote-image-allow-network", dest="remote_image_allow_networks", action="append",
+                        default=None, metavar="CIDR",
+                        help="with --allow-remote-images: also fetch from this network although it is loopback, "
+                             "private or link-local, e.g. 10.1.0.0/16 for an intranet image host (repeatable)")
 
 
 def build_config(args: argparse.Namespace):
@@ -81,7 +86,8 @@ def build_config(args: argparse.Namespace):
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a mapping of serve options")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    dests = [dest for _, dest, _, _ in _FLAGS] + ["allow_remote_images", "vllm_args", "engine_process"]
+    dests = [dest for _, dest, _, _ in _FLAGS] + ["allow_remote_images", "vllm_args", "engine_process",
+                                                  "remote_image_allow_networks"]
     values.update({d: getattr(args, d) for d in dests if getattr(args, d, None) is not None})
     return ServeConfig.from_mapping(values)
 

@@ -50,6 +50,8 @@ class ServeConfig:
     max_image_pixels: int = 16_000_000  # width*height of one image, checked before decoding
     allow_remote_images: bool = False  # fetch http(s) image URLs (off: data: URLs only)
     remote_timeout_s: float = 10.0  # total time allowed to fetch one remote image
+    # Remote images come from public addresses only; these networks (CIDR) are fetched from anyway.
+    remote_image_allow_networks: list[str] = field(default_factory=list)
     max_body_bytes: int = 0  # request body cap (413 above it); 0 = room for max_images base64 images + 1 MiB
     default_max_tokens: int = 1024  # completion cap when the request gives none (bounded by the context)
     threads: int = 1  # torch intra-op threads (tiny tensors gain nothing from more)
@@ -98,6 +100,17 @@ class ServeConfig:
                 setattr(self, name, None)
         if self.api_key and self.admin_key and self.api_key == self.admin_key:
             raise ValueError("admin_key must differ from api_key (otherwise every client is an admin)")
+        self._check_remote_images()
+
+    def _check_remote_images(self) -> None:
+        from .remote_images import parse_networks
+
+        if isinstance(self.remote_image_allow_networks, str):
+            self.remote_image_allow_networks = [self.remote_image_allow_networks]
+        networks = parse_networks(self.remote_image_allow_networks)
+        if networks and not self.allow_remote_images:
+            raise ValueError("remote_image_allow_networks needs allow_remote_images (--allow-remote-images)")
+        self.remote_image_allow_networks = [str(net) for net in networks]
 
     def _check_vllm(self) -> None:
         if not 0 <= self.vllm_port <= 65535:

@@ -2,7 +2,8 @@
 
 Limits are enforced before the expensive step: the encoded size before decoding base64 fully
 matters, the pixel count is read from the header before the pixels are decoded (a small PNG
-can expand to gigabytes), remote fetches stream with a byte cap and a total timeout. Every
+can expand to gigabytes), remote fetches stream with a byte cap and a total timeout and go only
+to public addresses unless the operator allows a network (`remote_images`). Every
 failure is a 400 naming the offending part (`param`).
 """
 
@@ -26,11 +27,20 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+\-]+/[\w.+\-]+)?(?P<params>(;[\w\-]
 
 @dataclass(frozen=True)
 class ImageLimits:
+    """What one request's images may be; remote URLs only with `allow_remote`, from public addresses
+    unless in `remote_allow_networks` (CIDR strings, parsed here once)."""
+
     max_bytes: int
     max_pixels: int
     max_images: int
     allow_remote: bool = False
     remote_timeout_s: float = 10.0
+    remote_allow_networks: tuple = ()
+
+    def __post_init__(self) -> None:
+        from .remote_images import parse_networks
+
+        object.__setattr__(self, "remote_allow_networks", parse_networks(self.remote_allow_networks))
 
 
 @dataclass(frozen=True)
@@ -70,37 +80,16 @@ def decode_data_url(url: str, limits: ImageLimits, param: str) -> bytes:
 
 
 async def fetch_remote(url: str, limits: ImageLimits, param: str) -> bytes:
-    """Download an http(s) image with a byte cap and a total timeout (only with --allow-remote-images)."""
-    import anyio
-    import httpx
+    """Download an http(s) image (only with --allow-remote-images) from a public address, with a byte cap,
+    a total timeout and every redirect checked (see `remote_images`)."""
+    from .remote_images import fetch
 
     if not limits.allow_remote:
         raise invalid("Remote image URLs are disabled on this server; send the image as a base64 data URL "
                       "(start the server with --allow-remote-images to allow http(s) URLs).", param,
                       "remote_images_disabled")
-    chunks, size = [], 0
-    try:
-        with anyio.fail_after(limits.remote_timeout_s):
-            async with httpx.AsyncClient(follow_redirects=True, max_redirects=3,
-                                         timeout=limits.remote_timeout_s) as client:
-                async with client.stream("GET", url) as response:
-                    if response.status_code != 200:
-                        raise invalid(f"Fetching the image failed with HTTP {response.status_code}.", param,
-                                      "image_fetch_failed")
-                    declared = response.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-                        raise _too_big(limits, param)
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > limits.max_bytes:
-                            raise _too_big(limits, param)
-                        chunks.append(chunk)
-    except TimeoutError:
-        raise invalid(f"Fetching the image took longer than {limits.remote_timeout_s:g} s.", param,
-                      "image_fetch_timeout") from None
-    except httpx.HTTPError as exc:
-        raise invalid(f"Fetching the image failed: {type(exc).__name__}.", param, "image_fetch_failed") from None
-    return b"".join(chunks)
+    return await fetch(url, max_bytes=limits.max_bytes, timeout_s=limits.remote_timeout_s,
+                       allow_networks=limits.remote_allow_networks, param=param)
 
 
 def open_image(data: bytes, limits: ImageLimits, param: str) -> DecodedImage:

@@ -1,4 +1,5 @@
-"""Image decoding and limits: data URLs, base64, formats, byte and pixel caps, remote switch."""
+"""Image decoding and limits: data URLs, base64, formats, byte and pixel caps, remote switch (the address
+checks of remote fetches: test_remote_images.py)."""
 
 import asyncio
 import base64
@@ -148,7 +149,9 @@ def http_images():
 
 
 def test_remote_images_only_when_allowed_and_within_limits(http_images):
-    remote = ImageLimits(max_bytes=200_000, max_pixels=512 * 512, max_images=4, allow_remote=True, remote_timeout_s=0.5)
+    # the test server is on loopback, which remote fetches refuse unless the operator allows it
+    remote = ImageLimits(max_bytes=200_000, max_pixels=512 * 512, max_images=4, allow_remote=True, remote_timeout_s=0.5,
+                         remote_allow_networks=("127.0.0.0/8",))
     assert load(f"{http_images}/ok.png", remote).image.size == (32, 32)
     assert error(f"{http_images}/ok.png").code == "remote_images_disabled"
     assert error(f"{http_images}/big", remote).code == "image_too_large"
