@@ -95,7 +95,8 @@ def harvest(client: GatewayClient, feedback_cursor: str | None, interaction_curs
     newest = version_number(current_version)
     for fb in page.get("data", []):
         item = fb["interaction"]
-        if _is_loop_traffic(item):
+        # feedback sent with a key the gateway does not trust is kept there, never trained on
+        if _is_loop_traffic(item) or fb.get("trusted") is not True:
             continue
         if fb.get("correction"):
             prompt = _prompt(client, item, fb["correction"])

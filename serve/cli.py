@@ -22,6 +22,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--host", "host", str, "interface to bind (default 127.0.0.1)"),
     ("--port", "port", int, "port to bind (default 8000; 0 = any free port)"),
     ("--api-key", "api_key", str, "require 'Authorization: Bearer KEY' on every /v1 route"),
+    ("--api-key-file", "api_key_file", str, "read the API key from this file; if it does not exist, generate a random "
+                                            "key, save it there (mode 0600) and print it once"),
     ("--admin-key", "admin_key", str, "key for adapter admin and the interaction export (off without it)"),
     ("--run-dir", "run_dir", str, "folder for the store, images and adapter state (default runs/serve)"),
     ("--store", "store", str, "SQLAlchemy URL of the interaction store (default: SQLite in the run dir)"),
@@ -50,7 +52,17 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+_AUTH_HELP = """\
+Safe defaults: without an API key the gateway binds only loopback addresses (the default
+--host 127.0.0.1); a non-loopback --host (0.0.0.0, a LAN address, a hostname) is refused at
+start unless --api-key or --api-key-file is given, or --insecure-no-auth. Remote images
+(--allow-remote-images) are fetched only from public addresses. Feedback records a sha256
+prefix of the key that sent it and whether that key is trusted to train the model.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`openvlthinker serve`'s options (every ServeConfig knob) and the auth defaults as the help's epilog."""
     parser.add_argument("--config", metavar="FILE", help="YAML file of ServeConfig fields (flags override it)")
     for flag, dest, kind, help_text in _FLAGS:
         kwargs: dict[str, Any] = {"dest": dest, "type": kind, "default": None, "help": help_text}
@@ -71,6 +83,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=None, metavar="CIDR",
                         help="with --allow-remote-images: also fetch from this network although it is loopback, "
                              "private or link-local, e.g. 10.1.0.0/16 for an intranet image host (repeatable)")
+    parser.add_argument("--insecure-no-auth", dest="insecure_no_auth", action="store_const", const=True,
+                        default=None, help="bind a non-loopback --host without an API key anyway (only behind "
+                                           "something else that authenticates clients)")
+    parser.add_argument("--trusted-feedback-keys", dest="trusted_feedback_keys", action="append", default=None,
+                        metavar="KEYS", help="comma-separated API keys whose feedback trains the RL loop (accepted "
+                                             "as API keys too; repeatable). Default: every client's when the "
+                                             "gateway binds loopback, nobody's otherwise. Other feedback is stored, "
+                                             "marked untrusted")
+    parser.epilog = _AUTH_HELP
 
 
 def build_config(args: argparse.Namespace):
@@ -87,7 +108,8 @@ def build_config(args: argparse.Namespace):
             raise ValueError(f"{args.config}: expected a mapping of serve options")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     dests = [dest for _, dest, _, _ in _FLAGS] + ["allow_remote_images", "vllm_args", "engine_process",
-                                                  "remote_image_allow_networks"]
+                                                  "remote_image_allow_networks", "insecure_no_auth",
+                                                  "trusted_feedback_keys"]
     values.update({d: getattr(args, d) for d in dests if getattr(args, d, None) is not None})
     return ServeConfig.from_mapping(values)
 
@@ -124,10 +146,28 @@ def _vllm_engine(config, model: str):
     return VllmEngine(launch, config.run_path, max_queue=config.max_queue, start_timeout=config.vllm_start_timeout_s)
 
 
+def resolve_api_key(config) -> None:
+    """Read (or create) `api_key_file` into `config.api_key`; a key created now is printed this once."""
+    from pathlib import Path
+
+    from .keys import load_or_create_key
+
+    if not config.api_key_file:
+        return
+    config.api_key, created = load_or_create_key(Path(config.api_key_file))
+    config.check_keys()
+    if created:
+        print(f"generated an API key for this gateway: {config.api_key}\n"
+              f"  saved to {config.api_key_file} (mode 0600); clients send 'Authorization: Bearer <key>'. "
+              "It is not printed again.", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Build the config, check the port, start the engine and serve until Ctrl-C."""
     from .launcher import ensure_port_free
 
     config = build_config(args)
+    resolve_api_key(config)
     ensure_port_free(config.host, config.port)  # before minutes of model loading, not after
     engine = make_engine(config)
     import uvicorn

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .keys import is_loopback_host
+
 ENGINES = ("transformers", "vllm")
 # uvicorn's HTTP parser and event loop. "auto" takes the C ones (httptools, uvloop) when they are
 # installed and the pure-Python h11 and asyncio otherwise. The project does not install the C ones:
@@ -19,6 +21,17 @@ ENGINES = ("transformers", "vllm")
 HTTP_IMPLS = ("auto", "httptools", "h11")
 LOOPS = ("auto", "uvloop", "asyncio")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+
+
+def _key_list(value: Any) -> list[str]:
+    """Keys from a list and/or comma-separated strings (flags, YAML), blanks dropped, order kept."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise ValueError("trusted_feedback_keys must be a list of strings (or one comma-separated string)")
+    keys = [key.strip() for item in items for key in item.split(",") if key.strip()]
+    if any(any(c.isspace() for c in key) for key in keys):
+        raise ValueError("trusted_feedback_keys: a key cannot contain spaces")
+    return list(dict.fromkeys(keys))
 
 
 def _default_model() -> str:
@@ -37,6 +50,13 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # when set, every /v1 route needs `Authorization: Bearer <api_key>`
+    api_key_file: str | None = None  # the API key's file; created with a random key (mode 0600) when missing
+    # Without a key a non-loopback bind is refused: anyone reaching the port could use the model and
+    # write training feedback. This says the operator means it (another layer authenticates).
+    insecure_no_auth: bool = False
+    # Keys whose feedback trains the RL loop (also accepted as API keys). Empty: everyone's on a loopback
+    # bind, nobody's otherwise; untrusted feedback is stored all the same, marked so the loop skips it.
+    trusted_feedback_keys: list[str] = field(default_factory=list)
     admin_key: str | None = None  # adapter admin, interaction export, images; admin routes are off without it
     run_dir: str = "runs/serve"  # store, images and adapter state live here
     store: str | None = None  # SQLAlchemy URL; None = SQLite file <run_dir>/serve.db (WAL)
@@ -95,12 +115,35 @@ class ServeConfig:
         self._check_vllm()
         if self.remote_timeout_s <= 0:
             raise ValueError("remote_timeout_s must be > 0")
-        for name in ("api_key", "admin_key"):
-            if getattr(self, name) == "":
-                setattr(self, name, None)
-        if self.api_key and self.admin_key and self.api_key == self.admin_key:
-            raise ValueError("admin_key must differ from api_key (otherwise every client is an admin)")
+        self._check_auth()
         self._check_remote_images()
+
+    def _check_auth(self) -> None:
+        for name in ("api_key", "admin_key", "api_key_file"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+            if value == "":
+                setattr(self, name, None)
+        if not isinstance(self.insecure_no_auth, bool):
+            raise ValueError(f"insecure_no_auth must be true or false, got {self.insecure_no_auth!r}")
+        if self.api_key and self.api_key_file:
+            raise ValueError("give api_key or api_key_file, not both")
+        self.trusted_feedback_keys = _key_list(self.trusted_feedback_keys)
+        self.check_keys()
+        if not (self.api_key or self.api_key_file or self.insecure_no_auth or is_loopback_host(self.host)):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address and no API key is set: anyone who can reach the port "
+                "could use the model and send feedback that trains it. Pass --api-key KEY, or --api-key-file PATH "
+                "(a random key is generated and saved there if the file is missing), or --insecure-no-auth if "
+                "something in front of the gateway authenticates clients.")
+
+    def check_keys(self) -> None:
+        """The admin key must differ from every client key (also after api_key_file was read)."""
+        if self.admin_key and self.api_key == self.admin_key:
+            raise ValueError("admin_key must differ from api_key (otherwise every client is an admin)")
+        if self.admin_key and self.admin_key in self.trusted_feedback_keys:
+            raise ValueError("admin_key must differ from the trusted_feedback_keys (they are client keys)")
 
     def _check_remote_images(self) -> None:
         from .remote_images import parse_networks

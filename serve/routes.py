@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .auth import require_api_key
+from .auth import feedback_origin, require_api_key
 from .chat import Stream
 from .errors import not_found
 from .protocol import (ChatCompletion, ChatCompletionRequest, FeedbackRequest, FeedbackResponse, Health, ModelCard,
@@ -148,8 +148,10 @@ async def retrieve_model(model: str, request: Request) -> ModelCard:
 
 @api.post("/feedback", response_model=FeedbackResponse)
 async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+    """Store a rating or correction of one choice, with who sent it (hashed) and whether it may train."""
     store, writer = request.app.state.store, request.app.state.writer
-    fields = body.model_dump(exclude={"id", "choice_index"})
+    key_hash, trusted = feedback_origin(request)
+    fields = {**body.model_dump(exclude={"id", "choice_index"}), "key_hash": key_hash, "trusted": trusted}
     try:  # on the store's writer thread, in order with the interactions being logged
         fb_id = await asyncio.wrap_future(writer.call(lambda: store.add_feedback(body.id, body.choice_index, **fields)))
     except UnknownInteraction as exc:

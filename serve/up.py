@@ -23,7 +23,12 @@ from typing import Callable
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Where to serve, what model, and how eagerly the loop trains."""
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the shipped tiny model)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface of the gateway and the demo (default 127.0.0.1). A non-loopback one needs an "
+                             "API key: --api-key, else a random one saved to RUN_DIR/api.key (mode 0600)")
+    parser.add_argument("--api-key", default=None, help="the gateway's API key (default: none on a loopback --host)")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="on a non-loopback --host, serve the API without a key anyway")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/up"), help="store, adapters, logs, RL metrics")
     parser.add_argument("--admin-key", default=None, help="default: a random key saved to RUN_DIR/admin.key")
@@ -33,23 +38,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo-port", type=int, default=7860, help="the demo's port (on --host)")
 
 
-def _start_demo(args: argparse.Namespace, api_url: str, admin_key: str, run_dir: Path) -> subprocess.Popen:
+class Keys:
+    """The keys `up` hands out: the admin key, the clients' API key, and the demo's own key.
+
+    On a loopback --host there is no API key unless one is given (one machine's users), and everyone's
+    feedback trains. On any other --host the API needs a key, and only the demo's feedback trains: the
+    demo gets a key of its own, new at every start, that the gateway trusts."""
+
+    def __init__(self, args: argparse.Namespace, run_dir: Path):
+        from .keys import is_loopback_host, load_or_create_key, save_key
+
+        self.admin_file, self.api_file = run_dir / "admin.key", run_dir / "api.key"
+        self.admin = args.admin_key or load_or_create_key(self.admin_file)[0]
+        save_key(self.admin_file, self.admin)  # 0600 also for a file an older `up` wrote
+        exposed = not is_loopback_host(args.host)
+        self.api, self.api_saved = args.api_key or None, False
+        if self.api is None and exposed and not args.insecure_no_auth:
+            self.api, _ = load_or_create_key(self.api_file)
+            self.api_saved = True
+        self.demo = secrets.token_urlsafe(24) if exposed else None
+        if self.admin in (self.api, self.demo):
+            raise ValueError("--admin-key must differ from --api-key (otherwise every client is an admin)")
+
+    def serve_args(self) -> list[str]:
+        """The gateway's key flags."""
+        return (["--admin-key", self.admin] + (["--api-key", self.api] if self.api else [])
+                + (["--trusted-feedback-keys", self.demo] if self.demo else [])
+                + (["--insecure-no-auth"] if self.api is None and self.demo else []))
+
+    def describe_api(self) -> str:
+        """How clients authenticate, for the banner."""
+        if self.api is None:
+            return "(api key: any string)" if self.demo is None else "(no api key: --insecure-no-auth)"
+        where = f", saved in {self.api_file}" if self.api_saved else ""
+        trust = "; only the demo's feedback trains" if self.demo else ""
+        return f"(api key: {self.api}{where}{trust})"
+
+
+def _start_demo(args: argparse.Namespace, api_url: str, keys: Keys, run_dir: Path) -> subprocess.Popen:
     """`openvlthinker demo` against the gateway, logging to RUN_DIR/demo.log."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    demo_key = keys.demo or keys.api
     with open(run_dir / "demo.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "openvlthinker.cli", "demo", "--endpoint", api_url, "--admin-key", admin_key,
+            [sys.executable, "-m", "openvlthinker.cli", "demo", "--endpoint", api_url, "--admin-key", keys.admin,
+             *(["--api-key", demo_key] if demo_key else []),
              "--host", args.host, "--port", str(args.demo_port), "--rl-metrics", str(run_dir / "rl" / "metrics.jsonl")],
             stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def _start_loop(args: argparse.Namespace, api_url: str, admin_key: str, model: str, run_dir: Path) -> subprocess.Popen:
+def _start_loop(args: argparse.Namespace, api_url: str, keys: Keys, model: str, run_dir: Path) -> subprocess.Popen:
     """`openvlthinker rl` for as long as `up` runs, logging to RUN_DIR/rl.log (it resumes from RUN_DIR/rl)."""
     from openvlthinker.models import DEFAULT_MODEL
 
     with open(run_dir / "rl.log", "ab") as log:  # the child holds its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", api_url, "--admin-key", admin_key,
+            [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", api_url, "--admin-key", keys.admin,
+             *(["--api-key", keys.api] if keys.api else []),
              "--model", model, "--adapters-dir", str(run_dir / "adapters"), "--rounds", "0",
              "--min-new", str(args.rl_min_new), "--group-size", "4", "--prompts-per-round", "8",
              "--out", str(run_dir / "rl"),
@@ -152,23 +197,21 @@ def run(args: argparse.Namespace) -> int:
         ensure_port_free(args.host, args.demo_port, "--demo-port")
     run_dir: Path = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    key_file = run_dir / "admin.key"
-    admin_key = args.admin_key or (key_file.read_text().strip() if key_file.is_file() else secrets.token_hex(16))
-    key_file.write_text(admin_key)
+    keys = Keys(args, run_dir)
     model = args.model or DEFAULT_MODEL
     adapters = run_dir / "adapters"  # the loop's _start_loop uses the same folder
     print(f"starting the gateway on {args.host}:{args.port} (log: {run_dir / 'serve.log'}) ...", flush=True)
     server = ServerProcess(["--model", model, "--run-dir", str(run_dir / "serve"), "--adapters-dir", str(adapters),
-                            "--admin-key", admin_key], host=args.host, port=args.port, log_path=run_dir / "serve.log")
+                            *keys.serve_args()], host=args.host, port=args.port, log_path=run_dir / "serve.log")
     loop, demo, demo_url = None, None, f"http://{args.host}:{args.demo_port}"
     try:
         if not args.no_rl:
             # Online learning is the point of `up`: a crashed loop comes back and resumes from its state.
-            loop = Supervised("RL loop", lambda: _start_loop(args, server.url, admin_key, model, run_dir),
+            loop = Supervised("RL loop", lambda: _start_loop(args, server.url, keys, model, run_dir),
                               run_dir / "rl.log")
         if not args.no_demo:
             print(f"starting the demo on {demo_url} (log: {run_dir / 'demo.log'}) ...", flush=True)
-            demo = Supervised("demo", lambda: _start_demo(args, server.url, admin_key, run_dir), run_dir / "demo.log")
+            demo = Supervised("demo", lambda: _start_demo(args, server.url, keys, run_dir), run_dir / "demo.log")
             # gradio takes a few seconds to import
             if not wait_for_url(demo.proc, demo_url, timeout=120, interval=0.5):
                 print(f"the demo did not start; see {run_dir / 'demo.log'}. Serving the API anyway.", flush=True)
@@ -176,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
                 demo.proc.wait()
                 demo = None  # what fails at start (a bad install) would fail again: no restarts
         print(f"\ndemo:                   {'off' if demo is None else demo_url + '   (open it in a browser)'}\n"
-              f"OpenAI-compatible API:  {server.url}/v1   (api key: any string)\n"
-              f"admin key:              {admin_key}   (saved in {key_file})\n"
+              f"OpenAI-compatible API:  {server.url}/v1   {keys.describe_api()}\n"
+              f"admin key:              {keys.admin}   (saved in {keys.admin_file})\n"
               f"online RL loop:         {'off' if loop is None else f'trains after {args.rl_min_new} new graded interactions or ratings (log: ' + str(run_dir / 'rl.log') + ')'}\n"
               f"Ctrl-C stops everything.\n", flush=True)
         while server.proc.poll() is None:

@@ -66,6 +66,10 @@ class Feedback(Base):
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     correction: Mapped[str | None] = mapped_column(Text, nullable=True)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Who sent it, as a sha256 prefix of the key (never the key), and whether that key's feedback may train.
+    # NULL in rows written before these columns existed: their sender is unknown, so the loop skips them.
+    key_hash: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    trusted: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     interaction: Mapped[Interaction] = relationship(back_populates="feedback")
 

@@ -45,11 +45,15 @@ def _entrypoint_argv(env: dict[str, str], extra: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("user_env, extra, expect", [
-    ({}, [], {"api_key": None, "admin_key": None}),
+    # It binds 0.0.0.0, so without API_KEY the gateway keeps a generated key in the run dir.
+    ({}, [], {"api_key": None, "api_key_file": "/data/api.key", "admin_key": None, "trusted_feedback_keys": []}),
     ({"ADMIN_KEY": "s3cret", "API_KEY": "k", "MODEL": "/models/OpenVLThinkerV2-8B"},
      ["--gpu-memory-utilization", "0.45", "--max-model-len", "16384"],
-     {"api_key": "k", "admin_key": "s3cret", "model": "/models/OpenVLThinkerV2-8B", "gpu_memory_utilization": 0.45,
-      "max_model_len": 16384}),
+     {"api_key": "k", "api_key_file": None, "admin_key": "s3cret", "model": "/models/OpenVLThinkerV2-8B",
+      "gpu_memory_utilization": 0.45, "max_model_len": 16384}),
+    ({"API_KEY": "key with space", "TRUSTED_FEEDBACK_KEYS": "demo-1,team-2", "RUN_DIR": "/srv/run dir"}, [],
+     {"api_key": "key with space", "trusted_feedback_keys": ["demo-1", "team-2"]}),
+    ({"RUN_DIR": "/srv/run dir"}, [], {"api_key_file": "/srv/run dir/api.key"}),
     ({"SERVE_ARGS": "--max-loras 6 --tensor-parallel-size 2"}, [], {"max_loras": 6, "tensor_parallel_size": 2}),
 ])
 def test_the_entrypoint_builds_a_command_line_the_gateway_accepts(user_env, extra, expect):
@@ -63,7 +67,7 @@ def test_the_entrypoint_builds_a_command_line_the_gateway_accepts(user_env, extr
     add_arguments(parser)
     config = build_config(parser.parse_args(argv[1:]))
     assert config.engine == "vllm" and config.vllm_python == "python3"
-    assert (config.host, config.port, config.run_dir) == ("0.0.0.0", 8000, "/data")
+    assert (config.host, config.port, config.run_dir) == ("0.0.0.0", 8000, user_env.get("RUN_DIR", "/data"))
     assert config.model == user_env.get("MODEL", "Qwen/Qwen3-VL-8B-Instruct")
     for field, value in expect.items():
         assert getattr(config, field) == value, field
