@@ -12,7 +12,8 @@ from typing import AsyncIterator, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from .auth import feedback_origin, require_api_key
@@ -160,14 +161,40 @@ async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
     return FeedbackResponse(id=fb_id, interaction_id=body.id, choice_index=body.choice_index, created=int(time.time()))
 
 
-@open_routes.get("/health", response_model=Health)
-async def health(request: Request) -> Health:
+class Unhealthy(BaseModel):
+    """/health's 503 body: the engine cannot answer right now, and why."""
+
+    status: Literal["unavailable"] = "unavailable"
+    engine_ready: Literal[False] = False
+    reason: str
+    model: str
+    served_name: str
+
+
+def engine_problem(engine) -> str | None:
+    """Why the engine cannot answer now (its own `health()` says; None for one that serves or has no such check)."""
+    check = getattr(engine, "health", None)
+    if not callable(check):
+        return None
+    try:
+        return check()
+    except Exception as exc:  # noqa: BLE001 - a failing check is itself the answer, not a 500
+        return f"the engine's health check failed: {type(exc).__name__}: {exc}"
+
+
+@open_routes.get("/health", response_model=Health, responses={503: {"model": Unhealthy}})
+async def health(request: Request):
+    """200 while the gateway and its engine serve; 503 with the reason while the engine is down (restarting)."""
     state = request.app.state
     ready = bool(getattr(state, "ready", False))
     registry = getattr(state, "registry", None)
+    model = registry.base_name if registry else state.config.model
+    problem = engine_problem(state.engine) if ready else None
+    if problem is not None:
+        body = Unhealthy(reason=problem, model=model, served_name=state.config.served_name)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
     return Health(status="ok" if ready else "starting", engine_ready=ready, served_name=state.config.served_name,
-                  model=registry.base_name if registry else state.config.model,
-                  promoted=registry.promoted if registry else None)
+                  model=model, promoted=registry.promoted if registry else None)
 
 
 @open_routes.get("/metrics", include_in_schema=False)

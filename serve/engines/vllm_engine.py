@@ -70,6 +70,15 @@ class VllmEngine:
         """The vLLM server's process id (also written to RUN_DIR/vllm.pid)."""
         return self._proc.pid if self._proc else None
 
+    def health(self) -> str | None:
+        """None while vLLM serves; otherwise why not (the gateway's /health answers 503 with it)."""
+        if self._proc is not None and not self._proc.alive():  # polled now: the monitor looks only every 0.5 s
+            return (f"vLLM (pid {self._proc.pid}) exited with code {self._proc.returncode}; the gateway is "
+                    f"restarting it (log: {self.log_path})")
+        if not self._ready:
+            return f"vLLM is not serving (starting, restarting or stopped; log: {self.log_path})"
+        return None
+
     async def start(self) -> None:
         """Load the tokenizer, start vLLM and wait until it serves; EngineError with its log if not."""
         if self._ready:
