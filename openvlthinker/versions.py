@@ -24,11 +24,37 @@ _TMP_PREFIX = ".tmp-"
 _NUMBERED = re.compile(r"^policy-v(\d{4,})$")
 
 
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
 def version_name(number: int) -> str:
     """`v0003` for 3."""
     if number < 0:
         raise ValueError(f"version numbers are >= 0, got {number}")
     return f"v{number:04d}"
+
+
+def version_number(version: str | None) -> int | None:
+    """3 for "v0003"; None for the base model (None) or a name that is not a numbered version."""
+    match = _VERSION.match(version) if isinstance(version, str) else None
+    return int(match.group(1)) if match else None
+
+
+def folder_name(version: str) -> str:
+    """`policy-v0003` for "v0003": the version's folder in an adapters folder."""
+    if version_number(version) is None:
+        raise ValueError(f"not a version name: {version!r} (expected v followed by 4 or more digits)")
+    return f"{FOLDER_PREFIX}{version}"
+
+
+def version_folder(adapters_dir: str | Path, version: str) -> Path:
+    """The folder of `version` inside `adapters_dir`."""
+    return Path(adapters_dir) / folder_name(version)
+
+
+def pinned_model(served_name: str, version: str | None) -> str:
+    """The model name that pins a request to `version` (`openvlthinker@v0003`); the alias itself for None."""
+    return served_name if version is None else f"{served_name}@{version}"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -82,7 +108,7 @@ def publish(
     if missing:
         raise FileNotFoundError(f"{source} is not a PEFT adapter folder: missing {', '.join(missing)}")
     version = version_name(number)
-    final = root / f"{FOLDER_PREFIX}{version}"
+    final = root / folder_name(version)
     if final.exists():
         raise FileExistsError(f"{final} already exists: versions are immutable, publish a new number")
     root.mkdir(parents=True, exist_ok=True)
