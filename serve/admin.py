@@ -1,9 +1,15 @@
-"""Admin routes (admin key): adapter lifecycle, the interaction export for the RL loop, stored images."""
+"""Admin routes (admin key): what the server serves, adapter lifecycle, the interaction export for the RL
+loop, stored images."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 
 from .auth import require_admin
@@ -12,6 +18,31 @@ from .protocol import AdapterInfo, AdapterList, InteractionList, LoadAdapterRequ
 from .store.blobs import is_sha256, media_type
 
 admin = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
+# A probe is a file name the RL loop created in what it takes for the adapters folder; nothing else is looked up.
+_PROBE = re.compile(r"^\.probe-[0-9a-f]{8,64}$")
+
+
+class ServerInfo(BaseModel):
+    """What this server serves, for a client that publishes into its adapters folder (the RL loop)."""
+
+    model: str = Field(description="the base model's name (selects the base model in requests)")
+    model_path: str | None = Field(description="the base model's local folder, absolute; null for a hub id")
+    engine: str
+    adapters_dir: str = Field(description="the folder the server loads policy-vNNNN versions from, absolute")
+    served_name: str = Field(description="the alias clients call; <served_name>@vNNNN pins a version")
+    store: str = Field(description="the interaction store's URL, password hidden")
+    probe_visible: bool | None = Field(None, description="whether the file named by `probe` is in the adapters folder")
+
+
+def server_info(request: Request, probe: str | None = None) -> ServerInfo:
+    """The served model, engine, adapters folder, alias and store of this app (probe: a file to look for)."""
+    config, registry = request.app.state.config, request.app.state.registry
+    model = Path(config.model)
+    adapters = config.adapters_path.resolve()
+    return ServerInfo(model=registry.base_name, model_path=str(model.resolve()) if model.is_dir() else None,
+                      engine=config.engine, adapters_dir=str(adapters), served_name=registry.served_name,
+                      store=make_url(config.store_url).render_as_string(hide_password=True),
+                      probe_visible=None if probe is None else (adapters / probe).is_file())
 
 
 def _info(request: Request, version: str) -> AdapterInfo:
@@ -23,6 +54,15 @@ def _summary(request: Request) -> dict:
     registry = request.app.state.registry
     return {"promoted": registry.promoted, "alias": registry.served_name,
             "model": registry.model_name(registry.promoted) if registry.promoted else registry.base_name}
+
+
+@admin.get("/server", response_model=ServerInfo)
+async def get_server(request: Request, probe: str | None = Query(
+        None, description="a file name .probe-<hex> to look for in the adapters folder (is it the caller's folder?)")
+) -> ServerInfo:
+    if probe is not None and not _PROBE.match(probe):
+        raise invalid("A probe is a file name '.probe-' followed by 8 to 64 lowercase hex digits.", "probe")
+    return await run_in_threadpool(server_info, request, probe)
 
 
 @admin.get("/adapters", response_model=AdapterList)

@@ -72,3 +72,23 @@ def test_admin_input_errors(make_client, tmp_path):
     assert client.get("/v1/interactions/chatcmpl-x", headers=ADMIN).status_code == 404
     assert client.get("/v1/images/xyz", headers=ADMIN).json()["error"]["param"] == "sha256"
     assert client.get("/v1/images/" + "0" * 64, headers=ADMIN).status_code == 404
+
+
+def test_server_info_says_what_is_served(make_client, tmp_path):
+    adapters = tmp_path / "elsewhere" / "adapters"
+    adapters.mkdir(parents=True)
+    client = make_client(admin_key="adm", adapters_dir=str(adapters), served_name="thinker",
+                         store=f"sqlite:///{tmp_path / 'x.db'}")
+    info = client.get("/v1/server", headers=ADMIN).json()
+    assert info["model"] == "scripted-model" and info["model_path"] is None  # a name, not a local folder
+    assert info["engine"] == "transformers" and info["served_name"] == "thinker"
+    assert info["adapters_dir"] == str(adapters.resolve()) and info["store"].endswith("x.db")
+    assert info["probe_visible"] is None
+    (adapters / ".probe-0123abcd").write_text("")
+    assert client.get("/v1/server?probe=.probe-0123abcd", headers=ADMIN).json()["probe_visible"] is True
+    assert client.get("/v1/server?probe=.probe-ffffffff", headers=ADMIN).json()["probe_visible"] is False
+    for bad in ("../x", ".probe-XYZ", "policy-v0001", ".probe-12"):
+        r = client.get("/v1/server", params={"probe": bad}, headers=ADMIN)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "probe", bad
+    assert client.get("/v1/server").status_code == 401  # admin only, like the other admin routes
+
