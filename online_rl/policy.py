@@ -170,7 +170,28 @@ class LoraPolicy:
             counts["grad_norm"] = counts.get("grad_norm", 0) + 1
             self.optimizer.step()
         self.model.eval()
-        return {k: v / counts[k] for k, v in totals.items()}
+        out = {k: v / counts[k] for k, v in totals.items()}
+        drift = self.version_kl(rollouts[: cfg.micro_batch], old[0])
+        if drift is not None:
+            out["version_kl"] = drift
+        return out
+
+    def version_kl(self, rollouts: Sequence[Rollout], before: torch.Tensor) -> float | None:
+        """Approximate KL(previous version || updated policy) per token, on the on-policy rows given.
+
+        The rows were sampled from the previous version and `before` holds their logprobs under it, so
+        the k3 estimator E[r - 1 - log r], r = p_new / p_old, is unbiased and never negative. One micro-batch
+        is enough for a trend and costs one forward without gradients; None when no row is on-policy.
+        """
+        rows = [i for i, r in enumerate(rollouts) if not r.off_policy]
+        if not rows:
+            return None
+        with torch.no_grad():
+            after, _, mask = self.token_stats([rollouts[i] for i in rows], grad=False)
+            old = before[rows, : after.shape[1]].to(self.device)
+            log_ratio = after - old
+            k3 = torch.exp(log_ratio) - 1.0 - log_ratio
+            return float((k3 * mask).sum() / mask.sum().clamp(min=1))
 
     def _micro_step(self, part: Sequence[Rollout], old_logp: torch.Tensor, adv: torch.Tensor, scale: float) -> dict[str, float]:
         cfg = self.cfg
