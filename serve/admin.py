@@ -60,6 +60,7 @@ def _summary(request: Request) -> dict:
 async def get_server(request: Request, probe: str | None = Query(
         None, description="a file name .probe-<hex> to look for in the adapters folder (is it the caller's folder?)")
 ) -> ServerInfo:
+    """What this server serves: base model, engine, adapters folder, alias, store."""
     if probe is not None and not _PROBE.match(probe):
         raise invalid("A probe is a file name '.probe-' followed by 8 to 64 lowercase hex digits.", "probe")
     return await run_in_threadpool(server_info, request, probe)
