@@ -35,9 +35,10 @@ from tqdm import tqdm
 
 from online_rl.client import GatewayClient
 from online_rl.config import RLConfig
+from online_rl.gate import AlwaysPromote, Gate
 from online_rl.loop import gate_prompts, served_policy, shapeworld_prompts
 from online_rl.policy import UpdateConfig
-from online_rl.rounds import Prompt, graded_accuracy, messages_for, metadata_for, run_round
+from online_rl.rounds import Prompt, graded_accuracy, messages_for, metadata_for, run_round, target_for
 from openvlthinker.models import DEFAULT_MODEL
 from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
 from serve.launcher import ServerProcess
@@ -108,14 +109,18 @@ def run_estimator(name: str, args: argparse.Namespace, run_dir: Path, evalset: l
     try:
         cfg = RLConfig(endpoint=server.url, admin_key=admin, model=args.model, adapters_dir=str(adapters),
                        advantage=name, group_size=args.group_size, prompts_per_round=args.prompts,
-                       max_new_tokens=args.max_tokens, gate_margin=args.gate_margin, seed=args.seed,
+                       max_new_tokens=args.max_tokens, gate_margin=args.gate_margin or 1.0, seed=args.seed,
                        rollout_temperature=args.temperature,
                        update=UpdateConfig(lr=args.lr, entropy_coef=args.entropy_coef, kl_coef=args.kl_coef,
                                            updates_per_round=args.updates))
         torch.manual_seed(args.seed)  # the same LoRA initialisation for every estimator
         policy = served_policy(cfg, None)
         client = GatewayClient(server.url, "none", admin)
-        gate = gate_prompts(cfg.gate_per_family)
+        # Without --gate-margin every well-formed version is promoted (24 gate questions, as before the loop's gate
+        # was sized by statistics); with it, the loop's own gate decides.
+        rules = Gate(cfg.gate_spec()) if args.gate_margin else AlwaysPromote(cfg.gate_spec())
+        gate = gate_prompts(cfg.gate_spec().questions if args.gate_margin else 24)
+        working = None
         before = evaluate(client, evalset, "openvlthinker", args.max_tokens)
         sampled_before = evaluate(client, evalset, "openvlthinker", args.max_tokens, args.eval_samples) \
             if args.eval_samples else None
@@ -124,9 +129,11 @@ def run_estimator(name: str, args: argparse.Namespace, run_dir: Path, evalset: l
         for index in tqdm(range(args.rounds), desc=name, unit="round"):
             prompts = (round_prompts(pool, args.prompts, index, args.seed) if pool
                        else shapeworld_prompts(args.prompts, index, args.train_families))
-            result = run_round(client, policy, prompts, gate, cfg, index)
+            result = run_round(client, policy, prompts, gate, cfg, index, target=target_for(client, cfg, working),
+                               gate=rules)
             rounds.append({"round": index, "promoted": result.promoted, **result.metrics})
-            if result.version and not result.promoted:  # as the loop does: continue from what is served
+            working = result.working
+            if result.version and result.decision not in ("promote", "keep"):  # as the loop does
                 policy = served_policy(cfg, client.adapters().get("promoted"))
         after = evaluate(client, evalset, "openvlthinker", args.max_tokens)
         sampled_after = evaluate(client, evalset, "openvlthinker", args.max_tokens, args.eval_samples) \
@@ -221,9 +228,9 @@ def main() -> None:
                         help="optimizer steps per round")
     parser.add_argument("--pool", type=int, default=0,
                         help="training pool: questions per family drawn from each round (0 = new questions every round)")
-    parser.add_argument("--gate-margin", type=float, default=1.0,
-                        help="promotion gate margin (default 1.0: promote every well-formed version, so the "
-                             "estimators are compared and not the gate's noise)")
+    parser.add_argument("--gate-margin", type=float, default=None,
+                        help="gate with the loop's statistical gate at this margin (default: promote every "
+                             "well-formed version, so the estimators are compared and not the gate's noise)")
     parser.add_argument("--train-families", default=",".join(FAMILIES),
                         help="task families the rounds train on (comma-separated; the eval covers all six)")
     parser.add_argument("--eval-per-family", type=int, default=16)
@@ -250,7 +257,8 @@ def main() -> None:
           f"entropy coef {args.entropy_coef}, kl coef {args.kl_coef}, "
           f"{'pool of ' + str(args.pool) + ' per family' if args.pool else 'new prompts each round'}, "
           f"training on {'all families' if len(args.train_families) == len(FAMILIES) else ', '.join(args.train_families)}, "
-          f"gate margin {args.gate_margin}, eval {args.eval_per_family} per family (held out), seed {args.seed}")
+          f"gate margin {args.gate_margin or 'none: every version promoted'}, "
+          f"eval {args.eval_per_family} per family (held out), seed {args.seed}")
     print(report(results))
     png = args.out / stamp / "learning.png"
     plot(results, png)

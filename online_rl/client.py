@@ -18,9 +18,10 @@ from openvlthinker.data import png_data_url
 class GatewayError(RuntimeError):
     """The gateway answered a call with an error status."""
 
-    def __init__(self, message: str, status: int):
+    def __init__(self, message: str, status: int, code: str | None = None):
         super().__init__(message)
         self.status = status
+        self.code = code  # the server's error code (e.g. adapter_not_found), when it sent one
 
     @property
     def refused_request(self) -> bool:
@@ -69,7 +70,8 @@ class GatewayClient:
         """The JSON of a successful call; GatewayError naming the call and the server's answer otherwise."""
         resp = self._send(method, path, headers, **kw)
         if resp.status_code >= 400:
-            raise GatewayError(f"{method} {path} -> {resp.status_code}: {resp.text[:500]}", resp.status_code)
+            raise GatewayError(f"{method} {path} -> {resp.status_code}: {resp.text[:500]}", resp.status_code,
+                               _error_code(resp))
         return resp.json()
 
     def chat(self, messages: list[dict], *, model: str, n: int = 1, temperature: float = 1.0, max_tokens: int = 128,
@@ -92,6 +94,11 @@ class GatewayClient:
         """Every stored choice of one interaction, with token ids and behaviour logprobs."""
         return self._call("GET", f"/v1/interactions/{interaction_id}", self.admin)["data"]
 
+    def server(self, probe: str | None = None) -> dict:
+        """What the server serves: base model and folder, engine, adapters folder, alias, store (and
+        whether the file `probe` is in its adapters folder)."""
+        return self._call("GET", "/v1/server", self.admin, params={"probe": probe} if probe else None)
+
     def adapters(self) -> dict:
         """The server's adapter listing (versions, loaded, promoted)."""
         return self._call("GET", "/v1/adapters", self.admin)
@@ -111,6 +118,15 @@ class GatewayClient:
     def unload(self, version: str) -> dict:
         """Unload a (non-promoted) version after its requests drain."""
         return self._call("POST", "/v1/adapters/unload", self.admin, json={"version": version})
+
+
+def _error_code(resp: httpx.Response) -> str | None:
+    """The `error.code` of an OpenAI-style error body, if there is one."""
+    try:
+        error = resp.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def _retry_after(resp: httpx.Response, default: float) -> float:

@@ -1,7 +1,10 @@
 """Turn what users did on the server into training data (read over HTTP from the exports).
 
 - A reference answer in an interaction's metadata, or a correction given as feedback, makes
-  its question a *prompt*: it gets fresh groups of rollouts, graded against that answer.
+  its question a *prompt*: it gets fresh groups of rollouts, graded against that answer. A
+  harvest returns prompts as `PendingPrompt`s (where the question is stored, and its answer),
+  small enough to wait in the loop's state until a round has room for them; `materialize`
+  fetches the question and its images when it does.
 - Thumbs, 1-5 stars or a score on a logged response make that response a *logged rollout*:
   trained off-policy with truncated importance weights against its behaviour logprobs, if
   the version that produced it is at most `max_staleness` versions old. Because advantages
@@ -18,21 +21,56 @@ from typing import Any
 from PIL import Image
 
 from openvlthinker.data import PROBLEM_TYPES, TaskRecord
+from openvlthinker.versions import version_number
 
-from .client import GatewayClient
+from .client import GatewayClient, GatewayError
+from .prompts import Prompt
 from .rollout import Rollout
-from .rounds import Prompt
 
 # A correction with no known problem type is graded as math: math-verify compares numbers and
 # expressions symbolically and falls back to normalised string equality for anything else.
 DEFAULT_CORRECTION_TYPE = "math"
 
 
+@dataclass(frozen=True)
+class PendingPrompt:
+    """A user's question waiting for rollouts: its stored interaction and choice, its reference answer."""
+
+    interaction_id: str
+    choice_index: int
+    answer: str
+    problem_type: str
+    task_type: str = ""
+
+    @property
+    def task(self) -> str:
+        """task_type, else the problem type: what skip_tasks names."""
+        return self.task_type or self.problem_type
+
+    def to_json(self) -> dict[str, Any]:
+        """The form kept in the loop's state file."""
+        return {"interaction_id": self.interaction_id, "choice_index": self.choice_index, "answer": self.answer,
+                "problem_type": self.problem_type, "task_type": self.task_type}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> "PendingPrompt":
+        """Back from the state file; a malformed entry is an error naming the field."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"a pending prompt must be an object, got {raw!r}")
+        for name, kind in (("interaction_id", str), ("choice_index", int), ("answer", str), ("problem_type", str),
+                           ("task_type", str)):
+            if not isinstance(raw.get(name), kind):
+                raise ValueError(f"pending prompt {raw!r}: {name} must be {'an integer' if kind is int else 'a string'}")
+        if raw["problem_type"] not in PROBLEM_TYPES:
+            raise ValueError(f"pending prompt {raw!r}: unknown problem_type {raw['problem_type']!r}")
+        return cls(raw["interaction_id"], raw["choice_index"], raw["answer"], raw["problem_type"], raw["task_type"])
+
+
 @dataclass
 class Harvest:
     """Prompts and logged rollouts gathered since the last cursors, and the cursors to resume from."""
 
-    prompts: list[Prompt] = field(default_factory=list)
+    prompts: list[PendingPrompt] = field(default_factory=list)
     logged: list[Rollout] = field(default_factory=list)
     feedback_cursor: str | None = None
     interaction_cursor: str | None = None
@@ -49,15 +87,13 @@ def feedback_reward(fb: dict[str, Any]) -> float | None:
     return None
 
 
-def version_number(version: str | None) -> int:
-    """3 for "v0003"; 0 for the base model or names that are not numbered."""
-    if version and version[:1] == "v" and version[1:].isdigit():
-        return int(version[1:])
-    return 0
+def staleness_number(version: str | None) -> int:
+    """The version's number for staleness (3 for "v0003"); 0 for the base model and unnumbered names."""
+    return version_number(version) or 0
 
 
 def _question_and_images(client: GatewayClient, item: dict[str, Any]) -> tuple[str, list[Any]]:
-    """The last user turn's text and its images (fetched by sha256 from the server)."""
+    """The last user message's text and its images (fetched by sha256 from the server)."""
     users = [m for m in item["request"]["messages"] if m["role"] == "user"]
     parts = users[-1]["content"] if users else []
     text = "\n".join(p["text"] for p in parts if p.get("type") == "text")
@@ -70,15 +106,30 @@ def _question_and_images(client: GatewayClient, item: dict[str, Any]) -> tuple[s
     return text, images
 
 
-def _prompt(client: GatewayClient, item: dict[str, Any], answer: str) -> Prompt | None:
+def _pending(item: dict[str, Any], answer: str) -> PendingPrompt | None:
+    """The question of a stored interaction as a prompt graded against `answer` (None: no gradable type)."""
     meta = item.get("metadata") or {}
     problem_type = item.get("problem_type") or meta.get("problem_type") or DEFAULT_CORRECTION_TYPE
     if problem_type not in PROBLEM_TYPES:
         return None
+    return PendingPrompt(item["id"], int(item["choice_index"]), answer, problem_type, item.get("task_type") or "")
+
+
+def materialize(client: GatewayClient, pending: PendingPrompt) -> Prompt | None:
+    """The pending prompt's question and images, fetched from the server (None if it no longer has it)."""
+    try:
+        choices = client.interaction(pending.interaction_id)
+    except GatewayError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    item = next((c for c in choices if c.get("choice_index") == pending.choice_index), None)
+    if item is None:
+        return None
     text, images = _question_and_images(client, item)
-    record = TaskRecord(problem_id=f"{item['id']}:{item['choice_index']}", problem="<image>" * len(images) + text,
-                        problem_type=problem_type, answer=answer, task_type=item.get("task_type") or "",
-                        images=())
+    record = TaskRecord(problem_id=f"{pending.interaction_id}:{pending.choice_index}",
+                        problem="<image>" * len(images) + text, problem_type=pending.problem_type,
+                        answer=pending.answer, task_type=pending.task_type, images=())
     return Prompt(record, images)
 
 
@@ -88,31 +139,32 @@ def _is_loop_traffic(item: dict[str, Any]) -> bool:
 
 def harvest(client: GatewayClient, feedback_cursor: str | None, interaction_cursor: str | None,
             current_version: str | None, max_staleness: int, limit: int = 200) -> Harvest:
-    """New prompts (references, corrections) and rated logged responses since the given cursors."""
+    """New prompts (references, corrections; pending, not fetched yet) and rated logged responses since the
+    given cursors."""
     out = Harvest(feedback_cursor=feedback_cursor, interaction_cursor=interaction_cursor)
     params = {"limit": limit, **({"after": feedback_cursor} if feedback_cursor else {})}
     page = client.export("/feedback", **params)
-    newest = version_number(current_version)
+    newest = staleness_number(current_version)
     for fb in page.get("data", []):
         item = fb["interaction"]
         # feedback sent with a key the gateway does not trust is kept there, never trained on
         if _is_loop_traffic(item) or fb.get("trusted") is not True:
             continue
         if fb.get("correction"):
-            prompt = _prompt(client, item, fb["correction"])
+            prompt = _pending(item, fb["correction"])
             if prompt is not None:
                 out.prompts.append(prompt)
         reward = feedback_reward(fb)
         if reward is None or not item["completion_token_ids"]:
             continue
-        if newest - version_number(item.get("adapter_version")) > max_staleness:
+        if newest - staleness_number(item.get("adapter_version")) > max_staleness:
             continue  # too stale for importance weights to be trusted
         _, images = _question_and_images(client, item)
         out.logged.append(Rollout(
             prompt_ids=item["prompt_token_ids"], completion_ids=item["completion_token_ids"],
             behaviour_logprobs=item["logprobs"], images=images, reward=reward, accuracy=reward,
             group_id=None, task=item.get("task_type") or item.get("problem_type") or "feedback",
-            version=version_number(item.get("adapter_version")), off_policy=True, interaction_id=item["id"],
+            version=staleness_number(item.get("adapter_version")), off_policy=True, interaction_id=item["id"],
         ))
     out.feedback_cursor = page.get("next_cursor") or feedback_cursor
     params = {"limit": limit, "gradable": "true", **({"after": interaction_cursor} if interaction_cursor else {})}
@@ -120,7 +172,7 @@ def harvest(client: GatewayClient, feedback_cursor: str | None, interaction_curs
     for item in page.get("data", []):
         reference = (item.get("metadata") or {}).get("reference_answer")
         if reference and not _is_loop_traffic(item) and item["choice_index"] == 0:
-            prompt = _prompt(client, item, reference)
+            prompt = _pending(item, reference)
             if prompt is not None:
                 out.prompts.append(prompt)
     out.interaction_cursor = page.get("next_cursor") or interaction_cursor

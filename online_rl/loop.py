@@ -1,73 +1,35 @@
 """The online loop: rounds of run_round against a live server, resumable, with metrics on disk.
 
-Prompts come from ShapeWorld's train split (bootstrapping) or a OneThinker-format file, mixed
-across tasks. The trainer state (next round, promoted version) is checkpointed after every
-round, so a killed loop resumes where it stopped; a publish interrupted mid-way leaves only a
-hidden temporary folder, which is removed at start. Round metrics go to metrics.jsonl and to
-TensorBoard (out_dir/tensorboard).
+At start the loop asks the server what it serves (GET /v1/server) and takes its base model,
+adapters folder and alias from there, refusing settings that disagree (online_rl/server.py).
+Prompts are users' harvested questions first (they wait in the state until a round has room),
+then ShapeWorld's train split or a OneThinker-format file. The state (next round, cursors,
+pending prompts, the trainer's unpromoted version) is checkpointed after every round and keyed
+to the server and model, so a killed loop resumes where it stopped and a loop against another
+server does not; a publish interrupted mid-way leaves only a hidden temporary folder, removed at
+start. Round metrics go to metrics.jsonl and to TensorBoard (out_dir/tensorboard).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
-from typing import Iterator
 
-from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
-from openvlthinker.versions import remove_partial
+from openvlthinker.versions import remove_partial, version_folder
 
-from .client import GatewayClient
+from .client import GatewayClient, GatewayError
 from .config import RLConfig
-from .harvest import Harvest, harvest
+from .evaluate import GateScores
+from .gate import KEEP, PROMOTE
+from .harvest import PendingPrompt, harvest, materialize
 from .policy import LoraPolicy
-from .rounds import Prompt, RoundResult, run_round
-
-
-def shapeworld_prompts(count: int, round_index: int, families=FAMILIES) -> list[Prompt]:
-    """`count` train-split questions for a round, families interleaved, never repeated across rounds."""
-    out = []
-    for i in range(count):
-        family = families[i % len(families)]
-        seed = split_seed("train", 10_000_000 + round_index * 100_000 + i)  # away from the SFT stream
-        sample = generate(family, seed)
-        out.append(Prompt(sample.record, [sample.image]))
-    return out
-
-
-def trainable(prompts: list[Prompt], skip_tasks: tuple[str, ...]) -> list[Prompt]:
-    """The prompts whose task the loop trains on."""
-    return [p for p in prompts if p.record.task not in skip_tasks]
-
-
-def fill_prompts(stream: Iterator[Prompt] | None, count: int, round_index: int,
-                 skip_tasks: tuple[str, ...] = ()) -> list[Prompt]:
-    """Prompts that complete a round: the data file's next `count` records (those of skipped tasks dropped,
-    so a round may come out short), or `count` ShapeWorld questions of the families not skipped."""
-    if count <= 0:
-        return []
-    if stream is not None:
-        return trainable([next(stream) for _ in range(count)], skip_tasks)
-    families = tuple(f for f in FAMILIES if f not in skip_tasks)
-    return shapeworld_prompts(count, round_index, families) if families else []
-
-
-def file_prompts(path: str, image_root: str | None, seed: int) -> Iterator[Prompt]:
-    """An endless shuffled stream of a OneThinker file's records with their images."""
-    from openvlthinker.data import load_records, open_image
-
-    records = load_records(path, image_root)
-    rng = random.Random(seed)
-    while True:
-        for record in rng.sample(records, len(records)):
-            yield Prompt(record, [open_image(p) for p in record.images])
-
-
-def gate_prompts(per_family: int) -> list[Prompt]:
-    """The fixed promotion-gate set: the first questions of the ShapeWorld eval split."""
-    return [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("eval", i)) for i in range(per_family)
-                                                   for f in FAMILIES)]
+from .prompts import (RoundPrompts, fill_prompts, file_prompts, gate_prompts,  # noqa: F401 (re-exported)
+                      shapeworld_prompts, trainable)
+from .rollout import Rollout
+from .rounds import RoundResult, run_round, target_for
+from .server import reconcile
+from .state import LoopState, identity, load_state, save_state
 
 
 def _tensorboard(folder: Path):
@@ -79,85 +41,119 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
-def served_policy(cfg: RLConfig, promoted: str | None) -> LoraPolicy:
-    """The trainable policy on the weights being served: the promoted version's adapter, or a fresh LoRA."""
-    adapter = str(Path(cfg.adapters_dir) / f"policy-{promoted}") if promoted else None
+def served_policy(cfg: RLConfig, version: str | None) -> LoraPolicy:
+    """The trainable policy on a version's weights (its adapter), or a fresh LoRA on the base model for None."""
+    adapter = str(version_folder(cfg.adapters_dir, version)) if version else None
     return LoraPolicy.create(cfg.model, cfg.update, adapter_path=adapter, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
 
 
-def _wait_for_feedback(client: GatewayClient, cursors: dict, promoted: str | None, cfg: RLConfig, min_new: int,
-                       poll_s: float, log) -> Harvest:
-    """Poll the exports until at least `min_new` new prompts or rated responses have arrived."""
-    found = Harvest(feedback_cursor=cursors["feedback"], interaction_cursor=cursors["interactions"])
-    announced = False
-    while len(found.prompts) + len(found.logged) < min_new:
+def enqueue(pending: list[PendingPrompt], new: list[PendingPrompt], cfg: RLConfig) -> tuple[list[PendingPrompt], int]:
+    """Users' prompts waiting after a harvest: the old ones, then the new (skipped tasks and repeats left out),
+    at most cfg.max_pending (the oldest dropped); and how many were dropped."""
+    seen = {(p.interaction_id, p.choice_index, p.answer) for p in pending}
+    out = list(pending)
+    for p in new:
+        key = (p.interaction_id, p.choice_index, p.answer)
+        if p.task not in cfg.skip_tasks and key not in seen:
+            seen.add(key)
+            out.append(p)
+    dropped = max(0, len(out) - cfg.max_pending)
+    return out[dropped:], dropped
+
+
+def gather(client: GatewayClient, state: LoopState, cfg: RLConfig, promoted: str | None, min_new: int,
+           poll_s: float, log=print) -> tuple[list[Rollout], int]:
+    """Harvest into state.pending (and state.cursors) until at least `min_new` users' prompts or rated responses
+    wait; returns the rated logged rollouts and how many pending prompts were dropped for room."""
+    logged: list[Rollout] = []
+    dropped, announced = 0, False
+    while True:
+        found = harvest(client, state.cursors["feedback"], state.cursors["interactions"], promoted, cfg.max_staleness)
+        state.cursors = {"feedback": found.feedback_cursor, "interactions": found.interaction_cursor}
+        state.pending, lost = enqueue(state.pending, found.prompts, cfg)
+        dropped += lost
+        logged += [r for r in found.logged if r.task not in cfg.skip_tasks]
+        if len(state.pending) + len(logged) >= min_new:
+            return logged, dropped
         if not announced:
             log(f"waiting for {min_new} new graded interactions or ratings (feedback in the demo counts)")
             announced = True
         time.sleep(poll_s)
-        more = harvest(client, found.feedback_cursor, found.interaction_cursor, promoted, cfg.max_staleness)
-        found = Harvest(found.prompts + more.prompts, found.logged + more.logged, more.feedback_cursor,
-                        more.interaction_cursor)
-    return found
+
+
+def resume_working(client: GatewayClient, cfg: RLConfig, working: str | None, promoted: str | None,
+                   log=print) -> str | None:
+    """The trainer's unpromoted version from the state, loaded on the server again; None when it cannot be."""
+    if working is None or working == promoted:
+        return None
+    if not version_folder(cfg.adapters_dir, working).is_dir():
+        log(f"the trainer's version {working} is gone from {cfg.adapters_dir}; going on from the served version")
+        return None
+    try:
+        client.load(working)
+    except GatewayError as exc:
+        if not exc.refused_request:
+            raise
+        log(f"the server would not load the trainer's version {working} ({exc}); going on from the served version")
+        return None
+    return working
+
+
+def _record(out: Path, writer, index: int, result: RoundResult) -> None:
+    """Append the round to metrics.jsonl and TensorBoard."""
+    row = {"round": index, "version": result.version, "promoted": result.promoted, "decision": result.decision,
+           "note": result.note, **result.metrics}
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+    if writer is not None:
+        for key, value in result.metrics.items():
+            writer.add_scalar(key, value, index)
+        writer.add_scalar("promoted", float(result.promoted), index)
+        writer.flush()
 
 
 def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None, image_root: str | None = None,
         log=print, every: float = 0.0, min_new: int = 0, poll_s: float = 5.0) -> list[RoundResult]:
     """Run `rounds` more rounds (0 = until stopped), resuming from out_dir/state.json.
 
-    Triggers: with `min_new` a round starts once that many new user prompts or ratings have
-    arrived; with `every` rounds start at most every `every` seconds. Metrics are appended
-    to out_dir/metrics.jsonl.
+    Triggers: with `min_new` a round starts once that many users' prompts or ratings wait; with
+    `every` rounds start at most every `every` seconds. Metrics are appended to out_dir/metrics.jsonl.
     """
+    if rounds < 0 or min_new < 0 or every < 0 or not poll_s > 0:
+        raise ValueError("rounds, min_new and every must be >= 0 and poll_s > 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"next_round": 0}
-    cursors = state.get("cursors", {"feedback": None, "interactions": None})
+    client = GatewayClient(cfg.endpoint, cfg.api_key, cfg.admin_key)
+    cfg, server = reconcile(client, cfg, log)
+    state = load_state(out / "state.json", identity(server), log)
     for name in remove_partial(cfg.adapters_dir):
         log(f"removed a partial publish left by a killed run: {name}")
-    client = GatewayClient(cfg.endpoint, cfg.api_key, cfg.admin_key)
     promoted = client.adapters().get("promoted")
-    policy = served_policy(cfg, promoted)
-    gate = gate_prompts(cfg.gate_per_family)
+    working = resume_working(client, cfg, state.working, promoted, log)
+    policy = served_policy(cfg, working or promoted)
+    gate = gate_prompts(cfg.gate_spec().questions)
     stream = file_prompts(data, image_root, cfg.seed) if data else None
-    writer = _tensorboard(out / "tensorboard")
-    results = []
-    index = state["next_round"]
+    writer, scores, results = _tensorboard(out / "tensorboard"), GateScores(), []
     while rounds == 0 or len(results) < rounds:
-        started = time.monotonic()
-        if min_new > 0:
-            found = _wait_for_feedback(client, cursors, promoted, cfg, min_new, poll_s, log)
-        else:
-            found = harvest(client, cursors["feedback"], cursors["interactions"], promoted, cfg.max_staleness)
-        cursors = {"feedback": found.feedback_cursor, "interactions": found.interaction_cursor}
-        user = trainable(found.prompts, cfg.skip_tasks)[: cfg.prompts_per_round]
-        prompts = user + fill_prompts(stream, cfg.prompts_per_round - len(user), index, cfg.skip_tasks)
-        logged = [r for r in found.logged if r.task not in cfg.skip_tasks]
-        result = run_round(client, policy, prompts, gate, cfg, index, logged=logged)
-        result.metrics.update(user_prompts=float(len(user)))
+        started, index = time.monotonic(), state.next_round
+        logged, dropped = gather(client, state, cfg, promoted, min_new, poll_s, log)
+        source = RoundPrompts(state.pending, lambda p: materialize(client, p), stream, index, cfg.skip_tasks)
+        prompts = source.take(cfg.prompts_per_round)
+        result = run_round(client, policy, prompts, gate, cfg, index, logged=logged,
+                           target=target_for(client, cfg, working, server), refill=source.take, scores=scores)
+        result.metrics.update(user_prompts=float(source.user), pending_prompts=float(len(source.pending)),
+                              pending_dropped=float(dropped), pending_lost=float(source.lost))
         results.append(result)
-        row = {"round": index, "version": result.version, "promoted": result.promoted, "note": result.note,
-               **result.metrics}
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if writer is not None:
-            for key, value in result.metrics.items():
-                writer.add_scalar(key, value, index)
-            writer.add_scalar("promoted", float(result.promoted), index)
-            writer.flush()
-        promoted = client.adapters().get("promoted")
-        state = {"next_round": index + 1, "promoted": promoted, "cursors": cursors}
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(state_path)  # atomic: a kill never leaves a torn state file
-        if result.version and not result.promoted:
-            policy = served_policy(cfg, state["promoted"])  # back to the weights that are actually served
+        _record(out, writer, index, result)
+        promoted, working = client.adapters().get("promoted"), result.working
+        state.pending, state.next_round, state.promoted, state.working = source.pending, index + 1, promoted, working
+        save_state(out / "state.json", state)
+        if result.version and result.decision not in (PROMOTE, KEEP):
+            policy = served_policy(cfg, promoted)  # back to the weights that are actually served
         log(f"round {index}: reward {result.metrics.get('reward_mean', 0):.3f} "
             f"accuracy {result.metrics.get('accuracy_mean', 0):.3f} -> {result.version or 'no update'} "
-            f"{'promoted' if result.promoted else 'kept ' + str(state['promoted'])} "
-            f"({result.metrics.get('wall_s', 0):.1f} s)")
-        index += 1
+            f"{result.decision or 'not gated'}; serving {promoted or 'the base model'}"
+            f"{f', training on from {working}' if working else ''} ({result.metrics.get('wall_s', 0):.1f} s)")
         if every > 0:
             time.sleep(max(0.0, every - (time.monotonic() - started)))
     return results

@@ -8,7 +8,7 @@ import torch
 
 from online_rl.client import GatewayClient, image_part
 from online_rl.config import RLConfig
-from online_rl.harvest import feedback_reward, harvest, version_number
+from online_rl.harvest import feedback_reward, harvest, materialize
 from online_rl.policy import LoraPolicy
 from online_rl.rounds import run_round
 from openvlthinker.models import DEFAULT_MODEL
@@ -20,7 +20,6 @@ def test_feedback_rewards_and_versions():
     assert feedback_reward({"thumbs": "up"}) == 1.0 and feedback_reward({"thumbs": "down"}) == 0.0
     assert feedback_reward({"rating": 5}) == 1.0 and feedback_reward({"rating": 2}) == 0.25
     assert feedback_reward({"score": 0.7}) == 0.7 and feedback_reward({"correction": "3"}) is None
-    assert version_number("v0012") == 12 and version_number(None) == 0 and version_number("custom") == 0
 
 
 @pytest.mark.slow
@@ -50,9 +49,14 @@ def test_user_feedback_flows_into_a_round(tmp_path):
 
         client = GatewayClient(url, "none", "adm")
         found = harvest(client, None, None, current_version=None, max_staleness=4)
-        assert sorted(p.record.answer for p in found.prompts) == ["2", "2"]
-        assert {p.record.problem_id.split(":")[0] for p in found.prompts} == {corrected, referenced}
-        assert all(len(p.images) == 1 and p.images[0].size == sample.image.size for p in found.prompts)
+        # Prompts come back pending (where they are stored, and the answer); materialize fetches them.
+        assert sorted(p.answer for p in found.prompts) == ["2", "2"]
+        assert {p.interaction_id for p in found.prompts} == {corrected, referenced}
+        prompts = [materialize(client, p) for p in found.prompts]
+        assert sorted(p.record.answer for p in prompts) == ["2", "2"]
+        assert {p.record.problem_id.split(":")[0] for p in prompts} == {corrected, referenced}
+        assert all(len(p.images) == 1 and p.images[0].size == sample.image.size for p in prompts)
+        assert all(p.record.problem_type == "math" and "circles" in p.record.problem for p in prompts)
         assert sorted(r.reward for r in found.logged) == [0.0, 1.0] and all(r.off_policy for r in found.logged)
         assert found.feedback_cursor and found.interaction_cursor
         assert harvest(client, found.feedback_cursor, found.interaction_cursor, None, 4).logged == []  # consumed
@@ -60,9 +64,9 @@ def test_user_feedback_flows_into_a_round(tmp_path):
 
         torch.set_num_threads(1)
         cfg = RLConfig(endpoint=url, admin_key="adm", adapters_dir=str(tmp_path / "adapters"), group_size=4,
-                       prompts_per_round=2, max_new_tokens=48, lora_r=4, gate_per_family=1, gate_margin=1.0)
+                       prompts_per_round=2, max_new_tokens=48, lora_r=4)
         policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=4)
-        result = run_round(client, policy, found.prompts, [found.prompts[0]], cfg, 0, logged=found.logged)
+        result = run_round(client, policy, prompts, [prompts[0]], cfg, 0, logged=found.logged)
         assert result.metrics["logged_rollouts"] == 2 and result.version == "v0001"
         assert "train_is_weight_mean" in result.metrics  # the logged rows went through importance weighting
     finally:

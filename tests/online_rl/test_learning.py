@@ -13,7 +13,7 @@ from online_rl.client import GatewayClient
 from online_rl.config import RLConfig
 from online_rl.loop import served_policy
 from online_rl.policy import UpdateConfig
-from online_rl.rounds import Prompt, messages_for, metadata_for, run_round
+from online_rl.rounds import Prompt, messages_for, metadata_for, run_round, target_for
 from openvlthinker.models import DEFAULT_MODEL
 from openvlthinker.rewards import grade
 from openvlthinker.tiny.shapeworld import generate, split_seed
@@ -70,8 +70,11 @@ def test_rounds_raise_reward_serve_the_better_version_and_users_never_fail(tmp_p
                            log_path=tmp_path / "server.log")
     try:
         torch.set_num_threads(1)
+        # The gate is the loop's paired test, on the 8 trained questions, at 80% confidence: with 8 questions
+        # that is 3 better answers and none worse (or 4 and 1, 6 and 2) before a version is served.
         cfg = RLConfig(endpoint=server.url, admin_key="adm", model=DEFAULT_MODEL, adapters_dir=str(adapters),
-                       group_size=8, prompts_per_round=8, max_new_tokens=128, update=UpdateConfig(lr=2e-3))
+                       group_size=8, prompts_per_round=8, max_new_tokens=128, update=UpdateConfig(lr=2e-3),
+                       gate_confidence=0.8)
         client = GatewayClient(server.url, "none", "adm")
         torch.manual_seed(0)
         policy = served_policy(cfg, None)
@@ -80,11 +83,13 @@ def test_rounds_raise_reward_serve_the_better_version_and_users_never_fail(tmp_p
                                                          for i in range(4) for f in ("math_reasoning", "chart"))]
         before_reward, before_acc = sampled_reward(client, prompts, "openvlthinker")
         users = Users(server.url)
-        results = []
+        results, working = [], None
         try:
-            for index in range(3):
-                results.append(run_round(client, policy, prompts, prompts, cfg, index))
-                if results[-1].version and not results[-1].promoted:  # as the loop does
+            for index in range(3):  # as the loop does: on from a kept candidate, back to the served one otherwise
+                results.append(run_round(client, policy, prompts, prompts, cfg, index,
+                                         target=target_for(client, cfg, working)))
+                working = results[-1].working
+                if results[-1].version and results[-1].decision not in ("promote", "keep"):
                     policy = served_policy(cfg, client.adapters()["promoted"])
         finally:
             users.stop()
@@ -96,7 +101,7 @@ def test_rounds_raise_reward_serve_the_better_version_and_users_never_fail(tmp_p
         answer = client.chat(messages_for(prompts[0]), model="openvlthinker", temperature=0.0, max_tokens=16)
         assert answer["model"].endswith("@" + promoted)  # the improved version is the one served
         print(f"\nreward {before_reward:.3f} -> {after_reward:.3f}, accuracy {before_acc:.3f} -> {after_acc:.3f}, "
-              f"served {promoted}; rounds: {[(r.version, r.promoted) for r in results]}")
+              f"served {promoted}; rounds: {[(r.version, r.decision, r.note) for r in results]}")
         assert after_reward >= before_reward + 0.05 and after_acc > before_acc
     finally:
         server.stop()

@@ -2,6 +2,7 @@
 grading, update, atomic publish, server-side load, gate, promote or reject."""
 
 import dataclasses
+import json
 
 import httpx
 import pytest
@@ -11,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from online_rl.client import GatewayClient
 from online_rl.config import RLConfig
 from online_rl.policy import LoraPolicy
-from online_rl.rounds import Prompt, keep_informative, run_round
+from online_rl.gate import KEEP, PROMOTE, REJECT, Gate, Verdict
+from online_rl.rounds import NotVisible, Prompt, keep_informative, run_round, target_for
 from online_rl.rollout import Rollout
 from openvlthinker.models import DEFAULT_MODEL
 from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
@@ -53,6 +55,34 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown RL config keys: bogus"):
         RLConfig.from_mapping({"bogus": 1})
     assert RLConfig.from_mapping({"lr": 1e-3, "group_size": 4}).update.lr == 1e-3
+    with pytest.raises(ValueError, match="gate_per_family is no longer used"):
+        RLConfig.from_mapping({"gate_per_family": 4})
+    with pytest.raises(ValueError, match="gate_margin must be in"):
+        RLConfig(gate_margin=1.5)
+    with pytest.raises(ValueError, match="rollback_check must be true or false"):
+        RLConfig(rollback_check="yes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Forced(Gate):
+    """The gate with its decision forced (the decision function itself is tested in test_gate.py)."""
+
+    decision: str = PROMOTE
+    harm: bool = False  # after a promotion, report harm through the alias
+
+    def decide(self, current, candidate, well_formed=True):
+        verdict = super().decide(current, candidate, well_formed)
+        return dataclasses.replace(verdict, decision=self.decision if well_formed else REJECT)
+
+    def settled(self, wins, losses, ties, remaining):
+        return None
+
+    def roll_back(self, current, candidate, served, served_well_formed=True):
+        return Verdict(REJECT, 0, len(served), 0, 1.0, 0.0, "forced") if self.harm else None
+
+
+def loaded(client):
+    return {a["version"] for a in client.adapters()["data"] if a["loaded"]}
 
 
 @pytest.mark.slow
@@ -64,18 +94,20 @@ def test_one_round_publishes_gates_and_serves(tmp_path):
     try:
         torch.set_num_threads(1)
         cfg = RLConfig(endpoint=server.url, admin_key="adm", model=DEFAULT_MODEL, adapters_dir=str(adapters),
-                       group_size=4, prompts_per_round=4, max_new_tokens=64, lora_r=4, gate_margin=1.0)
+                       group_size=4, prompts_per_round=4, max_new_tokens=64, lora_r=4)
         client = GatewayClient(cfg.endpoint, cfg.api_key, cfg.admin_key)
         policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, lora_r=cfg.lora_r)
         samples = [generate(f, split_seed("train", i)) for i in range(2) for f in ("math_reasoning", "chart")]
         prompts = [Prompt(s.record, [s.image]) for s in samples]
-        gate = [Prompt(s.record, [s.image]) for s in (generate("chart", split_seed("eval", 0)),)]
+        gate = [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("eval", 0)) for f in ("chart", "ocr"))]
         # A prompt the server refuses (too long for max_new_tokens more) is skipped, not the end of the loop.
         poison = dataclasses.replace(samples[0].record, problem=samples[0].record.problem + " and" * 5000)
-        result = run_round(client, policy, [*prompts, Prompt(poison, [samples[0].image])], gate, cfg, round_index=0)
+        result = run_round(client, policy, [*prompts, Prompt(poison, [samples[0].image])], gate, cfg, round_index=0,
+                           gate=Forced())
         assert result.metrics["rollouts"] == 16 and 0 < result.metrics["rollouts_kept"] <= 16
-        assert published_versions(adapters) == [1] and result.version == "v0001"
-        assert result.promoted  # margin 1.0: any well-formed candidate passes the gate
+        assert published_versions(adapters) == [1] and result.version == "v0001" and result.decision == PROMOTE
+        assert result.promoted and result.metrics["gate_questions"] == 2 and "gate_answers_changed" in result.metrics
+        assert result.metrics["version_kl"] >= 0 and "gate_served" in result.metrics
         listing = client.adapters()
         assert listing["promoted"] == "v0001"
         body = {"model": "openvlthinker", "messages": [{"role": "user", "content": "How many?"}], "max_tokens": 4}
@@ -94,20 +126,37 @@ def test_one_round_publishes_gates_and_serves(tmp_path):
 
         policy.save_adapter = save_nan
         broken = run_round(client, policy, prompts, gate, cfg, round_index=1)
-        assert broken.version == "v0002" and not broken.promoted and "NaN" in broken.note
+        assert broken.version == "v0002" and broken.decision == "refused" and "NaN" in broken.note
         assert client.adapters()["promoted"] == "v0001"
-
-        # A version that passes the gate but fails the check through the alias after promotion
-        # (here: a check no version can pass) is rolled back automatically.
         policy.save_adapter = save
-        strict = dataclasses.replace(cfg, rollback_margin=-2.0)
-        rolled = run_round(client, policy, prompts, gate, strict, round_index=2)
-        assert rolled.version == "v0003" and not rolled.promoted and "rolled back" in rolled.note
-        assert rolled.metrics["rolled_back"] == 1.0 and "gate_served" in rolled.metrics
-        listing = client.adapters()
-        assert listing["promoted"] == "v0001"
-        assert not any(a["loaded"] for a in listing["data"] if a["version"] == "v0003")
+        policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, adapter_path=str(adapters / "policy-v0001"))
+
+        # A version that passes the gate but shows harm through the alias after promotion is rolled back.
+        rolled = run_round(client, policy, prompts, gate, cfg, round_index=2, gate=Forced(harm=True))
+        assert rolled.version == "v0003" and not rolled.promoted and rolled.decision == "rolled_back"
+        assert "rolled back" in rolled.note and rolled.metrics["rolled_back"] == 1.0
+        assert client.adapters()["promoted"] == "v0001" and loaded(client) == {"v0001"}
         assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()["model"].endswith("@v0001")
+        policy = LoraPolicy.create(DEFAULT_MODEL, cfg.update, adapter_path=str(adapters / "policy-v0001"))
+
+        # Inside the noise: the served version stays, the candidate stays loaded and the trainer goes on from it:
+        # the next round's rollouts are pinned to it and its child names it as parent.
+        kept = run_round(client, policy, prompts[:2], gate, cfg, round_index=3, gate=Forced(decision=KEEP))
+        assert kept.decision == KEEP and kept.working == "v0004" and not kept.promoted
+        assert client.adapters()["promoted"] == "v0001" and loaded(client) == {"v0001", "v0004"}
+        target = target_for(client, cfg, working=kept.working)
+        child = run_round(client, policy, prompts[:2], gate, cfg, round_index=4, target=target, gate=Forced(decision=REJECT))
+        rollout = next(i for i in client.export("/interactions", limit=1000)["data"]
+                       if i["metadata"].get("source") == "rl-rollout" and i["adapter_version"] == "v0004")
+        assert rollout["metadata"]["reference_answer"] in {p.record.answer for p in prompts[:2]}
+        manifest = json.loads((adapters / "policy-v0005" / "manifest.json").read_text())
+        assert child.decision == REJECT and manifest["parent"] == "v0004" and child.working is None
+        assert loaded(client) == {"v0001"}  # a rejection drops the candidate and the trainer's kept version
+
+        # A version published where the server does not look is an error, not a quiet rejection.
+        elsewhere = dataclasses.replace(cfg, adapters_dir=str(tmp_path / "elsewhere"))
+        with pytest.raises(NotVisible, match="does not find it in its adapters folder"):
+            run_round(client, policy, prompts[:1], gate, elsewhere, round_index=5)
     finally:
         server.stop()
 

@@ -1,0 +1,104 @@
+"""Where the loop's questions come from: users' pending prompts, a data file or ShapeWorld, and the gate set.
+
+A round takes users' prompts (harvested references and corrections, waiting in the loop's state)
+first, then fills up from a OneThinker-format file or ShapeWorld's train split. Dynamic sampling
+asks the same source for more when it drops groups without signal. The gate's held-out questions
+are the first questions of ShapeWorld's eval split, families interleaved.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from openvlthinker.data import TaskRecord
+from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
+
+
+@dataclass
+class Prompt:
+    """A gradable question and its images (PIL)."""
+
+    record: TaskRecord
+    images: list[Any]
+
+
+def shapeworld_prompts(count: int, round_index: int, families=FAMILIES, start: int = 0) -> list[Prompt]:
+    """`count` train-split questions for a round from its `start`-th on, families interleaved, never repeated
+    across rounds (each round has 100,000 questions of its own)."""
+    out = []
+    for i in range(start, start + count):
+        family = families[i % len(families)]
+        seed = split_seed("train", 10_000_000 + round_index * 100_000 + i)  # away from the SFT stream
+        sample = generate(family, seed)
+        out.append(Prompt(sample.record, [sample.image]))
+    return out
+
+
+def trainable(prompts: list[Prompt], skip_tasks: tuple[str, ...]) -> list[Prompt]:
+    """The prompts whose task the loop trains on."""
+    return [p for p in prompts if p.record.task not in skip_tasks]
+
+
+def fill_prompts(stream: Iterator[Prompt] | None, count: int, round_index: int,
+                 skip_tasks: tuple[str, ...] = (), start: int = 0) -> list[Prompt]:
+    """Prompts that complete a round: the data file's next `count` records (those of skipped tasks dropped,
+    so a round may come out short), or `count` ShapeWorld questions of the families not skipped, from the
+    round's `start`-th on."""
+    if count <= 0:
+        return []
+    if stream is not None:
+        return trainable([next(stream) for _ in range(count)], skip_tasks)
+    families = tuple(f for f in FAMILIES if f not in skip_tasks)
+    return shapeworld_prompts(count, round_index, families, start) if families else []
+
+
+def file_prompts(path: str, image_root: str | None, seed: int) -> Iterator[Prompt]:
+    """An endless shuffled stream of a OneThinker file's records with their images."""
+    from openvlthinker.data import load_records, open_image
+
+    records = load_records(path, image_root)
+    rng = random.Random(seed)
+    while True:
+        for record in rng.sample(records, len(records)):
+            yield Prompt(record, [open_image(p) for p in record.images])
+
+
+def gate_prompts(count: int) -> list[Prompt]:
+    """The fixed promotion-gate set: the first `count` questions of the ShapeWorld eval split, families in turn."""
+    if count < 1:
+        raise ValueError(f"the gate needs at least one question, got {count}")
+    samples = (generate(FAMILIES[i % len(FAMILIES)], split_seed("eval", i // len(FAMILIES))) for i in range(count))
+    return [Prompt(s.record, [s.image]) for s in samples]
+
+
+class RoundPrompts:
+    """One round's source of prompts: users' pending prompts first (oldest first), then the fill source.
+
+    `pending` holds the users' prompts still waiting; `fetch` turns one into a Prompt (None when the
+    server no longer has it). What a round does not take stays pending for the next.
+    """
+
+    def __init__(self, pending: list, fetch: Callable[[Any], Prompt | None], stream: Iterator[Prompt] | None,
+                 round_index: int, skip_tasks: tuple[str, ...] = ()):
+        self.pending = [p for p in pending if p.task not in skip_tasks]
+        self.fetch, self.stream, self.round_index, self.skip_tasks = fetch, stream, round_index, skip_tasks
+        self.user = 0  # users' prompts handed out
+        self.lost = 0  # pending prompts the server no longer had
+        self.filled = 0  # fill questions drawn (the next ShapeWorld question's index in the round)
+
+    def take(self, count: int) -> list[Prompt]:
+        """Up to `count` prompts: pending users' prompts, then fill questions."""
+        out: list[Prompt] = []
+        while self.pending and len(out) < count:
+            prompt = self.fetch(self.pending.pop(0))
+            if prompt is None:
+                self.lost += 1
+            else:
+                out.append(prompt)
+                self.user += 1
+        wanted = count - len(out)
+        out += fill_prompts(self.stream, wanted, self.round_index, self.skip_tasks, start=self.filled)
+        self.filled += max(0, wanted)
+        return out

@@ -1,0 +1,120 @@
+"""The loop's parts without a server: pending users' prompts (nothing harvested is lost), refills, the state
+file keyed to its server, version names from openvlthinker.versions."""
+
+import json
+
+import pytest
+
+from online_rl.config import RLConfig
+from online_rl.harvest import PendingPrompt, staleness_number
+from online_rl.loop import enqueue
+from online_rl.prompts import Prompt, RoundPrompts, gate_prompts
+from online_rl.rollout import Rollout
+from online_rl.rounds import Target, first_groups, refill_size
+from online_rl.state import LoopState, StateMismatch, load_state, save_state
+from openvlthinker.tiny.shapeworld import FAMILIES, generate
+from openvlthinker.versions import folder_name, pinned_model, version_folder, version_number
+
+SERVER = {"model": "/models/tiny", "adapters_dir": "/srv/adapters", "store": "sqlite:////srv/serve.db"}
+
+
+def pending(i, task_type="chart"):
+    return PendingPrompt(f"chatcmpl-{i}", 0, str(i), "numerical", task_type)
+
+
+def fetched(p):
+    """What materialize would give: a prompt for the pending one (here without the server)."""
+    record = generate("chart", 0).record
+    return Prompt(type(record)(**{**record.__dict__, "problem_id": p.interaction_id, "answer": p.answer}), [])
+
+
+def test_users_prompts_beyond_a_round_wait_for_the_next():
+    cfg = RLConfig(prompts_per_round=4, max_pending=100, skip_tasks=("ocr",))
+    queue, dropped = enqueue([], [pending(i) for i in range(10)] + [pending(99, "ocr")], cfg)
+    assert [p.answer for p in queue] == [str(i) for i in range(10)] and dropped == 0  # the OCR one is skipped
+    queue, _ = enqueue(queue, [pending(3), pending(10)], cfg)  # a repeat is not queued twice
+    assert len(queue) == 11
+    first = RoundPrompts(queue, fetched, None, 0)
+    assert [p.record.answer for p in first.take(4)] == ["0", "1", "2", "3"] and first.user == 4
+    second = RoundPrompts(first.pending, fetched, None, 1)
+    taken = second.take(4) + second.take(4)  # a round and its refill
+    assert [p.record.answer for p in taken[:7]] == ["4", "5", "6", "7", "8", "9", "10"]
+    assert second.user == 7 and second.pending == [] and taken[7].record.task in FAMILIES  # then ShapeWorld
+
+
+def test_pending_prompts_are_capped_and_lost_ones_counted():
+    cfg = RLConfig(max_pending=3)
+    queue, dropped = enqueue([pending(0)], [pending(i) for i in range(1, 6)], cfg)
+    assert [p.answer for p in queue] == ["3", "4", "5"] and dropped == 3  # the oldest make room
+    source = RoundPrompts(queue, lambda p: None if p.answer == "4" else fetched(p), None, 0)
+    assert [p.record.answer for p in source.take(2)] == ["3", "5"] and source.lost == 1
+
+
+def test_pending_prompts_round_trip_through_json_and_bad_ones_are_named():
+    p = pending(1)
+    assert PendingPrompt.from_json(json.loads(json.dumps(p.to_json()))) == p and p.task == "chart"
+    assert PendingPrompt("a", 0, "b", "math").task == "math"
+    with pytest.raises(ValueError, match="choice_index must be an integer"):
+        PendingPrompt.from_json({**p.to_json(), "choice_index": "0"})
+    with pytest.raises(ValueError, match="unknown problem_type"):
+        PendingPrompt.from_json({**p.to_json(), "problem_type": "poetry"})
+
+
+def test_refill_fills_the_missing_groups_by_the_share_kept():
+    assert refill_size(missing=4, kept_groups=4, tried=8, cap=16) == 8  # half kept: twice the missing
+    assert refill_size(missing=4, kept_groups=0, tried=8, cap=16) == 16  # nothing kept yet: a whole batch
+    assert refill_size(missing=30, kept_groups=1, tried=16, cap=16) == 16
+    rows = [Rollout([1], [2], [0.0], group_id=g) for g in "aabbccdd"]
+    assert [r.group_id for r in first_groups(rows, 3)] == list("aabbcc")
+    for bad in ({"max_refills": -1}, {"max_refills": 1.5}, {"max_pending": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RLConfig(**bad)
+
+
+def test_the_state_belongs_to_one_server_and_model(tmp_path):
+    path = tmp_path / "state.json"
+    state = load_state(path, SERVER)
+    assert state.next_round == 0 and state.server == SERVER
+    state.next_round, state.pending, state.working = 3, [pending(1)], "v0002"
+    save_state(path, state)
+    again = load_state(path, SERVER)
+    assert (again.next_round, again.pending, again.working) == (3, [pending(1)], "v0002")
+    other = {**SERVER, "adapters_dir": "/elsewhere/adapters"}
+    with pytest.raises(StateMismatch, match="another server or base model.*Pass --out"):
+        load_state(path, other)
+    with pytest.raises(StateMismatch, match="model /models/other"):
+        load_state(path, {**SERVER, "model": "/models/other"})
+    # A state from before states were keyed is taken as this server's, then keyed.
+    path.write_text(json.dumps({"next_round": 5, "promoted": "v0004", "cursors": {"feedback": "2",
+                                                                                 "interactions": "7"}}))
+    notes = []
+    legacy = load_state(path, SERVER, log=notes.append)
+    assert legacy.next_round == 5 and legacy.cursors["interactions"] == "7" and legacy.server == SERVER and notes
+    for raw, match in (({"next_round": -1}, "next_round"), ({"working": "latest"}, "working must be a version"),
+                       ({"cursors": {"feedback": 3}}, "cursors"), ({"server": {"model": "x"}}, "server must be")):
+        path.write_text(json.dumps(raw))
+        with pytest.raises(ValueError, match=match):
+            load_state(path, SERVER)
+    path.write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_state(path, SERVER)
+    assert LoopState().to_json()["pending"] == []
+
+
+def test_version_names_come_from_versions():
+    assert version_number("v0012") == 12 and version_number(None) is None and version_number("custom") is None
+    assert staleness_number("v0012") == 12 and staleness_number(None) == 0
+    assert folder_name("v0003") == "policy-v0003" and version_folder("/a", "v0003").name == "policy-v0003"
+    with pytest.raises(ValueError, match="not a version name"):
+        folder_name("../etc")
+    assert pinned_model("thinker", "v0003") == "thinker@v0003" and pinned_model("thinker", None) == "thinker"
+    target = Target("thinker", "tiny", "/a", "/a", served="v0002", working="v0003")
+    assert target.model(target.trainer) == "thinker@v0003" and target.model(None) == "tiny"
+
+
+def test_the_gate_set_is_sized_by_its_statistics():
+    questions = gate_prompts(RLConfig().gate_spec().questions)
+    assert len(questions) == 71 and {q.record.task for q in questions} == set(FAMILIES)
+    assert [q.record.problem_id for q in gate_prompts(12)] == [q.record.problem_id for q in questions[:12]]
+    with pytest.raises(ValueError, match="at least one question"):
+        gate_prompts(0)
