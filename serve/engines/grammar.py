@@ -6,7 +6,7 @@ graders and the reasoning split read: in think mode `<thinking>`, thinking text 
 the turn. A tag that is one token of the tokenizer is named by its id (`<[id]>`, llguidance's
 syntax for special tokens), otherwise it is spelt as text: the same grammar fits the tiny
 tokenizer, whose tags are single tokens, and Qwen's, where they are several. The vLLM engine
-sends the same grammar text (from the point its decoding pass starts) to vLLM's guidance backend.
+sends the same grammar text, on the pass that writes the answer, to vLLM's guidance backend.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from openvlthinker.thinking import THINK_CLOSE, THINK_OPEN
 __all__ = ["GrammarMasks", "answer_grammar", "schema_error"]
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-Start = Literal["think", "inside", "answer"]  # from the top of a thinking completion, inside its block, at the answer
+Start = Literal["think", "answer"]  # from the top of a thinking completion, or at the answer
 
 
 def _tag(tokenizer: Any, tag: str) -> str:
@@ -38,7 +38,7 @@ def answer_grammar(schema: str, tokenizer: Any = None, start: Start = "answer") 
     """Lark grammar (llguidance dialect) of a completion whose answer follows the JSON schema `schema`."""
     open_think, close_think = _tag(tokenizer, THINK_OPEN), _tag(tokenizer, THINK_CLOSE)
     answer = f'/[ \\n]*/ {_tag(tokenizer, ANSWER_OPEN)} body {_tag(tokenizer, ANSWER_CLOSE)}'
-    head = {"think": f"{open_think} /[^<]*/ {close_think} ", "inside": f"/[^<]*/ {close_think} ", "answer": ""}[start]
+    head = {"think": f"{open_think} /[^<]*/ {close_think} ", "answer": ""}[start]
     return f"start: {head}{answer}\nbody: %json {_compact(schema)}\n"
 
 

@@ -50,7 +50,6 @@ def test_single_token_tags_are_named_by_id_and_others_spelt(tokenizer):
 @pytest.mark.parametrize("start, text", [
     ("answer", '<answer>{"shape":"circle"}</answer>'),
     ("think", '<thinking>I see a round one.</thinking>\n<answer>{"shape":"square"}</answer>'),
-    ("inside", ' one round</thinking><answer>{"shape":"circle"}</answer>'),
 ])
 def test_a_conforming_completion_is_admitted_and_then_only_the_end(masks, tokenizer, start, text):
     _, allowed = _walk(masks, tokenizer, start, text)
