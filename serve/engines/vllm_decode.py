@@ -8,6 +8,11 @@ versions, so the budget is enforced here with stop strings and continuation:
           if the budget runs out, the gateway appends the closing tag itself ("forced");
   after   the block: decode the answer.
 
+An answer held to a JSON schema is decoded in the after pass, under the grammar. In think mode
+the gateway writes `<thinking>` itself first (forced, as the transformers engine does) and the
+end of the turn is banned inside the block, so a model that would never open the block, or
+would end the turn in it, still reaches the pass that writes a schema-valid answer.
+
 Each later pass continues the assistant message written so far (`continue_final_message`),
 so vLLM's prefix cache reuses the prompt. Passes are streamed from vLLM only when the client
 streams: a non-streamed pass is one JSON reply, which spares vLLM's server and the gateway
@@ -49,6 +54,16 @@ class Upstream:
     once: ChatOnce
     close_ids: dict[int, list[int]]  # close_tag_suffix_ids(tokenizer)
     tokenizer: Any  # the model's tokenizer (a copy private to decoding)
+
+    def open_ids(self) -> list[int]:
+        """Token ids of the opening tag `<thinking>`."""
+        return self.tokenizer.encode(THINK_OPEN, add_special_tokens=False)
+
+    def end_ids(self) -> list[int]:
+        """Token ids that end the turn (the tokenizer's eos and `<|im_end|>`)."""
+        unk = self.tokenizer.unk_token_id
+        ids = (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        return sorted({i for i in ids if isinstance(i, int) and i >= 0 and i != unk})
 
     def decode_ids(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -120,9 +135,10 @@ class _Completion:
 
 
 def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]], done: _Completion,
-          extra_stops: list[str], max_tokens: int, state: str, tokenizer: Any) -> dict[str, Any]:
+          extra_stops: list[str], max_tokens: int, state: str, up: Upstream) -> dict[str, Any]:
     """The vLLM chat request of one pass (continuing the assistant text written so far)."""
     s = request.sampling
+    end_ids = up.end_ids() if request.answer_schema is not None and state == INSIDE else []
     msgs, cont = _continued(messages, done.prefix + done.text)
     body = {
         "model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": s.temperature, "top_p": s.top_p,
@@ -133,8 +149,12 @@ def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]
     }
     if s.seed is not None:
         body["seed"] = s.seed + len(done.ids)  # a different draw per pass, reproducible per request
-    if s.logit_bias:
-        body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
+    bias = {str(token): bias for token, bias in s.logit_bias}
+    if request.answer_schema is not None and state == INSIDE:
+        # A held answer's thinking may not end the turn: the answer pass must still come (vLLM's bound).
+        bias.update({str(token): -100.0 for token in end_ids})
+    if bias:
+        body["logit_bias"] = bias
     if s.presence_penalty or s.frequency_penalty:
         # vLLM counts a pass's own output only: after a budget pass the thinking so far is prompt to it.
         body.update(presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty)
@@ -149,7 +169,7 @@ def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]
         start = "answer"
         if request.mode == "think" and done.think.close_end is None and not done.think.is_open:
             start = "think"  # a thinking completion without a budget: one pass from the top
-        body["structured_outputs"] = {"grammar": answer_grammar(request.answer_schema, tokenizer, start)}
+        body["structured_outputs"] = {"grammar": answer_grammar(request.answer_schema, up.tokenizer, start)}
     return body
 
 
@@ -174,6 +194,11 @@ async def decode(request: GenerationRequest, model: str, messages: list[dict[str
     budget = request.thinking_budget if request.mode == "think" and request.thinking_budget > 0 else None
     state = AFTER if budget is None else INSIDE if done.think.is_open else BEFORE
     budget_hit = False
+    if state == BEFORE and request.answer_schema is not None and done.think.close_end is None:
+        # The grammar is on the answer pass, after the block: open the block now so that pass comes.
+        async for event in _force(request, model, messages, done, up, up.open_ids()[:s.max_tokens]):
+            yield event
+        state = INSIDE
     while True:
         remaining = s.max_tokens - len(done.ids)
         if remaining <= 0:
@@ -189,7 +214,7 @@ async def decode(request: GenerationRequest, model: str, messages: list[dict[str
         else:
             extra, limit = ([THINK_OPEN] if state == BEFORE else []), remaining
         finish, final = None, None
-        async for chunk in _chunks(up, _body(request, model, messages, done, extra, limit, state, up.tokenizer)):
+        async for chunk in _chunks(up, _body(request, model, messages, done, extra, limit, state, up)):
             if done.prompt_ids is None and chunk.get("prompt_token_ids"):
                 done.prompt_ids = list(chunk["prompt_token_ids"])
             for choice in chunk.get("choices") or []:
@@ -257,9 +282,15 @@ def _after_pass(state: str, done: _Completion, finish: str | None) -> tuple[str,
 
 async def _force_close(request: GenerationRequest, model: str, messages: list[dict[str, Any]], done: _Completion,
                        up: Upstream, remaining: int) -> AsyncIterator[TokenEvent]:
-    """Append `</thinking>` (or the rest of it) as forced tokens, scored by the model for their logprobs."""
+    """Append `</thinking>` (or the rest of it) as forced tokens."""
     k = next((k for k in range(len(THINK_CLOSE) - 1, 0, -1) if done.text.endswith(THINK_CLOSE[:k])), 0)
-    forced = list(up.close_ids[k])[:remaining]
+    async for event in _force(request, model, messages, done, up, list(up.close_ids[k])[:remaining]):
+        yield event
+
+
+async def _force(request: GenerationRequest, model: str, messages: list[dict[str, Any]], done: _Completion,
+                 up: Upstream, forced: list[int]) -> AsyncIterator[TokenEvent]:
+    """Append `forced` as tokens of the completion, scored by the model for their logprobs."""
     scores = await _score_forced(request, model, messages, done, forced, up)
     pieces = [up.decode_ids(forced[:i + 1]) for i in range(len(forced))]
     for i, token in enumerate(forced):
@@ -278,7 +309,10 @@ async def _score_forced(request: GenerationRequest, model: str, messages: list[d
             "return_token_ids": True, "add_generation_prompt": False, "continue_final_message": True}
     reply = await up.once(body)
     ids, lps = reply.get("prompt_token_ids") or [], reply.get("prompt_logprobs") or []
-    if len(ids) < len(forced) or ids[-len(forced):] != forced or len(lps) != len(ids):
+    exact = len(ids) >= len(forced) and ids[-len(forced):] == forced
+    if done.prompt_ids is None and exact and not done.ids:
+        done.prompt_ids = ids[:-len(forced)]  # forced from the start: the prompt is what precedes them
+    if not exact or len(lps) != len(ids):
         # The continued text tokenized differently at the tag: no exact score; 0.0 = "forced".
         log.warning("cannot score forced %s for %s: prompt tokens differ", forced, request.request_id)
         return [(0.0, ())] * len(forced)

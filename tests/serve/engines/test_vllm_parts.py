@@ -100,3 +100,53 @@ def test_sse_lines_are_whole_however_the_body_is_cut():
         assert asyncio.run(collect(cuts)) == expected
 
     check()
+
+
+def test_a_held_answer_in_think_mode_opens_the_block_and_reaches_the_grammar_pass():
+    """A model that never writes `<thinking>` would never reach the answer pass that carries the grammar: the
+    gateway forces the tag (scored by one prompt_logprobs call), bans the end of the turn inside the block, and
+    sends the grammar, from the answer on, once the block is closed."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from openvlthinker.thinking import close_tag_suffix_ids
+    from serve.engines.base import GenerationRequest, GenerationResult, SamplingParams
+    from serve.engines.vllm_decode import decode
+
+    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+    prompt = [7, 8, 9]
+    bodies = []
+
+    def reply(text):
+        ids = tok.encode(text, add_special_tokens=False)
+        return {"prompt_token_ids": prompt, "choices": [{"message": {"content": text}, "token_ids": ids,
+                                                         "finish_reason": "stop"}]}
+
+    async def once(body):
+        bodies.append(body)
+        if "prompt_logprobs" in body:  # scoring the forced tag
+            forced = tok.encode("<thinking>", add_special_tokens=False)
+            return {"prompt_token_ids": prompt + forced,
+                    "prompt_logprobs": [None] * len(prompt) + [{str(forced[0]): {"logprob": -2.5, "rank": 3}}]}
+        return reply("two circles</thinking>" if len(bodies) == 2 else '<answer>{"shape": "circle"}</answer>')
+
+    up = Upstream(stream=None, once=once, close_ids=close_tag_suffix_ids(tok), tokenizer=tok)
+    request = GenerationRequest("r", [], SamplingParams(max_tokens=50, temperature=0), mode="think",
+                                thinking_budget=20, stream=False, answer_schema='{"type": "object"}')
+
+    async def run():
+        return [item async for item in decode(request, "base", [{"role": "user", "content": "Q"}], "", up)]
+
+    items = asyncio.run(run())
+    result = items[-1]
+    assert isinstance(result, GenerationResult)
+    assert result.text == '<thinking>two circles</thinking><answer>{"shape": "circle"}</answer>'
+    assert result.prompt_token_ids == prompt and result.completion_logprobs[0] == -2.5  # the tag's own score
+    score, inside, after = bodies
+    assert score["messages"][-1] == {"role": "assistant", "content": "<thinking>"}
+    ends = {str(i) for i in up.end_ids()}
+    assert ends and all(inside["logit_bias"][i] == -100.0 for i in ends) and "</thinking>" in inside["stop"]
+    assert "structured_outputs" not in inside and "logit_bias" not in after
+    grammar = after["structured_outputs"]["grammar"]
+    assert grammar.startswith("start: /[ \\n]*/")  # from the answer on: the block is already written
