@@ -334,7 +334,7 @@ def _answer(call: Call, answer: str, finish: str) -> tuple[str | None, list[Tool
         return answer, None, finish
     req = call.req
     parsed = parse_answer(answer, call.prompt.tool_names, forced=bool(req.forced_tools()),
-                          parallel=req.parallel_tool_calls is not False)
+                          parallel=req.parallel_calls())
     if not parsed.calls:
         return answer, None, finish
     return parsed.content, parsed.calls, "tool_calls" if finish == "stop" else finish

@@ -121,7 +121,7 @@ async def build_prompt(req: ChatCompletionRequest, limits: ImageLimits) -> Promp
     if messages[-1]["role"] == "assistant":
         prefix = "".join(p["text"] for p in messages[-1]["content"] if p["type"] == "text")
     _check_schemas(req)
-    schema = answer_schema(req.response_format, req.forced_tools(), req.parallel_tool_calls is not False)
+    schema = answer_schema(req.response_format, req.forced_tools(), req.parallel_calls())
     if schema is not None and prefix:
         raise invalid("A held answer (response_format json or a forced tool call) cannot continue a prefilled "
                       "assistant message; drop the trailing assistant message.", "messages")

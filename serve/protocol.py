@@ -228,6 +228,11 @@ class ChatCompletionRequest(_Strict):
             return [t for t in self.tools or [] if t.function.name == self.tool_choice.function.name]
         return list(self.tools or []) if self.tool_choice == "required" else []
 
+    def parallel_calls(self) -> bool:
+        """Whether one answer may make several calls: not with parallel_tool_calls false, nor with a named
+        tool_choice, which (as in OpenAI's API) asks for exactly one call of that function."""
+        return self.parallel_tool_calls is not False and not isinstance(self.tool_choice, NamedToolChoice)
+
     def thinking_switch(self) -> bool | None:
         """chat_template_kwargs.enable_thinking, if given."""
         return (self.chat_template_kwargs or {}).get("enable_thinking")

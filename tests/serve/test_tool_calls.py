@@ -73,6 +73,16 @@ def test_answer_schema_by_request():
     assert both["items"]["anyOf"][1]["properties"]["arguments"] == {"type": "object"}
 
 
+def test_a_named_choice_or_parallel_false_asks_for_one_call():
+    tools = [t.model_dump(exclude_none=True) for t in (ADD, AREA)]
+    msgs = [{"role": "user", "content": "Q"}]
+    single = [{"tool_choice": {"type": "function", "function": {"name": "add"}}},
+              {"tool_choice": "required", "parallel_tool_calls": False}]
+    for kw in single:
+        assert not ChatCompletionRequest(model="m", messages=msgs, tools=tools, **kw).parallel_calls()
+    assert ChatCompletionRequest(model="m", messages=msgs, tools=tools, tool_choice="required").parallel_calls()
+
+
 @given(st.dictionaries(st.text(min_size=1, max_size=5), st.one_of(st.integers(), st.text(max_size=5)), max_size=3),
        st.text(max_size=20).filter(lambda t: "<tool_call>" not in t))
 def test_any_arguments_round_trip_through_the_text_format(args, before):
