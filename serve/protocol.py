@@ -16,9 +16,9 @@ The Responses API (`responses_protocol.py`) is translated onto these models.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .tool_protocol import (MAX_TOOLS, DeltaToolCall, NamedToolChoice, ResponseFormat, ToolCall, ToolCallOut,
                             ToolChoice, ToolDef)
@@ -27,18 +27,6 @@ from .wire import Open, Strict, Text
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max", "auto"]
 INT64 = 2**63
 MAX_LOGIT_BIAS = 1024
-
-
-def _text_format_only(v: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An output format, if it is plain text (the only one served): no JSON mode or schema."""
-    if v is not None and v != {"type": "text"}:
-        raise ValueError(f'only {{"type": "text"}} is supported; this server does not constrain output to JSON '
-                         f'(got type {str(v.get("type"))[:40]!r})')
-    return v
-
-
-TextFormat = Annotated[dict[str, Any] | None, AfterValidator(_text_format_only)]
-
 
 _Strict, _Open = Strict, Open
 

@@ -2,15 +2,17 @@
 
 A Responses request becomes a chat request (input items -> messages, `instructions` -> a system
 message first, `max_output_tokens` -> `max_completion_tokens`, `reasoning.effort` ->
-`reasoning_effort`) and goes through `ChatService` unchanged: the same prompt, engine, store and
-metrics. The interaction id starts with "resp_", so `response.id` is what /v1/feedback takes, and
-the store is the conversation state: `previous_response_id` puts the stored conversation (images
+`reasoning_effort`, `text.format` -> `response_format`, flat function tools -> chat tools,
+`function_call` / `function_call_output` items -> assistant tool calls and tool messages) and goes
+through `ChatService` unchanged: the same prompt, engine, grammar, store and metrics. The
+interaction id starts with "resp_", so `response.id` is what /v1/feedback takes, and the store is
+the conversation state: `previous_response_id` puts the stored conversation (images
 read back from the image store) and its answer before the new input,
 `GET /v1/responses/{id}` rebuilds a stored response, `.../input_items` lists what it was asked
 with, and `DELETE` removes it with its feedback. `POST /v1/responses/input_tokens` counts a
 request's prompt tokens the same way, without answering it.
-The answer comes back as output items: a `reasoning` item holding the thinking (when there is
-any) and a `message` item holding the answer; a stream as the Responses API's typed events.
+The answer comes back as output items (`responses_items.py`); a stream as the Responses API's
+typed events.
 Errors name the Responses parameter (`input[2].content[0].image_url`, not `messages[...]`).
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from contextlib import contextmanager
 from typing import Any, AsyncIterator, Iterator
 
@@ -26,19 +27,22 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .chat import ChatService, Stream
-from .errors import APIError, not_found, validation_error
+from .errors import APIError, invalid, not_found, validation_error
 from .paging import page_after
-from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, TokenLogprob, Usage
-from .responses_protocol import (LOGPROBS_INCLUDE, DeletedResponse, IncompleteDetails, InputImagePart, InputItem,
-                                 InputItemList, InputMessageItem, InputTextPart, InputTokens, InputTokensRequest,
-                                 MessageItem, OutputText, OutputTokensDetails, ReasoningItem, ReasoningText, ResponseError, ResponseObject,
-                                 ResponsesRequest, ResponseUsage, SummaryText)
+from .protocol import ChatCompletionChunk, ChatCompletionRequest, DeltaToolCall, TokenLogprob, Usage
+from .responses_items import (call_ids, chat_outcome, envelope, from_chat, input_items, item_ids, message_item,
+                              reasoning_item, status_of, stored_calls, stored_response, summary_kind)
+from .responses_protocol import (LOGPROBS_INCLUDE, DeletedResponse, FunctionCallItem, InputItem, InputItemList,
+                                 InputTokens, InputTokensRequest, MessageItem, OutputItem, ReasoningItem,
+                                 ResponseError, ResponseObject, ResponsesRequest)
 from .store import Store
 from .store.blobs import BlobStore
-from .stored_reads import chat_parts, delete_stored, image_url
+from .stored_reads import chat_parts, delete_stored
 
-# Chat parameters that the Responses API names differently.
-_RENAMED = {"max_completion_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort"}
+# Chat parameters that the Responses API names differently (the first match of a name's start is replaced).
+_RENAMED = [(r"max_completion_tokens", "max_output_tokens"), (r"reasoning_effort", "reasoning.effort"),
+            (r"response_format\.json_schema\.schema", "text.format.schema"), (r"response_format", "text.format"),
+            (r"(tools\[\d+\])\.function", r"\1")]
 
 
 class ResponsesService:
@@ -52,7 +56,7 @@ class ResponsesService:
         the stream are raised)."""
         chat_req, where, history = await self._chat_request(req)
         kept = {"api": "responses", "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
-                "reasoning_summary": _summary_kind(req), "previous_response_id": req.previous_response_id,
+                "reasoning_summary": summary_kind(req), "previous_response_id": req.previous_response_id,
                 "input_start": (req.instructions is not None) + len(history)}  # where its own input begins
         with _named_as_responses(where):
             result = await self.chat.create(chat_req, id_prefix="resp_", stored=kept)
@@ -102,35 +106,20 @@ class ResponsesService:
 
 def history_messages(row: dict[str, Any], blobs: BlobStore) -> list[dict[str, Any]]:
     """The conversation a stored response continues, as chat messages: its messages without its
-    instructions or a prefilled assistant turn, its images as data: URLs again, then its answer."""
+    instructions or a prefilled assistant turn, its images as data: URLs again, then its answer with
+    the calls it made (so a `function_call_output` of the new input answers one of them)."""
     request = row["request"]
     messages = request["messages"][1:] if request.get("instructions") is not None else list(request["messages"])
-    if messages and messages[-1]["role"] == "assistant":
+    if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
         messages = messages[:-1]  # a prefill that the answer continued
     owner = f"response {row['id']!r}"
-    out = [{"role": message["role"], "content": chat_parts(blobs, message["content"], owner, "previous_response_id")}
-           for message in messages]
-    return out + [{"role": "assistant", "content": row["answer"] or ""}]
-
-
-def input_items(row: dict[str, Any], blobs: BlobStore) -> list[InputMessageItem | MessageItem]:
-    """The messages of a stored response's own input, oldest first: not its instructions, nor the
-    conversation `previous_response_id` put before them."""
-    request = row["request"]
-    start = request.get("input_start", 1 if request.get("instructions") is not None else 0)
-    suffix = row["id"].removeprefix("resp_")
-    out: list[InputMessageItem | MessageItem] = []
-    for i, message in enumerate(request["messages"][start:]):
-        item_id = f"msg_{suffix}_{i}"
-        if message["role"] == "assistant":  # an answer sent back
-            text = "".join(part.get("text", "") for part in message["content"])
-            out.append(MessageItem(id=item_id, status="completed", content=[OutputText(text=text)]))
-            continue
-        parts = [InputImagePart(image_url=image_url(blobs, part, f"response {row['id']!r}", "response_id"))
-                 if part["type"] == "image"
-                 else InputTextPart(text=part["text"]) for part in message["content"]]
-        out.append(InputMessageItem(id=item_id, role=message["role"], content=parts))
-    return out
+    out = [{"role": message["role"], "content": chat_parts(blobs, message["content"], owner, "previous_response_id"),
+            **{k: message[k] for k in ("tool_calls", "tool_call_id") if k in message}} for message in messages]
+    content, calls = stored_calls(row)
+    answer: dict[str, Any] = {"role": "assistant", "content": content or ("" if not calls else None)}
+    if calls:
+        answer["tool_calls"] = [c.model_dump() for c in calls]
+    return out + [answer]
 
 
 def to_chat(req: ResponsesRequest,
@@ -149,15 +138,35 @@ def to_chat(req: ResponsesRequest,
     for i, item in enumerate(items):
         if item.type == "reasoning":  # earlier thinking is not shown to the model (as in chat completions)
             continue
-        messages.append({"role": item.role, "content": _chat_content(item.content)})
-        where.append("input" if isinstance(req.input, str) else f"input[{i}]")
+        source = "input" if isinstance(req.input, str) else f"input[{i}]"
+        if item.type == "function_call":
+            call = {"id": item.call_id, "type": "function",
+                    "function": {"name": item.name, "arguments": item.arguments}}
+            if messages and messages[-1]["role"] == "assistant" and where[-1].startswith("input"):
+                messages[-1].setdefault("tool_calls", []).append(call)  # the answer (or call) it came with
+                continue
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif item.type == "function_call_output":
+            if not any(c["id"] == item.call_id for m in messages for c in m.get("tool_calls") or []):
+                raise invalid(f"{source} answers call_id {item.call_id!r}, which no earlier function_call (of the "
+                              f"input or of previous_response_id) made.", f"{source}.call_id")
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+        else:
+            messages.append({"role": item.role, "content": _chat_content(item.content)})
+        where.append(source)
     logprobs = LOGPROBS_INCLUDE in (req.include or ())
+    choice = req.tool_choice
     fields = dict(model=req.model, messages=messages, max_completion_tokens=req.max_output_tokens,
                   temperature=req.temperature, top_p=req.top_p, metadata=req.metadata, store=req.store,
                   stream=req.stream, user=req.user or req.safety_identifier, service_tier=req.service_tier,
                   seed=req.seed, logprobs=logprobs, top_logprobs=req.top_logprobs if logprobs else None,
                   reasoning_effort=req.reasoning.effort if req.reasoning else None,
-                  stream_options={"include_usage": True} if req.stream else None)
+                  stream_options={"include_usage": True} if req.stream else None,
+                  tools=[t.chat() for t in req.tools] if req.tools else None,
+                  tool_choice=choice if isinstance(choice, (str, type(None))) else
+                  {"type": "function", "function": {"name": choice.name}},
+                  parallel_tool_calls=req.parallel_tool_calls,
+                  response_format=req.text.format.chat() if req.text and req.text.format else None)
     try:
         return ChatCompletionRequest(**{k: v for k, v in fields.items() if v is not None}), where
     except ValidationError as exc:  # a value the Responses model let through but the chat path refuses
@@ -195,8 +204,10 @@ def _responses_param(param: str | None, where: list[str]) -> str | None:
         return None
     match = re.match(r"messages(?:\[(\d+)\])?(.*)", param)
     if match is None:
-        head, _, rest = param.partition(".")
-        return _RENAMED.get(head, head) + (f".{rest}" if rest else "")
+        for pattern, name in _RENAMED:
+            if re.match(pattern, param):
+                return re.sub(f"^{pattern}", name, param)
+        return param
     index, rest = match.group(1), match.group(2)
     if index is None or int(index) >= len(where):
         return "input"
@@ -204,98 +215,7 @@ def _responses_param(param: str | None, where: list[str]) -> str | None:
     return source + rest.replace(".image_url.url", ".image_url") if source.startswith("input[") else source
 
 
-# ---------------------------------------------------------------------------- answering
-
-def _envelope(req: ResponsesRequest, answer: ChatCompletion | ChatCompletionChunk) -> ResponseObject:
-    """The response in progress: the chat answer's id, time, model and version, and the fields that echo
-    the request."""
-    return ResponseObject(
-        id=answer.id, created_at=answer.created, status="in_progress", model=answer.model,
-        instructions=req.instructions, metadata=dict(req.metadata or {}),
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p, max_output_tokens=req.max_output_tokens,
-        top_logprobs=req.top_logprobs,
-        reasoning={"effort": req.reasoning.effort if req.reasoning and req.reasoning.effort else "auto",
-                   "summary": _summary_kind(req)}, previous_response_id=req.previous_response_id,
-        tool_choice=req.tool_choice or "auto", parallel_tool_calls=req.parallel_tool_calls is not False,
-        store=req.store is not False, user=req.user, adapter_version=answer.adapter_version)
-
-
-def _summary_kind(req: ResponsesRequest) -> str | None:
-    return req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary) or None
-
-
-def _item_ids(rid: str) -> tuple[str, str]:
-    """Ids of the reasoning and message items, derived from the response id."""
-    suffix = rid.removeprefix("resp_")
-    return f"rs_{suffix}", f"msg_{suffix}"
-
-
-def _reasoning_item(summarize: bool, item_id: str, thinking: str, status: str) -> ReasoningItem:
-    # The thinking is short and not hidden: when a summary is asked for, it is the thinking itself.
-    summary = [SummaryText(text=thinking)] if summarize and thinking else []
-    return ReasoningItem(id=item_id, summary=summary, content=[ReasoningText(text=thinking)], status=status)
-
-
-def _message_item(item_id: str, text: str, status: str, logprobs: list[TokenLogprob] | None) -> MessageItem:
-    return MessageItem(id=item_id, status=status, content=[OutputText(text=text, logprobs=logprobs)])
-
-
-def _status(finish_reason: str) -> str:
-    """A finished response's status: incomplete when the token limit cut the answer."""
-    return "incomplete" if finish_reason == "length" else "completed"
-
-
-def _outcome(finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int,
-             completed_at: float) -> dict[str, Any]:
-    """The fields a response gets when it finishes: status, why it is incomplete, usage, when."""
-    return dict(status=_status(finish_reason), completed_at=int(completed_at),
-                incomplete_details=IncompleteDetails(reason="max_output_tokens") if finish_reason == "length" else None,
-                usage=ResponseUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens,
-                                    output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens),
-                                    total_tokens=prompt_tokens + completion_tokens))
-
-
-def _chat_outcome(finish_reason: str, usage: Usage) -> dict[str, Any]:
-    """`_outcome` of a chat completion's usage, finishing now."""
-    return _outcome(finish_reason, usage.prompt_tokens, usage.completion_tokens,
-                    usage.completion_tokens_details.reasoning_tokens, time.time())
-
-
-def _output(rid: str, thinking: str, answer: str, status: str, summarize: bool,
-            logprobs: list[TokenLogprob] | None) -> list[ReasoningItem | MessageItem]:
-    """A finished response's items: the reasoning (if it thought), then the message."""
-    reasoning_id, message_id = _item_ids(rid)
-    output: list[ReasoningItem | MessageItem] = (
-        [_reasoning_item(summarize, reasoning_id, thinking, status)] if thinking else [])
-    return output + [_message_item(message_id, answer, status, logprobs)]
-
-
-def from_chat(req: ResponsesRequest, completion: ChatCompletion) -> ResponseObject:
-    """The Responses view of a finished chat completion (one choice)."""
-    choice = completion.choices[0]
-    output = _output(completion.id, choice.message.reasoning_content or "", choice.message.content or "",
-                     _status(choice.finish_reason), bool(_summary_kind(req)),
-                     choice.logprobs.content if choice.logprobs is not None else None)
-    outcome = _chat_outcome(choice.finish_reason, completion.usage)
-    return _envelope(req, completion).model_copy(update=dict(output=output, **outcome))
-
-
-def stored_response(row: dict[str, Any]) -> ResponseObject:
-    """The response object of a stored interaction (one the Responses API answered)."""
-    request, params, usage = row["request"], row["request"]["params"], row["usage"]
-    output = _output(row["id"], row["thinking"] or "", row["answer"] or "", _status(row["finish_reason"]),
-                     bool(request.get("reasoning_summary")), None)
-    return ResponseObject(
-        id=row["id"], created_at=int(row["created"] - (row["latency_s"] or 0)), model=row["model"], output=output,
-        **_outcome(row["finish_reason"], usage["prompt_tokens"], usage["completion_tokens"],
-                   usage["reasoning_tokens"], row["created"]),
-        instructions=request.get("instructions"), previous_response_id=request.get("previous_response_id"),
-        metadata=row["metadata"], temperature=params["temperature"], top_p=params["top_p"],
-        max_output_tokens=request.get("max_output_tokens"), top_logprobs=params.get("top_logprobs"),
-        reasoning={"effort": params["reasoning_effort"], "summary": request.get("reasoning_summary")},
-        user=params.get("user"), adapter_version=row["adapter_version"])
-
+# ---------------------------------------------------------------------------- streaming
 
 async def events(req: ResponsesRequest, stream: Stream) -> AsyncIterator[str]:
     """The chat stream's chunks as Responses API events (`event: <type>` + `data: {...}`)."""
@@ -313,7 +233,8 @@ class _StreamState:
         self.seq = 0
         self.response: ResponseObject | None = None
         self.ids = ("", "")  # the reasoning and message items' ids, known from the first chunk
-        self.output: list[ReasoningItem | MessageItem] = []
+        self.output: list[OutputItem] = []
+        self.calls: list[DeltaToolCall] = []  # each arrives whole, after the answer
         self.open: str | None = None  # "reasoning" or "message": the item receiving deltas
         self.thinking, self.answer = "", ""
         self.logprobs: list[TokenLogprob] = []
@@ -333,12 +254,13 @@ class _StreamState:
             return self._failed(item)
         events: list[str] = []
         if self.response is None:
-            self.response = _envelope(self.req, item)
-            self.ids = _item_ids(item.id)
+            self.response = envelope(self.req, item)
+            self.ids = item_ids(item.id)
             events += [self._event("response.created", response=self._dump(self.response)),
                        self._event("response.in_progress", response=self._dump(self.response))]
         if item.usage is not None:  # the last chunk: every choice has finished
-            return (events + self._close_reasoning(_status(self.finish_reason)) + self._close_items()
+            message = self._close_items() if self.answer or not self.calls else []
+            return (events + self._close_reasoning(status_of(self.finish_reason)) + message + self._call_events()
                     + self._completed(item.usage))
         for choice in item.choices:
             delta = choice.delta
@@ -348,6 +270,7 @@ class _StreamState:
                 events += self._text_delta(delta.content, choice.logprobs.content if choice.logprobs else None)
             elif choice.logprobs is not None and choice.logprobs.content:
                 self.logprobs += choice.logprobs.content  # tokens of the thinking (or none of the text)
+            self.calls += delta.tool_calls or []
             if choice.finish_reason is not None:
                 self.finish_reason = choice.finish_reason
         return events
@@ -390,7 +313,7 @@ class _StreamState:
         if self.open != "reasoning":
             return []
         self.open = None
-        item = _reasoning_item(bool(_summary_kind(self.req)), self.ids[0], self.thinking, status)
+        item = reasoning_item(bool(summary_kind(self.req)), self.ids[0], self.thinking, status)
         self.output.append(item)
         return [self._event("response.reasoning_text.done", item_id=self.ids[0], output_index=0, content_index=0,
                             text=self.thinking),
@@ -403,7 +326,7 @@ class _StreamState:
         events = self._open_message()
         index = len(self.output)
         logprobs = self.logprobs if LOGPROBS_INCLUDE in (self.req.include or ()) else None
-        item = _message_item(self.ids[1], self.answer, _status(self.finish_reason), logprobs)
+        item = message_item(self.ids[1], self.answer, status_of(self.finish_reason), logprobs)
         part = self._dump(item.content[0])
         self.output.append(item)
         self.open = None
@@ -414,9 +337,26 @@ class _StreamState:
                         part=part),
             self._event("response.output_item.done", output_index=index, item=self._dump(item))]
 
+    def _call_events(self) -> list[str]:
+        """Each call as an item: added, its arguments (in one delta: the call is complete), done."""
+        events = []
+        for j, call in enumerate(self.calls):
+            item_id, call_id = call_ids(self.response.id, j)
+            index, name, arguments = len(self.output), call.function.name or "", call.function.arguments or ""
+            added = FunctionCallItem(id=item_id, call_id=call_id, name=name, arguments="", status="in_progress")
+            done = added.model_copy(update={"arguments": arguments, "status": "completed"})
+            self.output.append(done)
+            events += [self._event("response.output_item.added", output_index=index, item=self._dump(added)),
+                       self._event("response.function_call_arguments.delta", item_id=item_id, output_index=index,
+                                   delta=arguments),
+                       self._event("response.function_call_arguments.done", item_id=item_id, output_index=index,
+                                   name=name, arguments=arguments),
+                       self._event("response.output_item.done", output_index=index, item=self._dump(done))]
+        return events
+
     def _completed(self, usage: Usage) -> list[str]:
         final = self.response.model_copy(update=dict(output=self.output,
-                                                     **_chat_outcome(self.finish_reason, usage)))
+                                                     **chat_outcome(self.finish_reason, usage)))
         kind = "response.incomplete" if final.status == "incomplete" else "response.completed"
         return [self._event(kind, response=self._dump(final))]
 

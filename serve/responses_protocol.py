@@ -7,19 +7,24 @@ Served: `input` as a string or a list of messages with `input_text` / `input_ima
 `auto`), `reasoning.summary`, `metadata`, `store`, `stream`, `top_logprobs` with
 `include=["message.output_text.logprobs"]`, and `previous_response_id`: the stored response's
 conversation (without its `instructions`, as OpenAI does) and its answer come before `input`.
-`text.format`, `tool_choice`, `truncation` and `background` are accepted at the values that ask for
-what this server does anyway; tools and the rest are refused with 400 naming the parameter. Our
-addition, as on chat completions: `adapter_version` on the response.
+Function calling and JSON output map onto the chat parameters: function `tools` (flat, as the
+Responses API writes them), `tool_choice` (`none`, `auto`, `required`, `{"type": "function",
+"name"}`), `parallel_tool_calls`, `function_call` and `function_call_output` input items, and
+`text.format` `text` / `json_object` / `json_schema`. `truncation` and `background` are accepted at
+the values that ask for what this server does anyway; other tool types and the rest are refused
+with 400 naming the parameter. Our addition, as on chat completions: `adapter_version` on the response.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from .paging import CursorPage
-from .protocol import Effort, Text, TextFormat, TokenLogprob, _Strict
+from .protocol import Effort, Text, TokenLogprob, _Strict
+from .tool_protocol import NAME_PATTERN, FunctionDef, JsonSchemaSpec
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
@@ -60,12 +65,17 @@ class InputContent(_Strict):
 
 
 class InputItem(_Strict):
-    """A conversation message (`type` "message" or left out), or a reasoning item sent back (skipped:
-    earlier thinking is not shown to the model, as in chat completions)."""
+    """A conversation message (`type` "message" or left out), a reasoning item sent back (skipped:
+    earlier thinking is not shown to the model, as in chat completions), a `function_call` sent back or
+    the `function_call_output` that answers it."""
 
-    type: Literal["message", "reasoning"] = "message"
+    type: Literal["message", "reasoning", "function_call", "function_call_output"] = "message"
     role: Literal["user", "assistant", "system", "developer"] | None = None
     content: Text | list[InputContent] | None = None
+    call_id: str | None = Field(None, min_length=1, max_length=256)
+    name: str | None = Field(None, min_length=1)
+    arguments: Text | None = None
+    output: Text | None = None
     # Carried by the output items a client sends back.
     id: str | None = None
     status: str | None = None
@@ -75,6 +85,17 @@ class InputItem(_Strict):
 
     @model_validator(mode="after")
     def _fits_type(self) -> "InputItem":
+        needs = {"function_call": ("call_id", "name", "arguments"), "function_call_output": ("call_id", "output")}
+        if self.type in needs:
+            missing = [f for f in needs[self.type] if getattr(self, f) is None]
+            if missing or self.role is not None or self.content is not None:
+                raise ValueError(f"a {self.type} item needs {', '.join(repr(f) for f in needs[self.type])} "
+                                 f"(and no 'role' or 'content')")
+            if self.arguments is not None and not _json_object(self.arguments):
+                raise ValueError("'arguments' must be a JSON object, in a string")
+            return self
+        if self.call_id is not None or self.name is not None or self.arguments is not None or self.output is not None:
+            raise ValueError("'call_id', 'name', 'arguments' and 'output' belong to function_call(_output) items")
         if self.type == "reasoning":
             if self.role is not None:
                 raise ValueError("a reasoning item has no 'role'")
@@ -94,15 +115,68 @@ class InputItem(_Strict):
         return self
 
 
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
 class ReasoningParam(_Strict):
     effort: Effort | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
     generate_summary: Literal["auto", "concise", "detailed"] | None = None  # the older name of `summary`
 
 
+class TextFormat(_Strict):
+    """`text.format`: `text`, `json_object`, or `json_schema` with its `name` and `schema` alongside the type."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    description: Text | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _spec(self) -> "TextFormat":
+        if (self.type == "json_schema") != (self.name is not None and self.schema_ is not None):
+            raise ValueError("type json_schema needs 'name' and 'schema' (a JSON schema), and only that type "
+                             "takes them")
+        return self
+
+    def chat(self) -> dict[str, Any]:
+        """The chat completion's `response_format`."""
+        if self.type != "json_schema":
+            return {"type": self.type}
+        spec = JsonSchemaSpec.model_validate(self.model_dump(by_alias=True, exclude={"type"}, exclude_none=True))
+        return {"type": "json_schema", "json_schema": spec.model_dump(by_alias=True, exclude_none=True)}
+
+
 class TextParam(_Strict):
-    format: TextFormat = None
+    format: TextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class FunctionTool(FunctionDef):
+    """A function the model may call, as the Responses API writes it (flat: no `function` wrapper)."""
+
+    type: Literal["function"] = Field(description="only function tools are served")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _function_only(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") != "function":
+            raise ValueError(f"only function tools are served (got type {str(data.get('type'))[:40]!r})")
+        return data
+
+    def chat(self) -> dict[str, Any]:
+        """The chat completion's form of the tool."""
+        return {"type": "function", "function": self.model_dump(exclude={"type"}, exclude_none=True)}
+
+
+class FunctionChoice(_Strict):
+    type: Literal["function"]
+    name: str = Field(min_length=1)
 
 
 
@@ -130,8 +204,8 @@ class ResponsesRequest(_Strict):
     service_tier: Literal["auto", "default"] | None = None
     seed: int | None = None  # not OpenAI's (send it with extra_body): as on chat completions
     text: TextParam | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Literal["none", "auto"] | None = Field(None, description="no tools: none and auto mean the same")
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
     parallel_tool_calls: bool | None = None
     truncation: Literal["disabled"] | None = Field(None, description="only disabled: a prompt over the context is "
                                                                      "refused, never cut")
@@ -145,19 +219,22 @@ class ResponsesRequest(_Strict):
             raise ValueError("input needs a question: a non-empty string or at least one message")
         return v
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, v: Any, info: ValidationInfo) -> Any:
+        names = [t.name for t in info.data.get("tools") or []]
+        if isinstance(v, FunctionChoice) and v.name not in names:
+            raise ValueError(f"tool_choice names {v.name!r}, which is not among the tools {names}")
+        if v == "required" and not names:
+            raise ValueError("tool_choice required needs tools")
+        return v
+
     @field_validator("include")
     @classmethod
     def _include(cls, v: list[str] | None) -> list[str] | None:
         for item in v or ():
             if item != LOGPROBS_INCLUDE:
                 raise ValueError(f"only {LOGPROBS_INCLUDE!r} can be included (got {item[:60]!r})")
-        return v
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v:
-            raise ValueError("this server has no tools (function calling is not supported)")
         return v
 
 
@@ -212,6 +289,30 @@ class MessageItem(BaseModel):
     content: list[OutputText] = []
 
 
+class FunctionCallItem(BaseModel):
+    """A call the answer makes; the client runs it and sends a `function_call_output` with its `call_id`."""
+
+    type: Literal["function_call"] = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: Status = "completed"
+
+
+class FunctionCallOutputItem(BaseModel):
+    """A tool result of a response's input, as `input_items` lists it."""
+
+    type: Literal["function_call_output"] = "function_call_output"
+    id: str
+    call_id: str
+    output: str
+    status: Literal["completed"] = "completed"
+
+
+OutputItem = ReasoningItem | MessageItem | FunctionCallItem
+
+
 class InputTextPart(BaseModel):
     type: Literal["input_text"] = "input_text"
     text: str
@@ -234,7 +335,7 @@ class InputMessageItem(BaseModel):
     content: list[InputTextPart | InputImagePart] = []
 
 
-class InputItemList(CursorPage[InputMessageItem | MessageItem]):
+class InputItemList(CursorPage[InputMessageItem | MessageItem | FunctionCallItem | FunctionCallOutputItem]):
     pass
 
 
@@ -272,7 +373,7 @@ class ResponseObject(BaseModel):
     error: ResponseError | None = None
     incomplete_details: IncompleteDetails | None = None
     model: str
-    output: list[ReasoningItem | MessageItem] = []
+    output: list[OutputItem] = []
     usage: ResponseUsage | None = None
     instructions: str | None = None
     previous_response_id: str | None = None
@@ -283,8 +384,8 @@ class ResponseObject(BaseModel):
     top_logprobs: int | None = None
     reasoning: dict[str, Any] = {}
     text: dict[str, Any] = {"format": {"type": "text"}}
-    tools: list[Any] = []
-    tool_choice: str = "auto"
+    tools: list[dict[str, Any]] = []
+    tool_choice: str | dict[str, Any] = "auto"
     parallel_tool_calls: bool = True
     truncation: str = "disabled"
     store: bool = True

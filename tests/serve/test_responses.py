@@ -267,10 +267,15 @@ def test_error_in_the_middle_of_a_stream_is_an_error_event(make_client, h):
 @pytest.mark.parametrize("body, param, words", [
     ({"input": ""}, "input", "non-empty"),
     ({"input": []}, "input", "non-empty"),
-    ({"tools": [{"type": "function", "name": "f"}]}, "tools", "no tools"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0]", "only function tools"),
+    ({"tools": [{"type": "function", "name": "f", "parameters": {"type": 3}}]}, "tools[0].parameters", "schema"),
+    ({"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}},
+     "tool_choice", "not among the tools"),
     ({"previous_response_id": "resp_1"}, "previous_response_id", "No stored response"),
     ({"previous_response_id": "chatcmpl-1"}, "previous_response_id", "No stored response"),
-    ({"text": {"format": {"type": "json_schema"}}}, "text.format", "does not constrain"),
+    ({"text": {"format": {"type": "json_schema"}}}, "text.format", "needs 'name' and 'schema'"),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "objectx"}}}},
+     "text.format.schema", "objectx"),
     ({"include": ["reasoning.encrypted_content"]}, "include", "only"),
     ({"background": True}, "background", "False"),
     ({"truncation": "auto"}, "truncation", "disabled"),
@@ -282,7 +287,9 @@ def test_error_in_the_middle_of_a_stream_is_an_error_event(make_client, h):
      "input[0].content[0]", "no Files API"),
     ({"input": [{"role": "user", "content": [{"type": "output_text", "text": "x"}]}]}, "input[0]", "input_text"),
     ({"input": [{"content": "hi"}]}, "input[0]", "role"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].type", "message"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].call_id", "no earlier"),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input[0]", "'arguments'"),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "[1]"}]}, "input[0]", "JSON object"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,%%"}]}]},
      "input[0].content[0].image_url", "base64"),
     ({"instructions": "Be brief.", "input": [{"type": "reasoning", "summary": []},
@@ -305,3 +312,67 @@ def test_openapi_schema_and_metrics_name_the_route(make_client):
     schema = client.get("/openapi.json").json()
     assert "/v1/responses" in schema["paths"] and "ResponsesRequest" in schema["components"]["schemas"]
     assert 'route="/v1/responses",status="200"} 1.0' in client.get("/metrics").text
+
+
+# ------------------------------------------------------------------------ function calls, text.format
+
+TOOL = {"type": "function", "name": "count", "description": "Count one shape",
+        "parameters": {"type": "object", "properties": {"shape": {"type": "string"}}}}
+CALLING = ('<thinking>I need the count.</thinking><answer>Checking.\n<tool_call>\n'
+           '{"name": "count", "arguments": {"shape": "circle"}}\n</tool_call></answer>')
+
+
+def test_tools_and_text_format_become_chat_parameters(make_client, h):
+    client = make_client(h.ScriptedEngine(CALLING))
+    body = create(client, tools=[TOOL], parallel_tool_calls=False).json()
+    reasoning, message, call = body["output"]
+    suffix = body["id"].removeprefix("resp_")
+    assert message["content"][0]["text"] == "Checking."
+    assert call == {"type": "function_call", "id": f"fc_{suffix}_0", "call_id": f"call_{suffix}_0", "name": "count",
+                    "arguments": '{"shape": "circle"}', "status": "completed"}
+    assert body["tools"] == [TOOL] and body["parallel_tool_calls"] is False and body["tool_choice"] == "auto"
+    sent = client.app.state.engine.requests[-1]
+    assert "<tools>" in sent.messages[0]["content"][0]["text"] and sent.answer_schema is None
+
+    create(client, tools=[TOOL], tool_choice={"type": "function", "name": "count"})
+    forced = json.loads(client.app.state.engine.requests[-1].answer_schema)
+    assert forced["maxItems"] == 1 and forced["items"]["properties"]["name"] == {"const": "count"}
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    fmt = create(client, text={"format": {"type": "json_schema", "name": "n", "schema": schema, "strict": True}})
+    assert fmt.json()["text"] == {"format": {"type": "json_schema", "name": "n", "schema": schema, "strict": True}}
+    assert json.loads(client.app.state.engine.requests[-1].answer_schema) == schema
+    create(client, text={"format": {"type": "json_object"}})
+    assert json.loads(client.app.state.engine.requests[-1].answer_schema) == {"type": "object"}
+
+
+def test_a_stored_call_keeps_its_id_and_its_output_continues_the_conversation(make_client, h):
+    client = make_client(h.ScriptedEngine(CALLING))
+    first = create(client, tools=[TOOL]).json()
+    call = first["output"][-1]
+    assert client.get(f"/v1/responses/{first['id']}").json()["output"] == first["output"]  # ids derived, not random
+    result = {"type": "function_call_output", "call_id": call["call_id"], "output": "3"}
+    second = create(client, tools=[TOOL], previous_response_id=first["id"], input=[result])
+    assert second.status_code == 200, second.text
+    sent = client.app.state.engine.requests[-1].messages
+    assert any("<tool_call>" in p["text"] for m in sent if m["role"] == "assistant" for p in m["content"])
+    assert "<tool_response>\n3\n</tool_response>" in sent[-1]["content"][0]["text"]
+    # The same turn sent back as input items instead of by id; input_items lists what was sent.
+    items = [{"role": "user", "content": "How many circles?"}, *first["output"], result]
+    third = create(client, tools=[TOOL], input=items).json()
+    listed = client.get(f"/v1/responses/{third['id']}/input_items", params={"order": "asc"}).json()["data"]
+    assert [i["type"] for i in listed] == ["message", "message", "function_call", "function_call_output"]
+    assert listed[2]["call_id"] == call["call_id"] and listed[3]["output"] == "3"
+
+
+def test_a_streamed_call_arrives_as_function_call_events(make_client, h):
+    client = make_client(h.ScriptedEngine('<answer>[{"name": "count", "arguments": {"shape": "square"}}]</answer>'))
+    got = events(create(client, tools=[TOOL], tool_choice="required", stream=True, reasoning={"effort": "none"}))
+    names = [name for name, _ in got]
+    assert "response.output_text.delta" not in names  # the answer is only a call: no message item
+    added, delta, done, item_done = (data for name, data in got if "function_call" in name or
+                                     (name.startswith("response.output_item") and data["item"]["type"] == "function_call"))
+    assert added["item"]["status"] == "in_progress" and delta["delta"] == '{"shape": "square"}'
+    assert done["arguments"] == delta["delta"] and done["name"] == "count"
+    final = got[-1][1]["response"]
+    assert got[-1][0] == "response.completed" and final["output"] == [item_done["item"]]
+    assert final["output"][0]["call_id"] == f"call_{final['id'].removeprefix('resp_')}_0"

@@ -151,3 +151,54 @@ def test_auto_tool_calls_are_parsed_from_the_answer(make_client, h):
     assert none["finish_reason"] == "stop" and not none["message"].get("tool_calls")
     sent = client.app.state.engine.requests[-1]
     assert "<tools>" not in json.dumps([p.get("text", "") for m in sent.messages for p in m["content"]])
+
+
+# The Responses API on the same path: flat function tools, function_call items, text.format.
+FLAT_TOOLS = [{"type": "function", **t["function"]} for t in TOOLS]
+
+
+def test_responses_function_calls_and_their_outputs(client):
+    r = client.responses.create(model="openvlthinker", input="How many circles are there?", tools=FLAT_TOOLS,
+                                tool_choice="required", reasoning={"effort": "none"}, max_output_tokens=300)
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert r.status == "completed" and calls, r.output
+    for call in calls:
+        assert call.name in ("count", "colour") and call.call_id.startswith("call_")
+        assert json.loads(call.arguments) in ([{"shape": "circle"}, {"shape": "square"}] if call.name == "count"
+                                              else [{"of": "big"}, {"of": "small"}])
+    results = [{"type": "function_call_output", "call_id": c.call_id, "output": "3"} for c in calls]
+    follow = client.responses.create(model="openvlthinker", previous_response_id=r.id, input=results,
+                                     tools=FLAT_TOOLS, reasoning={"effort": "none"}, max_output_tokens=20)
+    assert follow.usage.input_tokens > r.usage.input_tokens  # the call and its result are in the prompt
+    resent = client.responses.create(model="openvlthinker", tools=FLAT_TOOLS, reasoning={"effort": "none"},
+                                     max_output_tokens=20,
+                                     input=[{"role": "user", "content": "How many circles are there?"}, *r.output,
+                                            *results])
+    assert resent.usage.input_tokens == follow.usage.input_tokens
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model="openvlthinker", input=[{"type": "function_call_output", "call_id": "nope",
+                                                               "output": "3"}], max_output_tokens=5)
+    assert err.value.body["param"] == "input[0].call_id"
+
+
+def test_responses_named_call_streams_as_function_call_events(client):
+    stream = client.responses.create(model="openvlthinker", input="How many circles are there?", tools=FLAT_TOOLS,
+                                     tool_choice={"type": "function", "name": "colour"}, reasoning={"effort": "none"},
+                                     max_output_tokens=200, stream=True)
+    events = list(stream)
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 1 and json.loads(done[0].arguments) in ({"of": "big"}, {"of": "small"})
+    final = events[-1].response
+    assert events[-1].type == "response.completed" and [i.type for i in final.output] == ["function_call"]
+    assert final.output[0].name == "colour" and final.output[0].arguments == done[0].arguments
+
+
+@pytest.mark.parametrize("effort", ["none", "low"])
+def test_responses_text_format_json_schema(client, effort):
+    r = client.responses.create(model="openvlthinker", input="How many circles are there?",
+                                reasoning={"effort": effort}, max_output_tokens=400,
+                                text={"format": {"type": "json_schema", "name": "shape", "schema": SHAPE}})
+    assert r.status == "completed" and r.text.format.type == "json_schema"
+    answer = json.loads(r.output_text)
+    assert answer["shape"] in ("circle", "square", "triangle") and isinstance(answer["many"], bool)
+    assert client.responses.retrieve(r.id).output_text == r.output_text
