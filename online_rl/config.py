@@ -51,6 +51,10 @@ class RLConfig:
     # Tasks (task_type, else problem type; ShapeWorld family names) the loop does not train on: their prompts
     # are not rolled out and their rated responses not used. None by default, as in the paper.
     skip_tasks: tuple[str, ...] = ()
+    # Length shaping (docs/method.md §3): reward = (0.9 - w)·accuracy + 0.1·format + structure + w·env(length), the
+    # envelope per task from the lengths of its recent correct rollouts (perception shorter, reasoning longer).
+    # 0 turns it off.
+    length_weight: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,9 +78,12 @@ class RLConfig:
                              f"{self.prompts_per_round} x {self.max_refills + 1}")
         if not isinstance(self.rollback_check, bool):
             raise ValueError(f"rollback_check must be true or false, got {self.rollback_check!r}")
-        for name in ("gate_margin", "gate_confidence", "rollout_temperature"):
+        for name in ("gate_margin", "gate_confidence", "rollout_temperature", "length_weight"):
             if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
+        if not 0 <= self.length_weight <= 0.9:
+            raise ValueError(f"length_weight must be in [0, 0.9] (it takes that share from accuracy), got "
+                             f"{self.length_weight}")
         self.gate_spec()  # raises, naming the knob, when the gate's margin or confidence is out of range
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2: advantages compare responses within a group")

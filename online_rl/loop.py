@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
+from openvlthinker.rl import LengthTargets
 from openvlthinker.versions import remove_partial, version_folder
 
 from .client import GatewayClient, GatewayError
@@ -23,6 +25,7 @@ from .config import RLConfig
 from .evaluate import GateScores
 from .gate import KEEP, PROMOTE
 from .harvest import PendingPrompt, harvest, materialize
+from .plots import plot  # noqa: F401 (re-exported: `rl plot`)
 from .policy import LoraPolicy
 from .prompts import (RoundPrompts, fill_prompts, file_prompts, gate_prompts,  # noqa: F401 (re-exported)
                       shapeworld_prompts, trainable)
@@ -113,11 +116,13 @@ def _record(out: Path, writer, index: int, result: RoundResult) -> None:
 
 
 def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None, image_root: str | None = None,
-        log=print, every: float = 0.0, min_new: int = 0, poll_s: float = 5.0) -> list[RoundResult]:
+        log=print, every: float = 0.0, min_new: int = 0, poll_s: float = 5.0,
+        after_round: Callable[[int, RoundResult], bool] | None = None) -> list[RoundResult]:
     """Run `rounds` more rounds (0 = until stopped), resuming from out_dir/state.json.
 
     Triggers: with `min_new` a round starts once that many users' prompts or ratings wait; with
     `every` rounds start at most every `every` seconds. Metrics are appended to out_dir/metrics.jsonl.
+    `after_round(index, result)` runs once each round is recorded; it returns True to stop the loop.
     """
     if rounds < 0 or min_new < 0 or every < 0 or not poll_s > 0:
         raise ValueError("rounds, min_new and every must be >= 0 and poll_s > 0")
@@ -134,19 +139,23 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
     gate = gate_prompts(cfg.gate_spec().questions)
     stream = file_prompts(data, image_root, cfg.seed) if data else None
     writer, scores, results = _tensorboard(out / "tensorboard"), GateScores(), []
+    lengths = LengthTargets(max_length=float(cfg.max_new_tokens))
+    lengths.load_state_dict(state.lengths)
     while rounds == 0 or len(results) < rounds:
         started, index = time.monotonic(), state.next_round
         logged, dropped = gather(client, state, cfg, promoted, min_new, poll_s, log)
-        source = RoundPrompts(state.pending, lambda p: materialize(client, p), stream, index, cfg.skip_tasks)
+        source = RoundPrompts(state.pending, lambda p: materialize(client, p), stream, index, cfg.skip_tasks, cfg.seed)
         prompts = source.take(cfg.prompts_per_round)
         result = run_round(client, policy, prompts, gate, cfg, index, logged=logged,
-                           target=target_for(client, cfg, working, server), refill=source.take, scores=scores)
+                           target=target_for(client, cfg, working, server), refill=source.take, scores=scores,
+                           lengths=lengths)
         result.metrics.update(user_prompts=float(source.user), pending_prompts=float(len(source.pending)),
                               pending_dropped=float(dropped), pending_lost=float(source.lost))
         results.append(result)
         _record(out, writer, index, result)
         promoted, working = client.adapters().get("promoted"), result.working
         state.pending, state.next_round, state.promoted, state.working = source.pending, index + 1, promoted, working
+        state.lengths = lengths.state_dict()
         save_state(out / "state.json", state)
         if result.version and result.decision not in (PROMOTE, KEEP):
             policy = served_policy(cfg, promoted)  # back to the weights that are actually served
@@ -154,33 +163,8 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
             f"accuracy {result.metrics.get('accuracy_mean', 0):.3f} -> {result.version or 'no update'} "
             f"{result.decision or 'not gated'}; serving {promoted or 'the base model'}"
             f"{f', training on from {working}' if working else ''} ({result.metrics.get('wall_s', 0):.1f} s)")
+        if after_round is not None and after_round(index, result):
+            break
         if every > 0:
             time.sleep(max(0.0, every - (time.monotonic() - started)))
     return results
-
-
-def plot(out_dir: str | Path) -> Path:
-    """PNG learning curves (reward and accuracy per task per round) from out_dir/metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    if not rows:
-        raise ValueError(f"{out / 'metrics.jsonl'} has no rounds yet")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, kind in zip(axes, ("reward", "accuracy")):
-        keys = sorted({k for r in rows for k in r if k.startswith(kind + "/")})
-        for key in keys:
-            ax.plot([r["round"] for r in rows if key in r], [r[key] for r in rows if key in r], marker="o",
-                    label=key.split("/", 1)[1])
-        ax.set_xlabel("round")
-        ax.set_ylabel(f"rollout {kind}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "learning_curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -24,14 +24,18 @@ class Prompt:
     images: list[Any]
 
 
-def shapeworld_prompts(count: int, round_index: int, families=FAMILIES, start: int = 0) -> list[Prompt]:
+SEED_ROUNDS = 1000  # rounds of questions per loop seed: seed s draws rounds s*1000 on (none shared before then)
+
+
+def shapeworld_prompts(count: int, round_index: int, families=FAMILIES, start: int = 0, seed: int = 0) -> list[Prompt]:
     """`count` train-split questions for a round from its `start`-th on, families interleaved, never repeated
-    across rounds (each round has 100,000 questions of its own)."""
+    across rounds (each round has 100,000 questions of its own); another `seed` draws other questions."""
     out = []
     for i in range(start, start + count):
         family = families[i % len(families)]
-        seed = split_seed("train", 10_000_000 + round_index * 100_000 + i)  # away from the SFT stream
-        sample = generate(family, seed)
+        # Away from the SFT stream (below 10M); rounds past SEED_ROUNDS meet the next seed's questions.
+        seed_i = split_seed("train", 10_000_000 + (round_index + seed * SEED_ROUNDS) * 100_000 + i)
+        sample = generate(family, seed_i)
         out.append(Prompt(sample.record, [sample.image]))
     return out
 
@@ -42,7 +46,7 @@ def trainable(prompts: list[Prompt], skip_tasks: tuple[str, ...]) -> list[Prompt
 
 
 def fill_prompts(stream: Iterator[Prompt] | None, count: int, round_index: int,
-                 skip_tasks: tuple[str, ...] = (), start: int = 0) -> list[Prompt]:
+                 skip_tasks: tuple[str, ...] = (), start: int = 0, seed: int = 0) -> list[Prompt]:
     """Prompts that complete a round: the data file's next `count` records (those of skipped tasks dropped,
     so a round may come out short), or `count` ShapeWorld questions of the families not skipped, from the
     round's `start`-th on."""
@@ -51,7 +55,7 @@ def fill_prompts(stream: Iterator[Prompt] | None, count: int, round_index: int,
     if stream is not None:
         return trainable([next(stream) for _ in range(count)], skip_tasks)
     families = tuple(f for f in FAMILIES if f not in skip_tasks)
-    return shapeworld_prompts(count, round_index, families, start) if families else []
+    return shapeworld_prompts(count, round_index, families, start, seed) if families else []
 
 
 def file_prompts(path: str, image_root: str | None, seed: int) -> Iterator[Prompt]:
@@ -81,9 +85,10 @@ class RoundPrompts:
     """
 
     def __init__(self, pending: list, fetch: Callable[[Any], Prompt | None], stream: Iterator[Prompt] | None,
-                 round_index: int, skip_tasks: tuple[str, ...] = ()):
+                 round_index: int, skip_tasks: tuple[str, ...] = (), seed: int = 0):
         self.pending = [p for p in pending if p.task not in skip_tasks]
         self.fetch, self.stream, self.round_index, self.skip_tasks = fetch, stream, round_index, skip_tasks
+        self.seed = seed
         self.user = 0  # users' prompts handed out
         self.lost = 0  # pending prompts the server no longer had
         self.filled = 0  # fill questions drawn (the next ShapeWorld question's index in the round)
@@ -99,6 +104,6 @@ class RoundPrompts:
                 out.append(prompt)
                 self.user += 1
         wanted = count - len(out)
-        out += fill_prompts(self.stream, wanted, self.round_index, self.skip_tasks, start=self.filled)
+        out += fill_prompts(self.stream, wanted, self.round_index, self.skip_tasks, start=self.filled, seed=self.seed)
         self.filled += max(0, wanted)
         return out

@@ -20,6 +20,8 @@ class Rollout:
     version: the adapter version that produced it (staleness = current - version).
     off_policy: logged by users' traffic rather than sampled this round: trained with
       truncated importance weights against `behaviour_logprobs`.
+    base_reward: the reward before length shaping (None: `reward` has no length term); dynamic
+      sampling judges a group's signal on it, so a group is not kept for its lengths alone.
     """
 
     prompt_ids: list[int]
@@ -33,6 +35,7 @@ class Rollout:
     version: int = 0
     off_policy: bool = False
     interaction_id: str = ""
+    base_reward: float | None = None
 
     def __post_init__(self) -> None:
         if not self.completion_ids:

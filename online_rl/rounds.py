@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -27,8 +28,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from openvlthinker.rewards import grade
-from openvlthinker.rl import g2rpo_advantages, get_advantage, informative_groups
+from openvlthinker.rewards import grade, with_length
+from openvlthinker.rl import LengthTargets, g2rpo_advantages, get_advantage, informative_groups
 from openvlthinker.versions import next_version, pinned_model, publish, version_name, version_number
 
 from .client import GatewayClient, GatewayError
@@ -132,9 +133,30 @@ def keep_informative(rollouts: Sequence[Rollout]) -> list[Rollout]:
     acc_ok = informative_groups(torch.tensor([r.accuracy for r in rollouts]), groups)
     spread: dict[str, set[float]] = {}
     for r in rollouts:
-        spread.setdefault(r.group_id, set()).add(round(r.reward, 9))
+        spread.setdefault(r.group_id, set()).add(round(r.reward if r.base_reward is None else r.base_reward, 9))
     # Continuous graders (IoU, 1 - WER) can carry signal when accuracy is never exactly 0 or 1.
     return [r for r, ok in zip(rollouts, acc_ok.tolist()) if ok or len(spread[r.group_id]) > 1]
+
+
+CORRECT = 0.5  # accuracy at which a rollout counts as correct for the length targets (IoU 0.5, half the words)
+
+
+def shape_lengths(rollouts: Sequence[Rollout], targets: LengthTargets, weight: float) -> list[Rollout]:
+    """Rollouts with the length term in their reward, from their task's envelope; a task without an envelope
+    yet (too few correct rollouts seen) is left unshaped."""
+    out = []
+    for r in rollouts:
+        env = targets.score(r.task, len(r.completion_ids)) if weight > 0 else None
+        out.append(r if env is None else dataclasses.replace(
+            r, reward=with_length(r.reward, r.accuracy, env, weight), base_reward=r.reward))
+    return out
+
+
+def observe_lengths(rollouts: Sequence[Rollout], targets: LengthTargets) -> None:
+    """The correct rollouts' lengths join their task's target (all-correct groups too: they are dropped from
+    training, not from what a correct answer's length is)."""
+    for r in rollouts:
+        targets.observe(r.task, len(r.completion_ids), r.accuracy >= CORRECT)
 
 
 def first_groups(rollouts: Sequence[Rollout], count: int) -> list[Rollout]:
@@ -171,10 +193,11 @@ def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
 
 
 def rollout_stage(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[Prompt], cfg: RLConfig, model: str,
-                  seed: int, refill: Callable[[int], list[Prompt]] | None = None
-                  ) -> tuple[list[Rollout], dict[str, float]]:
+                  seed: int, refill: Callable[[int], list[Prompt]] | None = None,
+                  lengths: LengthTargets | None = None) -> tuple[list[Rollout], dict[str, float]]:
     """Rollouts of `prompts`, the informative groups kept; with `refill`, more prompts until the batch holds
-    prompts_per_round groups or max_refills tries are spent. Returns the kept rollouts and the metrics."""
+    prompts_per_round groups or max_refills tries are spent; with `lengths`, the kept rewards length-shaped.
+    Returns the kept rollouts and the metrics."""
     rollouts = collect_rollouts(client, prompts, cfg, model, seed)
     usable = policy.usable(rollouts)
     kept = keep_informative(usable)
@@ -194,6 +217,13 @@ def rollout_stage(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[P
         kept += keep_informative(fresh)
     kept = first_groups(kept, wanted)
     metrics = rollout_metrics(rollouts)
+    if lengths is not None:
+        kept = shape_lengths(kept, lengths, cfg.length_weight)  # by the envelopes of the rounds before
+        observe_lengths(usable, lengths)
+        for task in sorted({r.task for r in rollouts}):
+            target = lengths.target(task)
+            if target is not None:
+                metrics[f"length_target/{task}"] = target
     metrics.update(rollouts_kept=float(len(kept)), groups_kept=float(groups(kept)), refills=float(refills),
                    prompts_rolled_out=float(tried), rollouts_unusable=float(len(rollouts) - len(usable)))
     return kept, metrics
@@ -273,6 +303,15 @@ def score_gate(client: GatewayClient, target: Target, version: str, questions: S
     return current[: len(candidate)], candidate
 
 
+def family_scores(questions: Sequence[Prompt], answers, prefix: str) -> dict[str, float]:
+    """Per task: the mean accuracy of `answers` ({prefix}/{task}) and how many questions ({prefix}_n/{task})."""
+    out: dict[str, float] = {}
+    for task in dict.fromkeys(q.record.task for q in questions):
+        mine = [a.accuracy for q, a in zip(questions, answers) if q.record.task == task]
+        out[f"{prefix}/{task}"], out[f"{prefix}_n/{task}"] = sum(mine) / len(mine), float(len(mine))
+    return out
+
+
 def _unload(client: GatewayClient, version: str | None, keep: Sequence[str | None] = ()) -> None:
     """Unload a version unless it is one to keep; one the server no longer holds is fine."""
     if version is None or version in keep:
@@ -310,6 +349,8 @@ def gate_stage(client: GatewayClient, target: Target, version: str, questions: S
                    gate_wins=float(verdict.wins), gate_losses=float(verdict.losses), gate_p_better=verdict.p_better,
                    gate_p_worse=verdict.p_worse,
                    gate_answers_changed=sum(a.text != b.text for a, b in zip(current, candidate)) / k)
+    metrics.update(family_scores(questions[:k], current, "gate_current"))
+    metrics.update(family_scores(questions[:k], candidate, "gate_candidate"))
     note = "" if verdict.decision == PROMOTE else f"gate: {verdict.describe()}"
     decision, working = verdict.decision, None
     if decision == PROMOTE:
@@ -333,14 +374,14 @@ def gate_stage(client: GatewayClient, target: Target, version: str, questions: S
 def run_round(client: GatewayClient, policy: LoraPolicy, prompts: Sequence[Prompt], gate_questions: Sequence[Prompt],
               cfg: RLConfig, round_index: int, logged: Sequence[Rollout] = (), *, target: Target | None = None,
               refill: Callable[[int], list[Prompt]] | None = None, gate: Gate | None = None,
-              scores: GateScores | None = None) -> RoundResult:
+              scores: GateScores | None = None, lengths: LengthTargets | None = None) -> RoundResult:
     """Rollouts (+ rated logged responses) -> update -> publish and load -> gate -> promote, keep or reject."""
     if not gate_questions:
         raise ValueError("the gate needs at least one held-out question")
     start = time.time()
     target = target or target_for(client, cfg)
     kept, metrics = rollout_stage(client, policy, prompts, cfg, target.model(target.trainer),
-                                  seed=cfg.seed + 1000 * round_index, refill=refill)
+                                  seed=cfg.seed + 1000 * round_index, refill=refill, lengths=lengths)
     logged = policy.usable(logged)
     metrics["logged_rollouts"] = float(len(logged))
     trained = update_stage(policy, kept, logged, cfg)

@@ -1,7 +1,8 @@
 """The loop's state file (`<out>/state.json`), written atomically after every round.
 
 It holds the next round's number, the export cursors, the users' prompts still waiting for a
-round, the trainer's unpromoted version (when the gate kept the served one), and the server and
+round, the trainer's unpromoted version (when the gate kept the served one), the length shaping's
+recent correct lengths per task, and the server and
 base model it belongs to: a state folder serves one server and one model, and a loop started
 against another is refused, not resumed from someone else's round counter and cursors.
 """
@@ -34,11 +35,13 @@ class LoopState:
     promoted: str | None = None  # the served version after the last round (for the record)
     working: str | None = None  # the trainer's version when the gate kept the served one; None: the served one
     server: dict[str, str] | None = None  # identity of the server and model (see identity())
+    lengths: dict[str, list[float]] = field(default_factory=dict)  # recent correct rollout lengths per task
+
 
     def to_json(self) -> dict[str, Any]:
         """The state file's content."""
         return {"next_round": self.next_round, "cursors": self.cursors, "pending": [p.to_json() for p in self.pending],
-                "promoted": self.promoted, "working": self.working, "server": self.server}
+                "promoted": self.promoted, "working": self.working, "server": self.server, "lengths": self.lengths}
 
 
 def identity(server: dict[str, Any]) -> dict[str, str]:
@@ -70,9 +73,15 @@ def parse_state(raw: Any, where: Path) -> LoopState:
     server = raw.get("server")
     if server is not None and (not isinstance(server, dict) or set(server) != set(IDENTITY_KEYS)):
         raise ValueError(f"{where}: server must be an object with {', '.join(IDENTITY_KEYS)}")
+    lengths = raw.get("lengths") or {}
+    if not isinstance(lengths, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                               and x >= 0 for x in v) for k, v in lengths.items()):
+        raise ValueError(f"{where}: lengths must map task names to lists of lengths >= 0")
     return LoopState(index, {"feedback": cursors.get("feedback"), "interactions": cursors.get("interactions")},
                      [PendingPrompt.from_json(p) for p in pending], _version(raw.get("promoted"), "promoted", where),
-                     _version(raw.get("working"), "working", where), server)
+                     _version(raw.get("working"), "working", where), server,
+                     {k: [float(x) for x in v] for k, v in lengths.items()})
 
 
 def load_state(path: Path, server: dict[str, str], log=print) -> LoopState:

@@ -1,7 +1,7 @@
 """Graders: accuracy per problem type, format and structure, and the composite reward."""
 
 from openvlthinker.rewards.choice import multiple_choice_accuracy
-from openvlthinker.rewards.composite import RewardBreakdown, grade, score
+from openvlthinker.rewards.composite import RewardBreakdown, grade, score, with_length
 from openvlthinker.rewards.extract import extract_answer, extract_thinking
 from openvlthinker.rewards.format import (
     JSON_ANSWER_TYPES,

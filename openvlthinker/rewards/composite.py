@@ -35,6 +35,13 @@ class RewardBreakdown:
         return asdict(self)
 
 
+def with_length(overall: float, accuracy: float, length_score: float, weight: float) -> float:
+    """An overall reward without a length term, given one: w of accuracy's weight goes to the length score."""
+    if not 0.0 <= weight <= ACCURACY_WEIGHT:
+        raise ValueError(f"length_weight must be in [0, {ACCURACY_WEIGHT}], got {weight!r}")
+    return overall - weight * accuracy + weight * _unit(length_score)
+
+
 def _unit(value: float) -> float:
     """`value` clipped to [0, 1]; non-finite values count as 0."""
     value = float(value)

@@ -118,3 +118,40 @@ def test_the_gate_set_is_sized_by_its_statistics():
     assert [q.record.problem_id for q in gate_prompts(12)] == [q.record.problem_id for q in questions[:12]]
     with pytest.raises(ValueError, match="at least one question"):
         gate_prompts(0)
+
+
+def rollout(task, length, accuracy, reward, group="g"):
+    return Rollout(prompt_ids=[1], completion_ids=[7] * length, behaviour_logprobs=[-0.1] * length, reward=reward,
+                   accuracy=accuracy, group_id=group, task=task)
+
+
+def test_length_shaping_moves_rewards_by_each_tasks_correct_lengths():
+    from online_rl.rounds import keep_informative, observe_lengths, shape_lengths
+    from openvlthinker.rl import LengthTargets
+
+    targets = LengthTargets(min_count=4, max_length=128)
+    unshaped = [rollout("math_reasoning", 30, 1.0, 1.0)]
+    assert shape_lengths(unshaped, targets, 0.1) == unshaped  # no envelope before enough correct lengths
+    observe_lengths([rollout("math_reasoning", 30, 1.0, 1.0)] * 4 + [rollout("ocr", 10, 1.0, 1.0)] * 4
+                    + [rollout("ocr", 90, 0.0, 0.1)] * 20, targets)  # wrong answers do not move a target
+    assert targets.target("math_reasoning") == 30 and targets.target("ocr") == 10
+    short, long_ = shape_lengths([rollout("math_reasoning", 20, 1.0, 1.0), rollout("math_reasoning", 40, 1.0, 1.0)],
+                                 targets, 0.1)
+    assert long_.reward > short.reward and short.base_reward == long_.base_reward == 1.0  # reasoning: longer
+    quick, slow = shape_lengths([rollout("ocr", 4, 1.0, 1.0), rollout("ocr", 12, 1.0, 1.0)], targets, 0.1)
+    assert quick.reward > slow.reward  # perception: shorter
+    assert quick.reward == pytest.approx((0.9 - 0.1) * 1.0 + 0.1 + 0.1 * 1.0)  # (0.9 - w)·acc + 0.1·format + w·env
+    assert slow.reward == pytest.approx(0.8 + 0.1 + 0.1 * 0.5)  # 12 tokens: halfway down from c = 8 to d = 16
+    assert shape_lengths([rollout("ocr", 4, 1.0, 1.0)], targets, 0.0)[0].base_reward is None  # weight 0: off
+    # A group whose answers differ only in length has no signal for dynamic sampling.
+    same = shape_lengths([rollout("ocr", 4, 0.0, 0.1, "a"), rollout("ocr", 12, 0.0, 0.1, "a")], targets, 0.1)
+    assert same[0].reward != same[1].reward and keep_informative(same) == []
+
+
+def test_the_length_targets_survive_a_restart(tmp_path):
+    state = LoopState(server=SERVER, lengths={"ocr": [4.0, 5.0]})
+    save_state(tmp_path / "state.json", state)
+    assert load_state(tmp_path / "state.json", SERVER).lengths == {"ocr": [4.0, 5.0]}
+    (tmp_path / "bad.json").write_text(json.dumps({**state.to_json(), "lengths": {"ocr": ["long"]}}))
+    with pytest.raises(ValueError, match="lengths must map task names"):
+        load_state(tmp_path / "bad.json", SERVER)
