@@ -39,9 +39,18 @@ class UpdateConfig:
     # KL to the base model (k3, per token): docs/method.md §2 has none; the base is the LoRA's own model with the
     # adapter switched off, so it costs one more forward per micro-batch and no second copy of the weights.
     kl_coef: float = 0.0
+    # How the token-mean loss is taken: "step", one mean over every token of an optimizer step's micro-batches
+    # (what the release's token-mean does: each token weighs the same, whatever its response's length); "micro",
+    # a mean per micro-batch, micro-batches weighed equally (a short answer's tokens then weigh more).
+    token_mean: str = "step"
 
     def __post_init__(self) -> None:
         # Config files and CLI flags land here: say which knob is wrong, not fail mid-round.
+        for name in ("lr", "weight_decay", "clip_low", "clip_high", "grad_clip", "entropy_coef", "entropy_low",
+                     "entropy_high", "is_cap", "kl_coef"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         for name in ("kl_coef", "entropy_coef", "weight_decay"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -53,6 +62,8 @@ class UpdateConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dual_clip is not None and not self.dual_clip > 1:
             raise ValueError(f"dual_clip must be > 1 (or None), got {self.dual_clip}")
+        if self.token_mean not in ("step", "micro"):
+            raise ValueError(f"token_mean must be 'step' or 'micro', got {self.token_mean!r}")
         if not 0 <= self.entropy_low <= self.entropy_high:
             raise ValueError(f"need 0 <= entropy_low <= entropy_high, got {self.entropy_low} and {self.entropy_high}")
 
@@ -158,10 +169,13 @@ class LoraPolicy:
         for step_start in range(0, len(chunks), per_step):
             self.optimizer.zero_grad(set_to_none=True)
             step_chunks = chunks[step_start : step_start + per_step]
+            tokens = [sum(len(r.completion_ids) for r in rollouts[start : start + cfg.micro_batch])
+                      for start in step_chunks]
             for k, start in enumerate(step_chunks):
                 part = rollouts[start : start + cfg.micro_batch]
+                share = tokens[k] / sum(tokens) if cfg.token_mean == "step" else 1.0 / len(step_chunks)
                 metrics = self._micro_step(part, old[chunks.index(start)], advantages[start : start + len(part)],
-                                           scale=1.0 / len(step_chunks))
+                                           loss_scale=share, penalty_scale=1.0 / len(step_chunks))
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
                     counts[key] = counts.get(key, 0) + 1
@@ -193,7 +207,10 @@ class LoraPolicy:
             k3 = torch.exp(log_ratio) - 1.0 - log_ratio
             return float((k3 * mask).sum() / mask.sum().clamp(min=1))
 
-    def _micro_step(self, part: Sequence[Rollout], old_logp: torch.Tensor, adv: torch.Tensor, scale: float) -> dict[str, float]:
+    def _micro_step(self, part: Sequence[Rollout], old_logp: torch.Tensor, adv: torch.Tensor, loss_scale: float,
+                    penalty_scale: float) -> dict[str, float]:
+        """Backward of one micro-batch: its token-mean loss times `loss_scale` (its share of the step's tokens, or
+        1/micro-batches) and its entropy band penalty times `penalty_scale`; returns its metrics."""
         cfg = self.cfg
         logp, ent, mask = self.token_stats(part, grad=True)
         width = logp.shape[1]
@@ -214,10 +231,10 @@ class LoraPolicy:
             kl_coef=cfg.kl_coef,
         )
         penalty = entropy_band_penalty(ent, mask, [r.task for r in part], cfg.entropy_low, cfg.entropy_high)
-        total = loss + cfg.entropy_coef * penalty
+        total = loss * loss_scale + cfg.entropy_coef * penalty * penalty_scale
         if not torch.isfinite(total):
             raise FloatingPointError("non-finite loss in the policy update")
-        (total * scale).backward()
+        total.backward()
         masked = (ent * mask).detach()
         metrics.update(loss=loss.item(), entropy_penalty=penalty.item(),
                        entropy=(masked.sum() / mask.sum().clamp(min=1)).item())

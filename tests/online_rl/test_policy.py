@@ -101,7 +101,7 @@ def test_kl_to_the_base_model_holds_the_policy_back(tiny_path):
     ({"updates_per_round": 0}, "updates_per_round must be >= 1"), ({"micro_batch": 0}, "micro_batch must be >= 1"),
     ({"clip_high": -0.3}, "clip_high must be a positive number"), ({"grad_clip": float("inf")}, "grad_clip"),
     ({"dual_clip": 0.5}, "dual_clip must be > 1"), ({"entropy_low": 0.7}, "entropy_low <= entropy_high"),
-    ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+    ({"weight_decay": -1.0}, "weight_decay must be >= 0"), ({"lr": "1e-3"}, "lr must be a number, got '1e-3'"),
 ])
 def test_update_config_names_the_bad_knob(knobs, says):
     with pytest.raises(ValueError, match=says):
@@ -133,3 +133,26 @@ def test_completions_with_image_placeholders_are_not_trained_on(tiny_path):
     good = Rollout(prompt_ids=[1, 2], completion_ids=[7, 8], behaviour_logprobs=[0.0, 0.0])
     bad = Rollout(prompt_ids=[1, 2], completion_ids=[7, pad], behaviour_logprobs=[0.0, 0.0])
     assert policy.usable([good, bad, good]) == [good, good]
+
+
+def test_the_step_token_mean_weighs_every_token_alike(tiny_path):
+    """token_mean="step": a step's gradient is that of one mean over all its tokens, whatever the micro-batching."""
+    img = generate("chart", 0).image
+    texts = ["<answer>7</answer>", "<thinking>I count 3 and 4. 3 + 4 = 7.</thinking><answer>7</answer>"]
+
+    def gradient(micro_batch, token_mean):
+        torch.manual_seed(0)
+        cfg = UpdateConfig(lr=1e-9, micro_batch=micro_batch, updates_per_round=1, entropy_coef=0.0, token_mean=token_mean,
+                           grad_clip=1e9)
+        policy = LoraPolicy.create(tiny_path, cfg, lora_r=4)
+        for p in policy.model.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.02)  # B = 0 would make A's gradient 0 and the check empty
+        policy.update(make_rollouts(policy, texts, [img, img]), torch.tensor([1.0, -1.0]))
+        return torch.cat([p.grad.flatten() for p in policy.model.parameters() if p.requires_grad])
+
+    whole = gradient(2, "step")
+    assert torch.allclose(gradient(1, "step"), whole, atol=1e-6)  # two micro-batches, the same mean
+    assert not torch.allclose(gradient(1, "micro"), whole, atol=1e-6)  # the short answer's tokens weigh more
+    with pytest.raises(ValueError, match="token_mean must be"):
+        UpdateConfig(token_mean="sequence")
