@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-# "reward": mean reward of the round's training rollouts; "gate": its eval reward on the fixed gate set.
-HEADERS = ["model", "promoted", "round", "reward", "gate"]
+# "reward": mean reward of the round's training rollouts; "held-out score": its greedy accuracy on the gate's
+# held-out questions (never trained on), with a 95% interval and the number of questions scored.
+HEADERS = ["model", "promoted", "round", "reward", "held-out score"]
 
 
 def read_metrics(path: str | Path | None) -> dict[str, dict[str, Any]]:
@@ -37,6 +38,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
 
+def held_out(row: dict[str, Any]) -> str:
+    """The version's gate score as "0.512 ± 0.116 (71 q)" (normal approximation), or just the score."""
+    score, n = row.get("gate_candidate"), row.get("gate_questions")
+    if not isinstance(score, (int, float)) or isinstance(score, bool):
+        return ""
+    if not isinstance(n, (int, float)) or n <= 0:
+        return _fmt(score)
+    half = 1.96 * (max(score * (1 - score), 0.0) / n) ** 0.5
+    return f"{score:.3f} ± {half:.3f} ({int(n)} q)"
+
+
 def version_rows(models: list[dict[str, Any]], metrics: dict[str, dict[str, Any]],
                  promoted: str | None = None) -> list[list[str]]:
     """One table row per served model id (what clients pass as `model`): promoted?, and its RL rewards when known."""
@@ -55,5 +67,5 @@ def version_rows(models: list[dict[str, Any]], metrics: dict[str, dict[str, Any]
         name = card["id"] if version or is_alias else f"{card['id']} (base)"
         rows.append([name, label,
                      str(row["round"]) if "round" in row else "", _fmt(row.get("reward_mean")),
-                     _fmt(row.get("gate_candidate"))])
+                     held_out(row)])
     return rows

@@ -61,7 +61,8 @@ def test_describe_error_reads_the_gateway_message_and_says_what_to_do():
 
 def test_versions_table_joins_models_with_rl_rewards(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
-    rows = [{"round": 0, "version": "v0001", "promoted": True, "reward_mean": 0.41, "gate_candidate": 0.5},
+    rows = [{"round": 0, "version": "v0001", "promoted": True, "reward_mean": 0.41, "gate_candidate": 0.5,
+             "gate_questions": 71},
             {"round": 1, "version": None, "promoted": False}]
     metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n{\"round\": 2, \"vers")  # a line being written
     by_version = read_metrics(metrics)
@@ -73,6 +74,6 @@ def test_versions_table_joins_models_with_rl_rewards(tmp_path):
     assert version_rows(models, by_version) == [
         ["tiny (base)", "", "", "", ""],
         ["openvlthinker", "→ v0001", "", "", ""],
-        ["openvlthinker@v0001", "yes", "0", "0.410", "0.500"],
+        ["openvlthinker@v0001", "yes", "0", "0.410", "0.500 ± 0.116 (71 q)"],
     ]
     assert version_rows(models[:2], {}, promoted=None)[1][1] == "→ v0001"
