@@ -244,9 +244,15 @@ def pick_tokens(rows: Sequence[RowState], logits: torch.Tensor) -> tuple[list[in
     return tokens, out
 
 
+# Bound of a penalised logit: a penalty near 0 (any > 0 is valid) divides a logit into inf, and the sampler's
+# softmax into NaN. Past a gap of ~100 the distribution does not change, so the bound changes nothing else.
+_LOGIT_BOUND = 1e4
+
+
 def _repetition_penalty(logits: torch.Tensor, seen: set[int], penalty: float) -> None:
     """vLLM's (and HF's) repetition penalty on one row, in place: seen tokens' positive logits are divided
-    by `penalty`, negative ones multiplied."""
+    by `penalty`, negative ones multiplied (within +-_LOGIT_BOUND)."""
     ids = torch.tensor(sorted(seen), dtype=torch.long, device=logits.device)
     picked = logits[ids]
-    logits[ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    penalised = torch.where(picked > 0, picked / penalty, picked * penalty)
+    logits[ids] = penalised.clamp(-_LOGIT_BOUND, _LOGIT_BOUND)

@@ -158,3 +158,15 @@ def test_sampling_params_check_names_the_bad_parameter():
     with pytest.raises(EngineError, match="top_logprobs must be within 0..20") as info:
         SamplingParams(max_tokens=4, top_logprobs=21).check(vocab_size=10, max_top_logprobs=20)
     assert info.value.param == "top_logprobs"
+
+
+def test_a_repetition_penalty_near_zero_cannot_overflow_the_sampled_distribution(ctx):
+    """Found by the schema fuzz (tests/serve/test_schema_fuzz.py): repetition_penalty=5e-324 is valid (> 0), but
+    divided the seen tokens' logits into inf, the sampler's probabilities into NaN, and the request into a 500."""
+    logits = torch.zeros(1, len(ctx.tokenizer))
+    logits[0, 7], logits[0, 8] = 2.0, 1.0
+    for penalty in (5e-324, 1e-30, 1e-3):
+        sampling = SamplingParams(max_tokens=4, temperature=1.0, seed=0, repetition_penalty=penalty)
+        row = RowState(SimpleNamespace(cancelled=False), GenerationRequest("r", [], sampling), [7, 8], ctx, "cpu")
+        tokens, _ = pick_tokens([row], logits)
+        assert tokens[0] in (7, 8)  # both seen, both pushed to the top
