@@ -23,6 +23,7 @@ from .chat import ChatService
 from .config import ServeConfig
 from .errors import install_handlers
 from .metrics import Metrics, MetricsMiddleware
+from .openapi import install_openapi
 from .request_id import RequestIdMiddleware
 from .responses import ResponsesService
 from .stored_completions import StoredCompletions
@@ -81,4 +82,7 @@ def create_app(config: ServeConfig, engine: Any) -> FastAPI:
     app.include_router(api)
     app.include_router(admin)
     app.include_router(open_routes)
+    # The routers' own routes, for the schema's error statuses and the Allow header of a 405.
+    app.state.routes = [*api.routes, *admin.routes, *open_routes.routes]
+    install_openapi(app, app.state.routes)  # the errors the routes really answer, not FastAPI's 422
     return app

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .request_id import HEADER, request_id
 
@@ -108,6 +109,19 @@ def validation_error(errors: Sequence[dict[str, Any]], rename: Callable[[str], s
     return invalid(_validation_message(first, param), param)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the routes of this path serve (`app.state.routes`). Starlette's 405 lists only the first
+    matching route's, so GET /v1/responses/{id} hid DELETE on the same path. Of the routes that match, the
+    ones with the fewest path parameters name the resource: /v1/responses/input_tokens is not a response id."""
+    matched: dict[int, set[str]] = {}
+    for route in getattr(request.app.state, "routes", ()):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            params = len(getattr(route, "param_convertors", {}))
+            matched.setdefault(params, set()).update(getattr(route, "methods", None) or ())
+    return sorted(matched[min(matched)]) if matched else []
+
+
 def install_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every failure into the one error shape."""
 
@@ -120,9 +134,12 @@ def install_handlers(app: FastAPI) -> None:
         return validation_error(exc.errors()).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code, "http_error")
-        return APIError(exc.status_code, str(exc.detail), code=kind, headers=dict(exc.headers or {})).response()
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return APIError(exc.status_code, str(exc.detail), code=kind, headers=headers).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
