@@ -4,7 +4,8 @@ The step is the shipped recipe's (`TrainConfig` defaults: 24 examples, the visio
 building the batch (ShapeWorld rendering, tokenising, collating) and the forward, backward and
 optimizer step, timed apart. The thread counts alternate step by step, each on its own model and
 optimizer from the same initialisation, so that a shared machine's drift hits both alike; the first
-`--warmup` steps of each are not counted. Why the recipe trains on two threads (README, tiny model).
+`--warmup` steps of each are not counted. Why the recipe trains on two threads:
+docs/benchmarks.md#train-tiny.
 
     .venv/bin/python bench/train_threads.py [--steps 20] [--warmup 3]
 """

@@ -5,7 +5,8 @@ families (grounding, OCR) to answer directly. A fraction of examples flips the m
 the prompt's instruction saying which, so that `reasoning_effort` can force either mode on
 any question at serving time. Multiple-choice answers are the chosen option's text, which the
 grader resolves like its letter: finding a text among the listed options and copying the letter
-in front of it is a lookup the 4-layer model did not learn in any recipe tried (README).
+in front of it is a lookup the 4-layer model did not learn in any recipe tried
+(docs/experiments.md#multiple-choice-lookup).
 """
 
 from __future__ import annotations
