@@ -23,7 +23,7 @@ from serve.engines.base import EngineError, EngineFailed, EngineOverloaded, Engi
 
 from .adapters import AdapterRegistry, Lease
 from .config import ServeConfig
-from .errors import APIError, invalid, overloaded
+from .errors import APIError, invalid, overloaded, store_unavailable
 from .fanout import Fanout
 from .images import ImageLimits
 from .metrics import Metrics
@@ -33,6 +33,7 @@ from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, Ch
 from .reasoning_split import ReasoningSplitter, split_text
 from .tool_calls import parse_answer
 from .tool_protocol import DeltaFunction, DeltaToolCall, ToolCallOut
+from .store import StoreUnavailable
 from .store.writer import StoreWriter
 
 log = logging.getLogger("serve.chat")
@@ -80,6 +81,8 @@ def engine_error(exc: Exception) -> APIError:
         return overloaded()
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, StoreUnavailable):  # the answer was made but could not be logged: not acknowledged
+        return store_unavailable(exc)
     if isinstance(exc, EngineUnavailable):
         return APIError(503, "The engine is not running (starting or shutting down); retry later.",
                         type="server_error", code="engine_unavailable", headers={"Retry-After": "5"})
@@ -261,7 +264,7 @@ class ChatService:
                 yield self._chunk(call, i, Delta(), finish_reason=finish)
             if req.stream_options and req.stream_options.include_usage:
                 yield self._chunk_obj(call, [], usage=_usage(finished))
-        except (EngineError, APIError) as exc:
+        except (EngineError, APIError, StoreUnavailable) as exc:
             yield engine_error(exc)
         except Exception as exc:  # noqa: BLE001 - the headers are sent: report in-band, keep serving
             log.exception("stream %s failed", call.id)

@@ -13,10 +13,12 @@ from typing import Any, Callable, Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .request_id import HEADER, request_id
+from .store import StoreUnavailable
 
 log = logging.getLogger("serve")
 
@@ -48,6 +50,17 @@ def not_found(message: str, param: str | None = None, code: str = "not_found") -
 
 def conflict(message: str, param: str | None = None, code: str = "conflict") -> APIError:
     return APIError(409, message, param=param, code=code)
+
+
+def store_unavailable(exc: "StoreUnavailable") -> APIError:
+    """503 naming the storage that failed (disk full, read-only): nothing of the request was kept."""
+    if exc.full:
+        message = (f"The interaction store is full ({exc.where}: {exc.reason}); this request was not kept. "
+                   "Free space there, then retry.")
+    else:
+        message = f"The interaction store is unavailable ({exc.where}: {exc.reason}); retry later."
+    return APIError(503, message, type="server_error", code="store_full" if exc.full else "store_unavailable",
+                    headers={"Retry-After": "10"})
 
 
 def overloaded(retry_after: int = 1) -> APIError:
@@ -128,6 +141,15 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return store_unavailable(exc).response()
+
+    @app.exception_handler(OperationalError)
+    async def _store_read(request: Request, exc: OperationalError) -> JSONResponse:
+        # a read in a worker thread (the writer thread's failures arrive as StoreUnavailable already)
+        return store_unavailable(request.app.state.store.unavailable(exc)).response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,6 +15,7 @@ thread that commits many requests together (`writer.StoreWriter`), feedback in a
 
 from __future__ import annotations
 
+import errno
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +34,17 @@ class UnknownInteraction(LookupError):
     """Feedback names an interaction id (or choice) the store does not have."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The store could not take a write or answer a read (disk full, read-only, unreachable); `where` names it."""
+
+    def __init__(self, where: str, cause: BaseException):
+        self.where = where
+        self.reason = str(getattr(cause, "orig", None) or cause).strip() or type(cause).__name__
+        # SQLITE_FULL reads "database or disk is full"; a file write says ENOSPC
+        self.full = getattr(cause, "errno", None) == errno.ENOSPC or "is full" in self.reason.lower()
+        super().__init__(f"{where}: {self.reason}")
+
+
 class Store:
     """Interactions, feedback and images of one deployment."""
 
@@ -41,6 +53,9 @@ class Store:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # what a storage failure names: the database file, or the URL without its password
+        self.where = (parsed.database if self.is_sqlite and parsed.database and parsed.database != ":memory:"
+                      else parsed.render_as_string(hide_password=True))
         self.engine = create_engine(url, future=True)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -51,6 +66,14 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def unavailable(self, exc: BaseException) -> BaseException:
+        """`exc` as StoreUnavailable when it is the storage failing (the database, or the image files), else itself."""
+        if isinstance(exc, OperationalError):
+            return StoreUnavailable(self.where, exc)
+        if isinstance(exc, OSError):
+            return StoreUnavailable(str(self.blobs.root), exc)
+        return exc
 
     def pragma(self, name: str) -> Any:
         """Read a SQLite PRAGMA (tests check WAL is on)."""

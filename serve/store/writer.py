@@ -9,6 +9,7 @@ rows in one transaction (one fsync) and then resolves each caller's future. A su
 acknowledged only once the transaction that holds it has committed. If a transaction fails, its
 submissions are written again one at a time, so only the one at fault fails. Other writes (feedback)
 run on the same thread, in order (`call`), so no write of the gateway waits on SQLite's lock.
+A failure of the storage itself (disk full, read-only) reaches the caller as `StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -116,14 +117,13 @@ class StoreWriter:
             if batch:
                 self._write(batch)
 
-    @staticmethod
-    def _run_call(item: _Call) -> None:
+    def _run_call(self, item: _Call) -> None:
         if not item.future.set_running_or_notify_cancel():
             return  # its caller went away before it ran: nothing was acknowledged
         try:
             item.future.set_result(item.fn())
         except Exception as exc:  # noqa: BLE001 - handed to the caller
-            item.future.set_exception(exc)
+            item.future.set_exception(self.store.unavailable(exc))
 
     def _write(self, batch: list[_Submission]) -> None:
         try:
@@ -134,7 +134,7 @@ class StoreWriter:
         except Exception as exc:  # noqa: BLE001 - handed to the callers
             if len(batch) == 1:
                 if not batch[0].future.cancelled():
-                    batch[0].future.set_exception(exc)
+                    batch[0].future.set_exception(self.store.unavailable(exc))
                 return
             log.warning("group commit of %d requests failed (%s); writing them one by one", len(batch), exc)
             for item in batch:
