@@ -96,7 +96,8 @@ def validate_adapter(path: str | Path, shapes: dict[str, tuple[int, int]]) -> di
                     raise EngineError(f"adapter {folder}: {key} has shape {tuple(tensor.shape)}, which does not fit "
                                       f"{module} (in {n_in}, out {n_out})")
                 if not torch.isfinite(tensor).all():
-                    raise EngineError(f"adapter {folder}: {key} contains NaN or infinite values")
+                    raise EngineError(f"adapter {folder}: {key} in adapter_model.safetensors contains NaN or infinite "
+                                      "values")
                 ranks.setdefault(module, {})[ab] = tensor.shape[0] if ab == "A" else tensor.shape[1]
     except EngineError:
         raise
