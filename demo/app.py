@@ -126,22 +126,25 @@ def build_app(gateway: Gateway, examples: list[dict], rl_metrics: str | Path | N
                     effort = gr.Radio(EFFORTS, value="auto", label="Reasoning effort", scale=3)
                     regen = gr.Button("Regenerate", scale=1)
                     reset = gr.Button("New chat", scale=1)
-                example_set = gr.Examples(examples, inputs=[box], label="Examples (one click asks it)")
             with gr.Column(scale=2):
                 with gr.Group():
                     gr.Markdown("### Feedback on an answer")
-                    target = gr.Dropdown(choices=[], label="Answer", interactive=True)
+                    target = gr.Dropdown(choices=[], label="Answer to rate", interactive=True)
                     with gr.Row():
                         up = gr.Button("👍 Good", elem_id="thumbs-up")
                         down = gr.Button("👎 Bad", elem_id="thumbs-down")
-                    rating = gr.Radio(["1", "2", "3", "4", "5"], label="Rating (stars)")
-                    correction = gr.Textbox(label="Correct answer", placeholder="what it should have said")
-                    send_btn = gr.Button("Send rating / correct answer", variant="primary")
+                    rating = gr.Radio(["1", "2", "3", "4", "5"], label="Rating (stars)", elem_id="feedback-stars")
+                    correction = gr.Textbox(label="Correct answer", placeholder="what it should have said",
+                                            elem_id="feedback-correction")
+                    send_btn = gr.Button("Send rating / correct answer", variant="primary", elem_id="feedback-send")
                     status = gr.Markdown(elem_id="feedback-status")
-                with gr.Accordion("Served versions", open=True):
-                    table = gr.Dataframe(headers=HEADERS, interactive=False)
-                    note = gr.Markdown()
-                    refresh_btn = gr.Button("Refresh", size="sm")
+                example_set = gr.Examples(examples, inputs=[box], label="Examples (one click asks it)")
+        # Full width: its five columns do not fit beside the chat (the last ones were cut off there).
+        with gr.Accordion("Served versions", open=True, elem_id="versions"):
+            table = gr.Dataframe(headers=HEADERS, interactive=False)
+            with gr.Row():
+                note = gr.Markdown()
+                refresh_btn = gr.Button("Refresh", size="sm", scale=0)
 
         chat_out = [chatbot, turns, box, target]
         box.submit(ask, [box, effort, turns], chat_out, api_name="chat", concurrency_limit=16)

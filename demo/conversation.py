@@ -108,7 +108,7 @@ def answered(turns: list[dict[str, Any]]) -> list[tuple[str, int]]:
     choices = []
     for i, turn in enumerate(turns):
         if turn["id"] and turn["done"]:
-            question = turn["text"] or f"{len(turn['images'])} image(s)"
+            question = " ".join(turn["text"].split()) or f"{len(turn['images'])} image(s)"  # options on one line
             short = question if len(question) <= 40 else question[:39] + "…"
             choices.append((f"#{i + 1} {short} ({turn['version'] or 'base'})", i))
     return choices

@@ -81,6 +81,8 @@ def test_answered_lists_only_finished_answers_and_reset_clears_one():
     turns = [_done("short", version="v0001"), failed, long]
     assert answered(turns) == [("#1 short (v0001)", 0), ("#3 a question that is much longer than for…"
                                                           " (base)", 2)]
+    options = _done("Which bar is the largest?\nA. cat\nB. car", id="chatcmpl-3")
+    assert answered([options]) == [("#1 Which bar is the largest? A. cat B. car (base)", 0)]  # one line
     fresh = reset_answer(long)
     assert fresh["text"] == long["text"] and fresh["answer"] == "" and fresh["id"] is None and not fresh["done"]
 
