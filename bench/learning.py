@@ -1,19 +1,22 @@
-"""Benchmark: G²RPO vs GRPO vs Dr.GRPO, online rounds from the same checkpoint and seeds.
+"""Benchmark: does the online loop make the served model better, within a time budget, per estimator and seed?
 
-For each estimator: a fresh `openvlthinker serve` on the shipped tiny model, a fresh LoRA
-(same initialisation), then N rounds of the real loop (`online_rl.rounds.run_round`:
-rollouts through the API, graders, advantages, update, publish, load, gate, promote) on the
-multi-task ShapeWorld mix: a fixed training pool (`--pool` questions per family, the same
-draws for every estimator) or new train-split questions every round (`--pool 0`). The served
-model is scored greedily on a held-out eval set (per family) and on the pool, before the first
-and after the last round, and on the held-out set with `--eval-samples` answers per question
-sampled at temperature 1.0 (the API's default temperature, so what a client that sets none gets).
-Prints a per-task table (eval accuracy before/after, the worst task's gain, rollout reward,
-entropy and length per task over the first and last rounds) and writes learning curves.
+For each estimator and seed: a fresh `openvlthinker serve` on the shipped tiny model and the
+product's own loop (`online_rl.loop.run`: its prompts, refills, update, publish, statistical gate,
+promote and rollback, at the loop's defaults for the model, i.e. its profile) for `--minutes` of
+loop time. The model users get (the served alias) answers `--eval-per-family` fresh held-out
+ShapeWorld questions per family greedily at the start, every `--eval-every` minutes and at the end;
+those questions come from the eval split after the gate's, so the loop never trains or gates on them.
+The time spent scoring them is not counted in the budget.
 
-    .venv/bin/python bench/learning.py [--rounds 16] [--lr 2e-4] [--pool 0] [--estimators g2rpo,grpo,dr_grpo]
-                                       [--eval-per-family 16] [--entropy-coef 0.02] [--kl-coef 0]
-                                       [--temperature 1.0] [--updates 4] [--eval-samples 4] [--train-families ...]
+Prints, per estimator and seed, the held-out gain per family and on the mean of families with 95%
+bootstrap intervals over questions (paired: the same questions before and after); across seeds, the
+estimators' mean gains and the differences between estimators, with intervals; and the policy's
+movement (approx KL between consecutive versions, clip fractions, the share of held-out answers that
+changed). Writes results.json and PNG curves: held-out score per family over loop time, rollout length
+and entropy per task per round.
+
+    .venv/bin/python bench/learning.py [--minutes 30] [--seeds 0,1,2] [--estimators g2rpo,grpo,dr_grpo]
+                                       [--eval-per-family 40] [--eval-every 10] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -30,239 +33,265 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
+from online_rl import loop
 from online_rl.client import GatewayClient
 from online_rl.config import RLConfig
-from online_rl.gate import AlwaysPromote, Gate
-from online_rl.loop import gate_prompts, served_policy, shapeworld_prompts
-from online_rl.policy import UpdateConfig
-from online_rl.rounds import Prompt, graded_accuracy, messages_for, metadata_for, run_round, target_for
+from online_rl.evaluate import graded_accuracy, messages_for, metadata_for
+from online_rl.profiles import profile_for
+from online_rl.prompts import Prompt
 from openvlthinker.models import DEFAULT_MODEL
 from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
+from openvlthinker.versions import pinned_model
 from serve.launcher import ServerProcess
 
-WINDOW = 3  # rounds averaged at the start and the end of the rollout curves
+HELD_OUT_OFFSET = 100_000  # eval-split index of the first held-out question; the gate takes the first few dozen
+BOOTSTRAP = 2000
 
 
-def pool_prompts(per_family: int) -> list[Prompt]:
-    """A fixed training pool (a small dataset): train-split questions of every family."""
-    return [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("train", 30_000_000 + i))
+def held_out(per_family: int) -> list[Prompt]:
+    """Fresh eval-split questions of every family, far past the gate's (no overlap, never trained on)."""
+    return [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("eval", HELD_OUT_OFFSET + i))
                                                   for i in range(per_family) for f in FAMILIES)]
 
 
-def round_prompts(pool: list[Prompt], count: int, index: int, seed: int) -> list[Prompt]:
-    """The round's prompts: families in turn, each a seeded draw from its part of the pool.
+def score(client: GatewayClient, prompts: list[Prompt], max_tokens: int,
+          model: str = "openvlthinker") -> tuple[list[float], list[str]]:
+    """Greedy accuracy and answer text of `model` (default: the served alias) on each prompt (8 in flight)."""
 
-    Every estimator gets the same draws; a round's task mix never depends on luck, so the
-    per-round mean reward stays comparable across rounds.
-    """
-    import random
-
-    rng = random.Random(seed * 1_000_003 + index)
-    by_family: dict[str, list[Prompt]] = {}
-    for prompt in pool:
-        by_family.setdefault(prompt.record.task, []).append(prompt)
-    draws = {family: rng.sample(items, len(items)) for family, items in by_family.items()}
-    families = list(draws)
-    return [draws[families[i % len(families)]][(i // len(families)) % len(draws[families[i % len(families)]])]
-            for i in range(count)]
-
-
-def eval_prompts(per_family: int) -> list[Prompt]:
-    """A fixed eval set: eval-split questions of every family, after the gate's (no overlap)."""
-    offset = 1000
-    return [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("eval", offset + i))
-                                                  for i in range(per_family) for f in FAMILIES)]
-
-
-def evaluate(client: GatewayClient, prompts: list[Prompt], model: str, max_tokens: int,
-             samples: int = 0) -> dict[str, float]:
-    """Accuracy per task of `model` on `prompts` (8 requests in flight): greedy, or with `samples` > 0 the
-    mean over that many answers sampled at temperature 1.0 (the API's default), seeded per question."""
-
-    def one(item: tuple[int, Prompt]) -> tuple[str, float]:
-        index, prompt = item
-        resp = client.chat(messages_for(prompt), model=model, temperature=1.0 if samples else 0.0,
-                           n=max(1, samples), seed=index if samples else None, max_tokens=max_tokens,
+    def one(prompt: Prompt) -> tuple[float, str]:
+        resp = client.chat(messages_for(prompt), model=model, temperature=0.0, max_tokens=max_tokens,
                            metadata=metadata_for(prompt.record, source="rl-gate"))
-        choices = resp["choices"]
-        return prompt.record.task, sum(graded_accuracy(prompt, c["message"]) for c in choices) / len(choices)
+        message = resp["choices"][0]["message"]
+        return graded_accuracy(prompt, message), message.get("content") or ""
 
     with ThreadPoolExecutor(8) as pool:
-        scores = list(pool.map(one, enumerate(prompts)))
-    out = {task: sum(s for t, s in scores if t == task) / sum(1 for t, _ in scores if t == task)
-           for task in dict.fromkeys(t for t, _ in scores)}
-    out["mean"] = sum(out.values()) / len(out)
+        pairs = list(pool.map(one, prompts))
+    return [a for a, _ in pairs], [t for _, t in pairs]
+
+
+def family_means(values: np.ndarray, tasks: np.ndarray) -> dict[str, float]:
+    """Per-family mean of per-question values (last axis), and "mean": the mean over families."""
+    out = {t: values[..., tasks == t].mean(axis=-1) for t in FAMILIES}
+    out["mean"] = np.mean([out[t] for t in FAMILIES], axis=0)
     return out
 
 
-def run_estimator(name: str, args: argparse.Namespace, run_dir: Path, evalset: list[Prompt],
-                  pool: list[Prompt]) -> dict:
-    """N rounds of the loop with one advantage estimator against its own fresh server."""
+def resample(n_seeds: int, n_questions: int, tasks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap indices (B, seeds, questions), resampling questions within each family."""
+    idx = np.empty((BOOTSTRAP, n_seeds, n_questions), dtype=np.int64)
+    for t in FAMILIES:
+        where = np.flatnonzero(tasks == t)
+        idx[..., where] = rng.choice(where, size=(BOOTSTRAP, n_seeds, where.size))
+    return idx
+
+
+def interval(diffs: np.ndarray, tasks: np.ndarray, rng: np.random.Generator) -> dict[str, tuple[float, float, float]]:
+    """Family and mean gains averaged over seeds, with 95% bootstrap intervals: diffs is (seeds, questions)."""
+    point = family_means(diffs.mean(axis=0), tasks)
+    idx = resample(diffs.shape[0], diffs.shape[1], tasks, rng)
+    boot = np.take_along_axis(np.broadcast_to(diffs, idx.shape), idx, axis=-1).mean(axis=1)  # (B, questions)
+    draws = family_means(boot, tasks)
+    return {k: (float(point[k]), *map(float, np.percentile(draws[k], [2.5, 97.5]))) for k in point}
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace, run_dir: Path, evalset: list[Prompt]) -> dict:
+    """The product's loop with one estimator and seed, against its own fresh server, for args.minutes of loop time."""
     admin = secrets.token_hex(8)
-    adapters = run_dir / "adapters"
-    server = ServerProcess(["--model", args.model, "--run-dir", str(run_dir / "serve"), "--adapters-dir", str(adapters),
-                            "--admin-key", admin, "--max-batch", "16", "--max-queue", "256", "--log-level", "warning"],
-                           log_path=run_dir / "serve.log")
+    server = ServerProcess(["--model", args.model, "--run-dir", str(run_dir / "serve"), "--adapters-dir",
+                            str(run_dir / "adapters"), "--admin-key", admin, "--max-batch", "16", "--max-queue", "256",
+                            "--log-level", "warning"], log_path=run_dir / "serve.log")
     try:
-        cfg = RLConfig(endpoint=server.url, admin_key=admin, model=args.model, adapters_dir=str(adapters),
-                       advantage=name, group_size=args.group_size, prompts_per_round=args.prompts,
-                       max_new_tokens=args.max_tokens, gate_margin=args.gate_margin or 1.0, seed=args.seed,
-                       rollout_temperature=args.temperature,
-                       update=UpdateConfig(lr=args.lr, entropy_coef=args.entropy_coef, kl_coef=args.kl_coef,
-                                           updates_per_round=args.updates))
-        torch.manual_seed(args.seed)  # the same LoRA initialisation for every estimator
-        policy = served_policy(cfg, None)
+        values = {**profile_for(args.model), **args.overrides, "advantage": name, "seed": seed}
+        cfg = RLConfig.from_mapping({**values, "endpoint": server.url, "admin_key": admin})
         client = GatewayClient(server.url, "none", admin)
-        # Without --gate-margin every well-formed version is promoted (24 gate questions, as before the loop's gate
-        # was sized by statistics); with it, the loop's own gate decides.
-        rules = Gate(cfg.gate_spec()) if args.gate_margin else AlwaysPromote(cfg.gate_spec())
-        gate = gate_prompts(cfg.gate_spec().questions if args.gate_margin else 24)
-        working = None
-        before = evaluate(client, evalset, "openvlthinker", args.max_tokens)
-        sampled_before = evaluate(client, evalset, "openvlthinker", args.max_tokens, args.eval_samples) \
-            if args.eval_samples else None
-        pool_before = evaluate(client, pool, "openvlthinker", args.max_tokens) if pool else None
-        rounds = []
-        for index in tqdm(range(args.rounds), desc=name, unit="round"):
-            prompts = (round_prompts(pool, args.prompts, index, args.seed) if pool
-                       else shapeworld_prompts(args.prompts, index, args.train_families))
-            result = run_round(client, policy, prompts, gate, cfg, index, target=target_for(client, cfg, working),
-                               gate=rules)
-            rounds.append({"round": index, "promoted": result.promoted, **result.metrics})
-            working = result.working
-            if result.version and result.decision not in ("promote", "keep"):  # as the loop does
-                policy = served_policy(cfg, client.adapters().get("promoted"))
-        after = evaluate(client, evalset, "openvlthinker", args.max_tokens)
-        sampled_after = evaluate(client, evalset, "openvlthinker", args.max_tokens, args.eval_samples) \
-            if args.eval_samples else None
-        pool_after = evaluate(client, pool, "openvlthinker", args.max_tokens) if pool else None
+        evals: list[dict] = []
+        working: list[str | None] = [None]  # the trainer's unpromoted version (the gate kept the served one)
+
+        def evaluate(loop_s: float, rounds: int) -> None:
+            acc, texts = score(client, evalset, cfg.max_new_tokens)
+            row = {"loop_s": loop_s, "rounds": rounds, "accuracy": acc, "texts": texts,
+                   "served": client.adapters().get("promoted"), "trainer": working[0]}
+            if working[0]:  # what the loop would serve without its gate: a diagnostic, not the product's score
+                row["trainer_accuracy"] = score(client, evalset, cfg.max_new_tokens, pinned_model("openvlthinker",
+                                                                                                  working[0]))[0]
+            evals.append(row)
+
+        evaluate(0.0, 0)
+        budget, loop_s, mark = args.minutes * 60, 0.0, time.monotonic()
+        next_eval = args.eval_every * 60
+        bar = tqdm(total=int(budget), desc=f"{name} seed {seed}", unit="s")
+
+        def after_round(index: int, result) -> bool:
+            nonlocal loop_s, mark, next_eval
+            loop_s += time.monotonic() - mark
+            working[0] = result.working
+            bar.update(min(int(loop_s) - bar.n, int(budget) - bar.n))
+            done = loop_s >= budget
+            if done or loop_s >= next_eval:
+                evaluate(loop_s, index + 1)
+                next_eval += args.eval_every * 60
+            mark = time.monotonic()
+            return done
+
+        torch.manual_seed(seed)  # the LoRA initialisation of this seed, the same for every estimator
+        loop.run(cfg, 0, run_dir / "rl", log=lambda *a: None, after_round=after_round)
+        bar.close()
     finally:
         server.stop()
-    return {"estimator": name, "before": before, "after": after, "rounds": rounds, "pool_before": pool_before,
-            "pool_after": pool_after, "sampled_before": sampled_before, "sampled_after": sampled_after}
+    rows = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"estimator": name, "seed": seed, "config": {k: v for k, v in values.items()}, "evals": evals,
+            "rounds": rows}
 
 
-def _window(rounds: list[dict], key: str, last: bool) -> float:
-    rows = rounds[-WINDOW:] if last else rounds[:WINDOW]
-    values = [r[key] for r in rows if key in r]
-    return sum(values) / len(values) if values else float("nan")
+def _movement(rows: list[dict]) -> str:
+    """One line on how far the policy moved per round."""
+    mean = lambda key: np.nanmean([r.get(key, np.nan) for r in rows]) if rows else float("nan")  # noqa: E731
+    decisions = [r.get("decision", "") for r in rows]
+    return (f"{len(rows)} rounds, {decisions.count('promote')} promoted / {decisions.count('keep')} kept / "
+            f"{decisions.count('reject')} rejected / {decisions.count('rolled_back')} rolled back; per round: "
+            f"version KL {mean('version_kl'):.2e}, clip fraction {mean('train_clip_frac'):.3f}, "
+            f"gate answers changed {mean('gate_answers_changed'):.2f}, {mean('wall_s'):.1f} s")
 
 
-def report(results: list[dict]) -> str:
-    """The comparison table, one block per estimator."""
-    tasks = [t for t in results[0]["before"] if t != "mean"]
-    lines = []
+def report(results: list[dict], evalset: list[Prompt], rng: np.random.Generator) -> str:
+    """Per run: gains with intervals; per estimator over seeds; differences between estimators."""
+    tasks = np.array([p.record.task for p in evalset])
+    lines, per_est = [], {}
     for res in results:
-        rounds = res["rounds"]
-        gains = {t: res["after"][t] - res["before"][t] for t in tasks}
-        worst = min(gains, key=gains.get)
-        wall = sum(r.get("wall_s", 0.0) for r in rounds) / max(1, len(rounds))
-        promoted = sum(r["promoted"] for r in rounds)
-        lines.append(f"\n== {res['estimator']}: eval mean {res['before']['mean']:.3f} -> {res['after']['mean']:.3f} "
-                     f"({res['after']['mean'] - res['before']['mean']:+.3f}), worst task {worst} {gains[worst]:+.3f}, "
-                     f"{promoted}/{len(rounds)} versions promoted, {wall:.1f} s per round")
-        if res.get("pool_before"):
-            lines.append(f"   training pool (greedy): {res['pool_before']['mean']:.3f} -> {res['pool_after']['mean']:.3f}"
-                         f" ({res['pool_after']['mean'] - res['pool_before']['mean']:+.3f})")
-        sb, sa = res.get("sampled_before"), res.get("sampled_after")
-        if sb:
-            lines.append(f"   held-out sampled at temperature 1.0: {sb['mean']:.3f} -> {sa['mean']:.3f} "
-                         f"({sa['mean'] - sb['mean']:+.3f})")
-        lines.append(f"{'task':<18}{'eval before':>12}{'eval after':>11}{'gain':>8}"
-                     + (f"{'sampled':>16}{'gain':>8}" if sb else "")
-                     + f"{'rollout acc':>16}{'rollout reward':>16}{'entropy':>13}{'length':>10}")
-        for t in tasks:
-            ra = f"{_window(rounds, f'accuracy/{t}', False):.3f}->{_window(rounds, f'accuracy/{t}', True):.3f}"
-            rr = f"{_window(rounds, f'reward/{t}', False):.3f}->{_window(rounds, f'reward/{t}', True):.3f}"
-            en = f"{_window(rounds, f'train_entropy/{t}', False):.2f}->{_window(rounds, f'train_entropy/{t}', True):.2f}"
-            ln = f"{_window(rounds, f'length/{t}', False):.0f}->{_window(rounds, f'length/{t}', True):.0f}"
-            sampled = f"{f'{sb[t]:.3f}->{sa[t]:.3f}':>16}{sa[t] - sb[t]:>+8.3f}" if sb else ""
-            lines.append(f"{t:<18}{res['before'][t]:>12.3f}{res['after'][t]:>11.3f}{gains[t]:>+8.3f}{sampled}"
-                         f"{ra:>16}{rr:>16}{en:>13}{ln:>10}")
+        first, last = res["evals"][0], res["evals"][-1]
+        diff = np.array(last["accuracy"]) - np.array(first["accuracy"])
+        gains = interval(diff[None], tasks, rng)
+        base = family_means(np.array(first["accuracy"]), tasks)
+        changed = np.mean([a != b for a, b in zip(first["texts"], last["texts"])])
+        per_est.setdefault(res["estimator"], []).append(diff)
+        lines.append(f"\n== {res['estimator']} seed {res['seed']}: {last['loop_s'] / 60:.1f} min of loop, serving "
+                     f"{last['served'] or 'the base model'}; {_movement(res['rounds'])}; held-out answers changed "
+                     f"{changed:.2f}")
+        trainer = next((e for e in reversed(res["evals"]) if "trainer_accuracy" in e), None)
+        if trainer is not None:
+            t = interval((np.array(trainer["trainer_accuracy"]) - np.array(first["accuracy"]))[None], tasks, rng)
+            lines.append(f"   the trainer's unpromoted {trainer['trainer']} (kept out by the gate) at {trainer['loop_s'] / 60:.1f}"
+                         f" min: mean gain {t['mean'][0]:+.3f} [{t['mean'][1]:+.3f}, {t['mean'][2]:+.3f}]; "
+                         + ", ".join(f"{k} {t[k][0]:+.3f}" for k in FAMILIES))
+        lines.append(f"{'task':<20}{'before':>8}{'after':>8}{'gain':>8}   95% interval")
+        for key in [*FAMILIES, "mean"]:
+            g, lo, hi = gains[key]
+            lines.append(f"{key:<20}{float(base[key]):>8.3f}{float(base[key]) + g:>8.3f}{g:>+8.3f}   [{lo:+.3f}, {hi:+.3f}]")
+    lines.append("\n== over seeds (mean gain, 95% bootstrap interval over questions)")
+    lines.append(f"{'estimator':<10}{'seeds':>6}{'mean gain':>28}{'worst family':>36}")
+    summary = {}
+    for name, diffs in per_est.items():
+        gains = interval(np.stack(diffs), tasks, rng)
+        summary[name] = np.stack(diffs)
+        worst = min(FAMILIES, key=lambda t: gains[t][0])
+        g, lo, hi = gains["mean"]
+        wg, wlo, whi = gains[worst]
+        lines.append(f"{name:<10}{len(diffs):>6}{g:>+10.3f} [{lo:+.3f}, {hi:+.3f}]"
+                     f"{worst:>18} {wg:+.3f} [{wlo:+.3f}, {whi:+.3f}]")
+    names = list(summary)
+    for other in names[1:]:
+        if summary[other].shape != summary[names[0]].shape:
+            continue
+        d = interval(summary[names[0]] - summary[other], tasks, rng)["mean"]
+        verdict = "inside the noise" if d[1] <= 0 <= d[2] else ("ahead" if d[1] > 0 else "behind")
+        lines.append(f"{names[0]} - {other}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] on the mean gain ({verdict})")
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path) -> None:
-    """Rollout reward per round (mean and per task) for every estimator, one panel each."""
+def plot(results: list[dict], evalset: list[Prompt], path: Path) -> None:
+    """Held-out score per family over loop time (mean over seeds) and rollout length/entropy per task per round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), sharey=True, squeeze=False)
-    for ax, res in zip(axes[0], results):
-        rounds = res["rounds"]
-        xs = [r["round"] for r in rounds]
-        for key in sorted({k for r in rounds for k in r if k.startswith("reward/")}):
-            ax.plot(xs, [r.get(key, float("nan")) for r in rounds], alpha=0.5, label=key.split("/", 1)[1])
-        ax.plot(xs, [r["reward_mean"] for r in rounds], color="black", linewidth=2, label="mean")
-        ax.set_title(f"{res['estimator']}: eval {res['before']['mean']:.2f} -> {res['after']['mean']:.2f}")
-        ax.set_xlabel("round")
-    axes[0][0].set_ylabel("rollout reward (the round's prompts)")
+    tasks = np.array([p.record.task for p in evalset])
+    names = list(dict.fromkeys(r["estimator"] for r in results))
+    fig, axes = plt.subplots(3, len(names), figsize=(5 * len(names), 11), squeeze=False)
+    for col, name in enumerate(names):
+        runs = [r for r in results if r["estimator"] == name]
+        ax = axes[0][col]
+        for key in [*FAMILIES, "mean"]:
+            curves = [[(e["loop_s"] / 60, float(family_means(np.array(e["accuracy"]), tasks)[key])) for e in r["evals"]]
+                      for r in runs]
+            for i, curve in enumerate(curves):
+                xs, ys = zip(*curve)
+                ax.plot(xs, ys, color="black" if key == "mean" else None, linewidth=2 if key == "mean" else 1,
+                        alpha=1.0 if key == "mean" else 0.6, marker="o", label=key if i == 0 else None)
+        ax.set_title(f"{name}: held-out greedy score ({len(runs)} seeds)")
+        ax.set_xlabel("loop minutes")
+        for row, (prefix, label) in enumerate([("length/", "rollout length (tokens)"),
+                                               ("train_entropy/", "token entropy (band 0.2-0.6)")], start=1):
+            ax = axes[row][col]
+            for key in FAMILIES:
+                for i, r in enumerate(runs):
+                    pts = [(x["round"], x[prefix + key]) for x in r["rounds"] if prefix + key in x]
+                    if pts:
+                        xs, ys = zip(*pts)
+                        ax.plot(xs, ys, alpha=0.6, color=f"C{FAMILIES.index(key)}", label=key if i == 0 else None)
+            if prefix == "train_entropy/":
+                ax.axhspan(0.2, 0.6, color="grey", alpha=0.15)
+            ax.set_xlabel("round")
+            ax.set_ylabel(label)
     axes[0][-1].legend(fontsize=7)
+    axes[1][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (an RLConfig field), got {text!r}")
+    for kind in (int, float):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return key.strip(), kind(value)
+        except ValueError:
+            pass
+    return key.strip(), yaml.safe_load(value)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--estimators", default="g2rpo,grpo,dr_grpo")
-    parser.add_argument("--rounds", type=int, default=16)
-    parser.add_argument("--prompts", type=int, default=16, help="prompts per round")
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=UpdateConfig.lr, help="LoRA learning rate (default: the loop's own)")
-    parser.add_argument("--kl-coef", type=float, default=UpdateConfig.kl_coef,
-                        help="KL to the base model per token (0: none, as in the paper)")
-    parser.add_argument("--entropy-coef", type=float, default=UpdateConfig.entropy_coef,
-                        help="weight of the entropy band penalty (docs/method.md §4; 0 turns it off)")
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=RLConfig.rollout_temperature,
-                        help="sampling temperature of the rollouts (the held-out eval is greedy, and at 1.0 for "
-                             "--eval-samples)")
-    parser.add_argument("--updates", type=int, default=UpdateConfig.updates_per_round,
-                        help="optimizer steps per round")
-    parser.add_argument("--pool", type=int, default=0,
-                        help="training pool: questions per family drawn from each round (0 = new questions every round)")
-    parser.add_argument("--gate-margin", type=float, default=None,
-                        help="gate with the loop's statistical gate at this margin (default: promote every "
-                             "well-formed version, so the estimators are compared and not the gate's noise)")
-    parser.add_argument("--train-families", default=",".join(FAMILIES),
-                        help="task families the rounds train on (comma-separated; the eval covers all six)")
-    parser.add_argument("--eval-per-family", type=int, default=16)
-    parser.add_argument("--eval-samples", type=int, default=4,
-                        help="answers per held-out question sampled at temperature 1.0 (0: greedy eval only)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--minutes", type=float, default=30.0, help="loop time per run (scoring the held-out set "
+                                                                    "excluded)")
+    parser.add_argument("--eval-every", type=float, default=10.0, help="loop minutes between held-out scorings")
+    parser.add_argument("--eval-per-family", type=int, default=40)
+    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
+                        help="an RLConfig field over the profile's value, e.g. --set lr=1e-3 (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-learning"))
     args = parser.parse_args()
-    if args.eval_samples < 0 or args.eval_per_family < 1 or args.rounds < 1:
-        parser.error("--eval-samples must be >= 0, --eval-per-family and --rounds >= 1")
-    args.train_families = [f.strip() for f in args.train_families.split(",") if f.strip()]
-    unknown = sorted(set(args.train_families) - set(FAMILIES))
-    if unknown or not args.train_families:
-        parser.error(f"--train-families: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(FAMILIES)}")
+    if args.minutes <= 0 or args.eval_every <= 0 or args.eval_per_family < 1:
+        parser.error("--minutes and --eval-every must be > 0, --eval-per-family >= 1")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    args.overrides = dict(args.overrides)
+    RLConfig.from_mapping({**profile_for(args.model), **args.overrides})  # a bad --set fails here, not after a run
     torch.set_num_threads(1)
 
-    evalset = eval_prompts(args.eval_per_family)
-    pool = [p for p in pool_prompts(args.pool) if p.record.task in args.train_families] if args.pool else []
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = [run_estimator(name, args, args.out / stamp / name, evalset, pool) for name in args.estimators.split(",")]
-    (args.out / stamp / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"{args.rounds} rounds x {args.prompts} prompts x G={args.group_size}, lr {args.lr}, "
-          f"{args.updates} updates per round, rollout temperature {args.temperature}, "
-          f"entropy coef {args.entropy_coef}, kl coef {args.kl_coef}, "
-          f"{'pool of ' + str(args.pool) + ' per family' if args.pool else 'new prompts each round'}, "
-          f"training on {'all families' if len(args.train_families) == len(FAMILIES) else ', '.join(args.train_families)}, "
-          f"gate margin {args.gate_margin or 'none: every version promoted'}, "
-          f"eval {args.eval_per_family} per family (held out), seed {args.seed}")
-    print(report(results))
-    png = args.out / stamp / "learning.png"
-    plot(results, png)
-    print(f"\nlearning curves: {png}")
+    evalset = held_out(args.eval_per_family)
+    out = args.out / time.strftime("%Y%m%d-%H%M%S")
+    results = []
+    for name in args.estimators.split(","):
+        for seed in seeds:
+            results.append(run_one(name, seed, args, out / f"{name}-seed{seed}", evalset))
+            (out / "results.json").write_text(json.dumps(results))
+    print(f"{args.minutes:g} min of loop per run, held-out {args.eval_per_family} per family, seeds {seeds}, "
+          f"profile {profile_for(args.model)}, overrides {args.overrides or 'none'}")
+    print(report(results, evalset, np.random.default_rng(0)))
+    plot(results, evalset, out / "learning.png")
+    print(f"\ncurves: {out / 'learning.png'}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Loop flags; each overrides the same RLConfig field from --config."""
     parser.add_argument("action", nargs="?", default="run", choices=["run", "plot"])
     parser.add_argument("--config", help="YAML file of RLConfig fields (flags override it)")
+    parser.add_argument("--profile", default="auto", choices=["auto", "tiny", "none"],
+                        help="defaults for the base model under the config file and flags (online_rl/profiles.py); "
+                             "auto: the served model's own (tiny for the shipped model), none: RLConfig's")
     parser.add_argument("--endpoint")
     parser.add_argument("--api-key")
     parser.add_argument("--admin-key")
@@ -38,6 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metrics, state and plots; the state belongs to one server and base model")
 
 
+def _profile(name: str, cfg) -> dict:
+    """The profile's values: by name, or for `auto` the one of the model the server serves."""
+    from .profiles import PROFILES, profile_for
+
+    if name != "auto":
+        return dict(PROFILES[name])
+    if cfg.model:
+        return profile_for(cfg.model)
+    from .client import GatewayClient
+    from .server import read_server
+
+    info = read_server(GatewayClient(cfg.endpoint, cfg.api_key, cfg.admin_key))
+    return profile_for(info.get("model_path") or info["model"])
+
+
 def run(args: argparse.Namespace) -> int:
     """Plot, or build the config (defaults < YAML < flags) and run the rounds."""
     from online_rl import loop
@@ -63,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--rounds, --every and --min-new must be >= 0")
     if not args.poll_s > 0:
         raise ValueError(f"--poll-s must be > 0, got {args.poll_s}")
-    cfg = RLConfig.from_mapping(values)
+    cfg = RLConfig.from_mapping({**_profile(args.profile, RLConfig.from_mapping(values)), **values})
     torch.set_num_threads(1)
     try:
         loop.run(cfg, args.rounds, args.out, data=args.data, image_root=args.image_root, every=args.every,

@@ -88,21 +88,16 @@ def _start_demo(args: argparse.Namespace, api_url: str, keys: Keys, run_dir: Pat
 
 
 def _start_loop(args: argparse.Namespace, api_url: str, keys: Keys, model: str, run_dir: Path) -> subprocess.Popen:
-    """`openvlthinker rl` for as long as `up` runs, logging to RUN_DIR/rl.log (it resumes from RUN_DIR/rl)."""
-    from openvlthinker.models import DEFAULT_MODEL
+    """`openvlthinker rl` for as long as `up` runs, logging to RUN_DIR/rl.log (it resumes from RUN_DIR/rl).
 
+    Its settings are the model's loop profile (online_rl/profiles.py: the tiny one for the shipped model).
+    """
     with open(run_dir / "rl.log", "ab") as log:  # the child holds its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", api_url, "--admin-key", keys.admin,
              *(["--api-key", keys.api] if keys.api else []),
              "--model", model, "--adapters-dir", str(run_dir / "adapters"), "--rounds", "0",
-             "--min-new", str(args.rl_min_new), "--group-size", "4", "--prompts-per-round", "8",
-             "--out", str(run_dir / "rl"),
-             # On the shipped tiny model its reading-text updates do harm: 16 rounds of G²RPO at the
-             # loop's lr take the held-out mean 0.407 -> 0.374 with the OCR questions and -> 0.465
-             # without them; at lr 5e-4 with them, -> 0.301 (bench/learning.py, README). Other models
-             # train on every task, as in the paper.
-             *(["--skip-tasks", "ocr"] if model == DEFAULT_MODEL else [])],
+             "--min-new", str(args.rl_min_new), "--out", str(run_dir / "rl")],
             stdout=log, stderr=subprocess.STDOUT)
 
 

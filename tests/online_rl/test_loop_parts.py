@@ -155,3 +155,16 @@ def test_the_length_targets_survive_a_restart(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({**state.to_json(), "lengths": {"ocr": ["long"]}}))
     with pytest.raises(ValueError, match="lengths must map task names"):
         load_state(tmp_path / "bad.json", SERVER)
+
+
+def test_the_shipped_model_has_its_own_loop_profile(tmp_path):
+    from online_rl.cli import _profile
+    from online_rl.profiles import PROFILES, TINY, profile_for
+    from openvlthinker.models import DEFAULT_MODEL
+
+    assert profile_for(DEFAULT_MODEL) == TINY and profile_for(str(tmp_path)) == {} and profile_for(None) == {}
+    RLConfig.from_mapping(TINY)  # every value is a valid RLConfig/UpdateConfig field
+    assert _profile("auto", RLConfig(model=DEFAULT_MODEL)) == TINY and _profile("none", RLConfig()) == PROFILES["none"]
+    # The order is profile < config file < flags: a value given explicitly wins over the profile's.
+    merged = RLConfig.from_mapping({**TINY, "lr": 1e-5})
+    assert merged.update.lr == 1e-5
