@@ -55,3 +55,16 @@ def test_streamed_tool_calls_and_extras_on_vllm(trained_client):
         trained_client.chat.completions.create(**base, response_format={"type": "json_schema", "json_schema": {
             "name": "x", "schema": {"type": "objectx"}}})
     assert err.value.body["param"] == "response_format.json_schema.schema"
+
+
+def test_responses_function_call_and_json_format_on_vllm(trained_client):
+    tools = [{"type": "function", **t["function"]} for t in TOOLS]
+    r = trained_client.responses.create(model="openvlthinker", input="How many circles are there?", tools=tools,
+                                        tool_choice={"type": "function", "name": "count"}, temperature=0,
+                                        reasoning={"effort": "low"}, max_output_tokens=200)
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert [c.name for c in calls] == ["count"] and json.loads(calls[0].arguments)["shape"] in ("circle", "square")
+    j = trained_client.responses.create(model="openvlthinker", input="How many circles are there?", temperature=0,
+                                        reasoning={"effort": "none"}, max_output_tokens=200,
+                                        text={"format": {"type": "json_schema", "name": "shape", "schema": SHAPE}})
+    assert json.loads(j.output_text)["shape"] in ("circle", "square", "triangle")
