@@ -84,7 +84,8 @@ def engine_error(exc: Exception) -> APIError:
     if isinstance(exc, StoreUnavailable):  # the answer was made but could not be logged: not acknowledged
         return store_unavailable(exc)
     if isinstance(exc, EngineUnavailable):
-        return APIError(503, "The engine is not running (starting or shutting down); retry later.",
+        # the engine's own words say which (vLLM restarting after a crash, the engine process starting, ...)
+        return APIError(503, f"The engine is not serving right now: {exc}. Retry later.",
                         type="server_error", code="engine_unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, EngineFailed):
         return APIError(500, f"Generation failed inside the engine: {exc}", type="server_error", code="engine_failed")
