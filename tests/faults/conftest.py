@@ -60,8 +60,14 @@ class Gateway(ServerProcess):
 
     def engine_pids(self) -> list[int]:
         """The gateway's child processes (the transformers engine's decoding process)."""
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(p) for p in path.read_text().split()] if path.exists() else []
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(") ", 1)[1].split()[1]) == self.proc.pid:
+                    found.append(int(stat.parent.name))
+            except (OSError, IndexError, ValueError):
+                pass
+        return found
 
 
 def _gateways() -> Iterator[Callable[..., Gateway]]:

@@ -56,6 +56,7 @@ def test_kill_9_during_writes_loses_no_acknowledged_interaction_or_feedback(gate
     run = tmp_path / "run"
     server = gateway(run)
     engine = server.engine_pids()
+    assert engine, "no engine process found beside the gateway"
     acked: dict[str, list[str]] = {"interactions": [], "feedback": []}
     failures: list[str] = []
     stop = threading.Event()
