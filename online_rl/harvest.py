@@ -92,18 +92,31 @@ def staleness_number(version: str | None) -> int:
     return version_number(version) or 0
 
 
-def _question_and_images(client: GatewayClient, item: dict[str, Any]) -> tuple[str, list[Any]]:
-    """The last user message's text and its images (fetched by sha256 from the server)."""
-    users = [m for m in item["request"]["messages"] if m["role"] == "user"]
-    parts = users[-1]["content"] if users else []
-    text = "\n".join(p["text"] for p in parts if p.get("type") == "text")
+def _images(client: GatewayClient, parts: list[dict[str, Any]]) -> list[Any] | None:
+    """The image parts' images, fetched by sha256 from the server; None when the server lacks one."""
     images = []
     for p in parts:
         if p.get("type") == "image":
             raw = client.image(p["sha256"])
-            if raw is not None:
-                images.append(Image.open(io.BytesIO(raw)).convert("RGB"))
-    return text, images
+            if raw is None:
+                return None
+            images.append(Image.open(io.BytesIO(raw)).convert("RGB"))
+    return images
+
+
+def _question_and_images(client: GatewayClient, item: dict[str, Any]) -> tuple[str, list[Any] | None]:
+    """The last user message's text and its images: the question a round asks again, on its own (images None:
+    the server no longer has one of them)."""
+    users = [m for m in item["request"]["messages"] if m["role"] == "user"]
+    parts = users[-1]["content"] if users else []
+    text = "\n".join(p["text"] for p in parts if p.get("type") == "text")
+    return text, _images(client, parts)
+
+
+def conversation_images(client: GatewayClient, item: dict[str, Any]) -> list[Any] | None:
+    """Every image of the conversation, in order: what the logged prompt's token ids hold (None: one is gone)."""
+    parts = [p for m in item["request"]["messages"] if isinstance(m.get("content"), list) for p in m["content"]]
+    return _images(client, parts)
 
 
 def _pending(item: dict[str, Any], answer: str) -> PendingPrompt | None:
@@ -127,6 +140,8 @@ def materialize(client: GatewayClient, pending: PendingPrompt) -> Prompt | None:
     if item is None:
         return None
     text, images = _question_and_images(client, item)
+    if images is None:
+        return None  # counted as lost, like an interaction the server no longer has
     record = TaskRecord(problem_id=f"{pending.interaction_id}:{pending.choice_index}",
                         problem="<image>" * len(images) + text, problem_type=pending.problem_type,
                         answer=pending.answer, task_type=pending.task_type, images=())
@@ -159,7 +174,9 @@ def harvest(client: GatewayClient, feedback_cursor: str | None, interaction_curs
             continue
         if newest - staleness_number(item.get("adapter_version")) > max_staleness:
             continue  # too stale for importance weights to be trusted
-        _, images = _question_and_images(client, item)
+        images = conversation_images(client, item)
+        if images is None:
+            continue  # an image the server no longer has: the prompt's tokens cannot be scored without it
         out.logged.append(Rollout(
             prompt_ids=item["prompt_token_ids"], completion_ids=item["completion_token_ids"],
             behaviour_logprobs=item["logprobs"], images=images, reward=reward, accuracy=reward,

@@ -129,15 +129,19 @@ class LoraPolicy:
         return cls(model, processor, cfg, device)
 
     def usable(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
-        """The rollouts this policy can score: none whose completion holds an image placeholder.
+        """The rollouts this policy can score: none whose completion holds an image placeholder, and none whose
+        prompt holds another number of images than the rollout carries.
 
-        Such a token has no pixels behind it, so the model cannot run on the sequence (a server
-        that does not ban them, or an old log, may still hand one in).
+        A placeholder in the completion has no pixels behind it, so the model cannot run on the sequence (a
+        server that does not ban them, or an old log, may still hand one in); nor can it when the prompt's
+        image blocks and the images disagree (one batch of such a rollout would fail the whole update).
         """
         tok = self.processor.tokenizer
         vision = {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")}
         vision.discard(tok.unk_token_id)
-        return [r for r in rollouts if not vision.intersection(r.completion_ids)]
+        start = tok.convert_tokens_to_ids("<|vision_start|>")
+        return [r for r in rollouts if not vision.intersection(r.completion_ids)
+                and (start == tok.unk_token_id or r.prompt_ids.count(start) == len(r.images))]
 
     def token_stats(self, rollouts: Sequence[Rollout], grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logprobs and entropies of each completion token under the current policy: (B, Tc) x2, mask."""

@@ -31,16 +31,22 @@ def test_user_feedback_flows_into_a_round(tmp_path):
         url = server.url
         sample = generate("math_reasoning", split_seed("train", 5))
 
-        def ask(metadata=None):
+        question = [{"role": "user", "content": [image_part(sample.image),
+                                                 {"type": "text", "text": "How many circles are there?"}]}]
+
+        def ask(metadata=None, history=()):
             body = {"model": "openvlthinker", "max_tokens": 48, "temperature": 1.0, "metadata": metadata or {},
-                    "messages": [{"role": "user", "content": [image_part(sample.image),
-                                                              {"type": "text", "text": "How many circles are there?"}]}]}
+                    "messages": [*history, *question]}
             return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()["id"]
 
         def feedback(**kw):
             assert httpx.post(f"{url}/v1/feedback", json=kw, timeout=30).status_code == 200
 
-        thumbs, stars, corrected = ask(), ask(), ask()
+        earlier = [{"role": "user", "content": [image_part(generate("chart", 3).image),
+                                                {"type": "text", "text": "Which bar is the largest?"}]},
+                   {"role": "assistant", "content": "The red one."}]
+        # A rated answer in a conversation with two images: its prompt's tokens hold both, so both are trained with.
+        thumbs, stars, corrected = ask(), ask(history=earlier), ask()
         referenced = ask({"problem_type": "math", "reference_answer": "2"})
         ask({"problem_type": "math", "reference_answer": "9", "source": "rl-rollout"})  # the loop's own: skipped
         feedback(id=thumbs, thumbs="down")
@@ -58,6 +64,7 @@ def test_user_feedback_flows_into_a_round(tmp_path):
         assert all(len(p.images) == 1 and p.images[0].size == sample.image.size for p in prompts)
         assert all(p.record.problem_type == "math" and "circles" in p.record.problem for p in prompts)
         assert sorted(r.reward for r in found.logged) == [0.0, 1.0] and all(r.off_policy for r in found.logged)
+        assert sorted(len(r.images) for r in found.logged) == [1, 2]
         assert found.feedback_cursor and found.interaction_cursor
         assert harvest(client, found.feedback_cursor, found.interaction_cursor, None, 4).logged == []  # consumed
         assert harvest(client, None, None, current_version="v0009", max_staleness=4).logged == []  # too stale

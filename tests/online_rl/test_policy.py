@@ -133,6 +133,11 @@ def test_completions_with_image_placeholders_are_not_trained_on(tiny_path):
     good = Rollout(prompt_ids=[1, 2], completion_ids=[7, 8], behaviour_logprobs=[0.0, 0.0])
     bad = Rollout(prompt_ids=[1, 2], completion_ids=[7, pad], behaviour_logprobs=[0.0, 0.0])
     assert policy.usable([good, bad, good]) == [good, good]
+    # A conversation's prompt with two images but one image carried (a harvest that lost one) is not scored.
+    start = policy.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    img = generate("chart", 0).image
+    two = Rollout(prompt_ids=[start, pad, 9, start, pad], completion_ids=[7], behaviour_logprobs=[0.0], images=[img])
+    assert policy.usable([two]) == [] and policy.usable([Rollout(**{**two.__dict__, "images": [img, img]})])
 
 
 def test_the_step_token_mean_weighs_every_token_alike(tiny_path):
