@@ -103,7 +103,10 @@ def build_config(args: argparse.Namespace):
         import yaml
 
         with open(args.config, encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh) or {}
+            try:
+                loaded = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:  # a message naming the file and the place, not a traceback
+                raise ValueError(f"{args.config} is not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a mapping of serve options")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})

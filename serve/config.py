@@ -21,6 +21,8 @@ ENGINES = ("transformers", "vllm")
 HTTP_IMPLS = ("auto", "httptools", "h11")
 LOOPS = ("auto", "uvloop", "asyncio")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+_NUMBER_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,)}  # annotation -> accepted value types
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false"}
 
 
 def _key_list(value: Any) -> list[str]:
@@ -91,6 +93,7 @@ class ServeConfig:
     max_loras: int = 4  # adapter versions resident on the GPU at once (promoted + canary + rollback + spare)
 
     def __post_init__(self) -> None:
+        self._check_number_types()
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid: {', '.join(ENGINES)}")
         for name, valid in (("http", HTTP_IMPLS), ("loop", LOOPS)):
@@ -117,6 +120,19 @@ class ServeConfig:
             raise ValueError("remote_timeout_s must be > 0")
         self._check_auth()
         self._check_remote_images()
+
+    def _check_number_types(self) -> None:
+        """A YAML file can give any type: a number or switch field must be one (`max_batch: many` is an error
+        naming it, not a Python traceback)."""
+        for f in fields(self):
+            names = [name.strip() for name in str(f.type).split("|")]
+            accepted = tuple(t for name in names for t in _NUMBER_TYPES.get(name, ()))
+            value = getattr(self, f.name)
+            if not accepted or (value is None and "None" in names):
+                continue
+            if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+                what = " or ".join(_TYPE_WORDS.get(n, n) for n in names if n != "None")
+                raise ValueError(f"{f.name} must be {what}, got {value!r}")
 
     def _check_auth(self) -> None:
         for name in ("api_key", "admin_key", "api_key_file"):

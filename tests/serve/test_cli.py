@@ -44,6 +44,21 @@ def test_invalid_options_are_clear(tmp_path):
         ServeConfig(loop="trio")  # the YAML file's way in, which argparse's choices do not guard
 
 
+@pytest.mark.parametrize("text, message", [
+    ("max_batch: many\n", "max_batch must be an integer, got 'many'"),
+    ("port: abc\n", "port must be an integer"),
+    ("remote_timeout_s: soon\n", "remote_timeout_s must be a number"),
+    ("engine_process: 1\n", "engine_process must be true or false"),
+    ("port: [8000\n", "is not valid YAML: .*line 2"),
+])
+def test_a_config_file_of_the_wrong_types_or_not_yaml_names_the_problem(tmp_path, text, message):
+    """Found by scripts/bad-inputs.py: these were a TypeError or a YAML traceback, not a message."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        build_config(parse("--config", str(bad)))
+
+
 def test_http_stack_flags_reach_the_config():
     assert (build_config(parse()).http, build_config(parse()).loop) == ("auto", "auto")
     cfg = build_config(parse("--http", "h11", "--loop", "asyncio"))
