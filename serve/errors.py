@@ -95,8 +95,9 @@ def _validation_message(err: dict[str, Any], param: str | None) -> str:
         return f"Unsupported parameter: {param!r} is not accepted by this server."
     if err.get("type") == "missing":
         return f"Missing required parameter: {param!r}."
-    msg = err.get("msg", "invalid value")
-    return f"Invalid value for {param!r}: {msg}" if param else msg
+    # a ValueError raised by one of our validators reads "Value error, <our sentence>": keep the sentence
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    return f"Invalid value for {param!r}: {msg}" if param else msg[:1].upper() + msg[1:]
 
 
 def _kind(err: dict[str, Any]) -> str:
