@@ -97,7 +97,7 @@ def _validation_message(err: dict[str, Any], param: str | None) -> str:
         return f"Missing required parameter: {param!r}."
     # a ValueError raised by one of our validators reads "Value error, <our sentence>": keep the sentence
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
-    return f"Invalid value for {param!r}: {msg}" if param else msg[:1].upper() + msg[1:]
+    return f"Invalid value for {param!r}: {msg}" if param else msg
 
 
 def _kind(err: dict[str, Any]) -> str:

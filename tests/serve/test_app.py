@@ -337,7 +337,7 @@ def test_messages_of_our_validators_read_as_our_sentences(make_client):
     """pydantic prefixes a validator's ValueError with 'Value error, '; the client gets the sentence alone."""
     client = make_client()
     r = client.post("/v1/feedback", json={"id": "chatcmpl-x"})
-    assert r.json()["error"]["message"] == "Give at least one of thumbs, rating, score or correction"
+    assert r.json()["error"]["message"] == "give at least one of thumbs, rating, score or correction"
     r = client.post("/v1/chat/completions", json={"model": "scripted-model", "logit_bias": {"x": 1},
                                                   "messages": [{"role": "user", "content": "hi"}]})
     assert r.json()["error"]["message"].startswith("Invalid value for 'logit_bias': logit_bias keys are token ids")
