@@ -221,8 +221,16 @@ def plot(results: list[dict], evalset: list[Prompt], path: Path) -> None:
                       for r in runs]
             for i, curve in enumerate(curves):
                 xs, ys = zip(*curve)
-                ax.plot(xs, ys, color="black" if key == "mean" else None, linewidth=2 if key == "mean" else 1,
+                ax.plot(xs, ys, color="black" if key == "mean" else f"C{FAMILIES.index(key)}",
+                        linewidth=2 if key == "mean" else 1,
                         alpha=1.0 if key == "mean" else 0.6, marker="o", label=key if i == 0 else None)
+        for i, r in enumerate(runs):  # the trainer's version the gate kept out, where there was one (a diagnostic)
+            pts = [(0.0, float(family_means(np.array(r["evals"][0]["accuracy"]), tasks)["mean"]))]
+            pts += [(e["loop_s"] / 60, float(family_means(np.array(e["trainer_accuracy"]), tasks)["mean"]))
+                    for e in r["evals"] if "trainer_accuracy" in e]
+            if len(pts) > 1:
+                ax.plot(*zip(*pts), color="black", linestyle="--", marker="x",
+                        label="mean, trainer's version (not served)" if i == 0 else None)
         ax.set_title(f"{name}: held-out greedy score ({len(runs)} seeds)")
         ax.set_xlabel("loop minutes")
         for row, (prefix, label) in enumerate([("length/", "rollout length (tokens)"),
