@@ -3,20 +3,27 @@
 `LoraPolicy.update` is one G²RPO round: score every rollout once without gradients (the
 proximal "old" logprobs), then micro-batched PPO steps with the token-mean clipped loss,
 the per-task entropy band penalty and gradient clipping. The vision tower stays frozen
-(LoRA targets only the language model's linears). Works on CPU or GPU.
+(LoRA targets only the language model's linears). The base is a Qwen3-VL model or any causal LM
+(`openvlthinker.models.load` decides from its config.json); it runs on the CPU or a CUDA device in
+float32 or bfloat16 (`openvlthinker/models/placement.py`), with gradient checkpointing on CUDA by
+default. Token logprobs and entropies come from `online_rl/logprobs.py`, which never makes the
+B×T×V logits, and each optimizer step reports its peak memory (`online_rl/memory.py`).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from openvlthinker.rl import entropy_band_penalty, policy_loss, token_entropy
+from openvlthinker.rl import entropy_band_penalty, policy_loss
 
+from .logprobs import completion_stats
+from .memory import StepMemory
 from .rollout import Rollout
 
 
@@ -69,8 +76,7 @@ class UpdateConfig:
 
 
 def _batch(rollouts: Sequence[Rollout], processor, pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-padded model inputs for prompt+completion, and the completion positions."""
-    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    """Right-padded model inputs for prompt+completion: with image inputs for a vision-language processor."""
     seqs = [r.prompt_ids + r.completion_ids for r in rollouts]
     width = max(map(len, seqs))
     n = len(seqs)
@@ -79,6 +85,9 @@ def _batch(rollouts: Sequence[Rollout], processor, pad_id: int, device) -> dict[
     for i, seq in enumerate(seqs):
         ids[i, : len(seq)] = torch.tensor(seq)
         attn[i, : len(seq)] = 1
+    if not hasattr(processor, "image_processor"):  # a causal LM's tokenizer: text rows only (see usable)
+        return {"input_ids": ids.to(device), "attention_mask": attn.to(device)}
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     out = {"input_ids": ids, "attention_mask": attn, "mm_token_type_ids": (ids == image_token).long() * attn}
     images = [img for r in rollouts for img in r.images]
     if images:
@@ -101,58 +110,85 @@ def _completion_view(rollouts: Sequence[Rollout], width: int) -> tuple[torch.Ten
     return pos.clamp(max=width - 1), tgt, mask
 
 
-class LoraPolicy:
-    """A base model with one trainable LoRA adapter, its processor and optimizer."""
+def _checkpoint_layers(model) -> None:
+    """Recompute each decoder layer's activations in the backward (in train mode only, as transformers does it)."""
+    # Non-reentrant checkpointing reaches the LoRA weights inside a layer whether or not the layer's input requires
+    # grad (the reentrant kind needs enable_input_require_grads for that, which transformers also calls for PEFT).
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the older name warns there
+        model.activation_checkpointing_enable(kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
-    def __init__(self, model, processor, cfg: UpdateConfig, device: str | torch.device = "cpu"):
+
+class LoraPolicy:
+    """A base model with one trainable LoRA adapter, its processor (or a causal LM's tokenizer) and optimizer."""
+
+    def __init__(self, model, processor, cfg: UpdateConfig, device: str | torch.device = "cpu",
+                 chunk_tokens: int | None = None):
         self.model, self.processor, self.cfg, self.device = model, processor, cfg, torch.device(device)
-        self.pad_id = processor.tokenizer.pad_token_id
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.vision = hasattr(processor, "image_processor")
+        # Padding is masked out of attention and loss, so a tokenizer without a pad token may pad with anything.
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.chunk_tokens = chunk_tokens  # tokens per LM-head chunk (None: online_rl.logprobs.CHUNK_BYTES' worth)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the policy has no trainable parameters (is the LoRA adapter trainable?)")
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     @classmethod
-    def create(cls, base_path: str, cfg: UpdateConfig, *, adapter_path: str | None = None,
-               lora_r: int = 16, lora_alpha: int = 32, device: str = "cpu", dtype=None) -> "LoraPolicy":
-        """Load the base model and a fresh LoRA, or continue training an existing adapter folder."""
+    def create(cls, base_path: str, cfg: UpdateConfig, *, adapter_path: str | None = None, lora_r: int = 16,
+               lora_alpha: int = 32, device: str = "cpu", dtype: str = "auto",
+               grad_checkpointing: bool | None = None) -> "LoraPolicy":
+        """Load the base model and a fresh LoRA, or continue training an existing adapter folder.
+
+        device: auto, cpu, cuda or cuda:N; dtype: auto (bfloat16 on CUDA, float32 on the CPU), float32 or
+        bfloat16, the base model's; grad_checkpointing: None is on for CUDA, off on the CPU.
+        """
         from peft import PeftModel, get_peft_model
 
-        from openvlthinker.models import load, lora_config
+        from openvlthinker.models import check_placement, load, lora_config, resolve_device, resolve_dtype
 
-        base, processor = load(base_path, device=device, dtype=dtype)
+        check_placement(device, dtype, grad_checkpointing)
+        where = resolve_device(device)
+        base, processor = load(base_path, device=str(where), dtype=resolve_dtype(dtype, where))
+        # PEFT keeps the LoRA weights in float32 on a bf16 base (autocast_adapter_dtype): AdamW's updates of
+        # ~lr x 1e-3 would round away in bf16, and the adapter is a sliver of the memory.
         if adapter_path is not None:
             model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
         else:
             model = get_peft_model(base, lora_config(r=lora_r, alpha=lora_alpha))
-        model.to(device)
-        return cls(model, processor, cfg, device)
+        model.to(where)
+        if grad_checkpointing if grad_checkpointing is not None else where.type == "cuda":
+            _checkpoint_layers(model.get_base_model())
+        return cls(model, processor, cfg, where)
 
     def usable(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
-        """The rollouts this policy can score: none whose completion holds an image placeholder, and none whose
-        prompt holds another number of images than the rollout carries.
+        """The rollouts this policy can score: none whose completion holds an image placeholder, none whose
+        prompt holds another number of images than the rollout carries, and none with images for a text model.
 
         A placeholder in the completion has no pixels behind it, so the model cannot run on the sequence (a
         server that does not ban them, or an old log, may still hand one in); nor can it when the prompt's
         image blocks and the images disagree (one batch of such a rollout would fail the whole update).
         """
-        tok = self.processor.tokenizer
+        tok = self.tokenizer
         vision = {tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")}
         vision.discard(tok.unk_token_id)
+        vision.discard(None)  # a tokenizer without these tokens and without an unk token
         start = tok.convert_tokens_to_ids("<|vision_start|>")
         return [r for r in rollouts if not vision.intersection(r.completion_ids)
-                and (start == tok.unk_token_id or r.prompt_ids.count(start) == len(r.images))]
+                and (self.vision or not r.images)
+                and (start in (tok.unk_token_id, None) or r.prompt_ids.count(start) == len(r.images))]
 
     def token_stats(self, rollouts: Sequence[Rollout], grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logprobs and entropies of each completion token under the current policy: (B, Tc) x2, mask."""
+        """Logprobs and entropies of each completion token under the current policy: (B, Tc) x2 (0 off the mask),
+        mask."""
         batch = _batch(rollouts, self.processor, self.pad_id, self.device)
         pos, tgt, mask = _completion_view(rollouts, batch["input_ids"].shape[1])
         pos, tgt, mask = pos.to(self.device), tgt.to(self.device), mask.to(self.device)
         with torch.set_grad_enabled(grad):
-            logits = self.model(**batch).logits
-            picked = torch.gather(logits, 1, pos[..., None].expand(-1, -1, logits.shape[-1])).float()
-            logp = torch.log_softmax(picked, dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
-            ent = token_entropy(picked)
+            logp, ent = completion_stats(self.model, batch, pos, tgt, mask, self.chunk_tokens)
         return logp, ent, mask
 
     def update(self, rollouts: Sequence[Rollout], advantages: torch.Tensor) -> dict[str, float]:
@@ -168,30 +204,44 @@ class LoraPolicy:
         # Split the round into `updates_per_round` optimizer steps of whole micro-batches.
         chunks = list(range(0, len(rollouts), cfg.micro_batch))
         per_step = max(1, math.ceil(len(chunks) / cfg.updates_per_round))
+        steps = [chunks[i : i + per_step] for i in range(0, len(chunks), per_step)]
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}  # per key: per-task metrics exist only in micro-batches with that task
-        for step_start in range(0, len(chunks), per_step):
-            self.optimizer.zero_grad(set_to_none=True)
-            step_chunks = chunks[step_start : step_start + per_step]
-            tokens = [sum(len(r.completion_ids) for r in rollouts[start : start + cfg.micro_batch])
-                      for start in step_chunks]
-            for k, start in enumerate(step_chunks):
-                part = rollouts[start : start + cfg.micro_batch]
-                share = tokens[k] / sum(tokens) if cfg.token_mean == "step" else 1.0 / len(step_chunks)
-                metrics = self._micro_step(part, old[chunks.index(start)], advantages[start : start + len(part)],
-                                           loss_scale=share, penalty_scale=1.0 / len(step_chunks))
+        peaks = {"peak_mem_mb": 0.0, "peak_mem_growth_mb": 0.0}  # the round's largest step, not a mean
+        for step in steps:
+            with StepMemory(self.device) as memory:
+                step_metrics = self._optimizer_step(rollouts, [old[chunks.index(s)] for s in step], advantages, step)
+            for metrics in step_metrics:
                 for key, value in metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
                     counts[key] = counts.get(key, 0) + 1
-            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
-            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm)
-            counts["grad_norm"] = counts.get("grad_norm", 0) + 1
-            self.optimizer.step()
+            peaks = {"peak_mem_mb": max(peaks["peak_mem_mb"], memory.peak_mb),
+                     "peak_mem_growth_mb": max(peaks["peak_mem_growth_mb"], memory.growth_mb)}
         self.model.eval()
-        out = {k: v / counts[k] for k, v in totals.items()}
+        out = {**{k: v / counts[k] for k, v in totals.items()}, **peaks}
         drift = self.version_kl(rollouts[: cfg.micro_batch], old[0])
         if drift is not None:
             out["version_kl"] = drift
+        return out
+
+    def _optimizer_step(self, rollouts: Sequence[Rollout], old: list[torch.Tensor], advantages: torch.Tensor,
+                        starts: list[int]) -> list[dict[str, float]]:
+        """One optimizer step over the micro-batches beginning at `starts`; their metrics, then the step's own."""
+        cfg, began = self.cfg, time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = [sum(len(r.completion_ids) for r in rollouts[start : start + cfg.micro_batch]) for start in starts]
+        out = []
+        for k, start in enumerate(starts):
+            part = rollouts[start : start + cfg.micro_batch]
+            share = tokens[k] / sum(tokens) if cfg.token_mean == "step" else 1.0 / len(starts)
+            out.append(self._micro_step(part, old[k], advantages[start : start + len(part)], loss_scale=share,
+                                        penalty_scale=1.0 / len(starts)))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the step's time includes its kernels, not only their launch
+        out.append({"grad_norm": norm, "step_s": time.perf_counter() - began})
         return out
 
     def version_kl(self, rollouts: Sequence[Rollout], before: torch.Tensor) -> float | None:
