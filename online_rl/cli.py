@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from openvlthinker.models.placement import DTYPE_NAMES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Loop flags; each overrides the same RLConfig field from --config."""
@@ -35,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-new", type=int, default=0,
                         help="start a round once N users' prompts or ratings wait (default: at once)")
     parser.add_argument("--poll-s", type=float, default=5.0, help="with --min-new: seconds between looks (default 5)")
+    parser.add_argument("--device", help="the trainer's torch device: auto (cuda if available, default), cpu, cuda, "
+                                         "cuda:N")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES,
+                        help="the base model's dtype in the trainer: auto (bfloat16 on CUDA, float32 on the CPU; "
+                             "default), float32, bfloat16")
+    parser.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="recompute activations in the backward (default: on for CUDA, off on the CPU)")
     parser.add_argument("--data", help="OneThinker-format file of prompts (default: ShapeWorld train)")
     parser.add_argument("--image-root")
     parser.add_argument("--out", type=Path, default=Path("runs/rl"),
@@ -72,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(values, dict):
         raise ValueError(f"{args.config}: expected a mapping of RLConfig fields")
     for key in ("endpoint", "api_key", "admin_key", "model", "adapters_dir", "advantage", "group_size",
-                "prompts_per_round", "lr", "gate_margin", "gate_confidence", "max_refills"):
+                "prompts_per_round", "lr", "gate_margin", "gate_confidence", "max_refills", "device", "dtype",
+                "grad_checkpointing"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if args.skip_tasks is not None:

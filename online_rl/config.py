@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from openvlthinker.models import check_placement
 from openvlthinker.rl import ADVANTAGES
 
 from .gate import GateSpec
@@ -56,6 +57,11 @@ class RLConfig:
     # 0 turns it off.
     length_weight: float = 0.1
     seed: int = 0
+    # The trainer's torch device (auto, cpu, cuda, cuda:N), its dtype (auto: bfloat16 on CUDA, float32 on the CPU;
+    # float32; bfloat16) and gradient checkpointing (None: on for CUDA, off on the CPU); see models/placement.py.
+    device: str = "auto"
+    dtype: str = "auto"
+    grad_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
         if self.advantage not in ADVANTAGES:
@@ -92,6 +98,7 @@ class RLConfig:
         if isinstance(self.skip_tasks, str) or not all(isinstance(t, str) and t.strip() for t in self.skip_tasks):
             raise ValueError(f"skip_tasks must be a list of task names, got {self.skip_tasks!r}")
         self.skip_tasks = tuple(t.strip() for t in self.skip_tasks)
+        check_placement(self.device, self.dtype, self.grad_checkpointing)
 
     def gate_spec(self) -> GateSpec:
         """The gate's statistics (margin, confidence; the question count follows)."""

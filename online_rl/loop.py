@@ -47,7 +47,8 @@ def _tensorboard(folder: Path):
 def served_policy(cfg: RLConfig, version: str | None) -> LoraPolicy:
     """The trainable policy on a version's weights (its adapter), or a fresh LoRA on the base model for None."""
     adapter = str(version_folder(cfg.adapters_dir, version)) if version else None
-    return LoraPolicy.create(cfg.model, cfg.update, adapter_path=adapter, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
+    return LoraPolicy.create(cfg.model, cfg.update, adapter_path=adapter, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                             device=cfg.device, dtype=cfg.dtype, grad_checkpointing=cfg.grad_checkpointing)
 
 
 def enqueue(pending: list[PendingPrompt], new: list[PendingPrompt], cfg: RLConfig) -> tuple[list[PendingPrompt], int]:
