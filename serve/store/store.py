@@ -21,13 +21,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import create_engine, delete, event, exists, func, insert, inspect, or_, select
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy import create_engine, delete, event, exists, func, insert, or_, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .blobs import BlobStore
-from .models import Base, Feedback, Interaction
+from .models import Feedback, Interaction
+from .schema import check_schema
 
 
 class UnknownInteraction(LookupError):
@@ -59,8 +60,11 @@ class Store:
         self.engine = create_engine(url, future=True)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        try:
+            check_schema(self.engine, self.where)
+        except Exception:  # a refused or unreachable database: leave no pooled connection behind
+            self.engine.dispose()
+            raise
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.blobs = BlobStore(images_dir)
 
@@ -224,27 +228,6 @@ def to_dict(row: Interaction) -> dict[str, Any]:
 def _feedback_dict(f: Feedback) -> dict[str, Any]:
     return {"id": f.id, "created": f.created, "thumbs": f.thumbs, "rating": f.rating, "score": f.score,
             "correction": f.correction, "comment": f.comment, "key_hash": f.key_hash, "trusted": f.trusted}
-
-
-# Columns added after the first release: (table, column). `create_all` makes missing tables but never
-# alters an existing one, so a database from before them gets each one added, NULL in its old rows.
-_ADDED_COLUMNS = (("feedback", "key_hash"), ("feedback", "trusted"))
-
-
-def _add_missing_columns(engine) -> None:
-    """ALTER TABLE ... ADD COLUMN for every column in `_ADDED_COLUMNS` an existing table lacks."""
-    for table, name in _ADDED_COLUMNS:
-        if name in {c["name"] for c in inspect(engine).get_columns(table)}:
-            continue
-        column = Base.metadata.tables[table].columns[name]
-        ddl = f"ALTER TABLE {table} ADD COLUMN {name} {column.type.compile(engine.dialect)}"
-        try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(ddl)
-        except (OperationalError, ProgrammingError):
-            # another process opening the same database added it first; anything else is still missing
-            if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
-                raise
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

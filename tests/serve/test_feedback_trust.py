@@ -76,7 +76,8 @@ def test_a_database_from_before_the_trust_columns_still_opens(tmp_path):
     store.add_interactions([row()])
     store.add_feedback("chatcmpl-1", 0, thumbs="up")
     store.close()
-    with sqlite3.connect(db) as conn:  # what an older release's schema looked like: no key_hash, no trusted
+    with sqlite3.connect(db) as conn:  # what an older release's schema looked like: no key_hash, no trusted,
+        conn.execute("DROP TABLE schema_version")  # and no version row
         conn.execute("ALTER TABLE feedback DROP COLUMN key_hash")
         conn.execute("ALTER TABLE feedback DROP COLUMN trusted")
         assert {r[1] for r in conn.execute("PRAGMA table_info(feedback)")} == {
