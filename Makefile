@@ -1,6 +1,7 @@
 # The whole set-up on a fresh machine is one of two commands:
 #   make run    install into .venv, then serve the tiny model with the RL loop and the demo (offline)
-#   make test   install into .venv (vLLM into .venv-vllm, Debian's chromium for the browser tests),
+#   make test   install into .venv (vLLM into .venv-vllm, Debian's chromium for the browser tests and
+#               postgresql for the store's tests),
 #               then run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,12 +13,12 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install chromium vllm-env test test-fast test-vllm run bench bench-vllm clean
+.PHONY: install chromium postgres vllm-env test test-fast test-vllm run bench bench-vllm clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[serve,rl,demo,dev]"
+	$(PIP) -e ".[serve,rl,demo,dev,postgres]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,12 +32,21 @@ chromium:
 	  $$SUDO apt-get update && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; }
 
+# Debian's postgresql for the store's PostgreSQL tests: they start a throwaway cluster of their own on
+# loopback with its initdb and pg_ctl (tests/serve/postgres.py) and stop it after. Root as for chromium.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "postgresql is missing; install Debian's postgresql as root (apt-get install postgresql)" >&2; exit 1; fi; \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
+
 $(VLLM_STAMP): constraints.txt scripts/vllm-env.sh
 	PYTHON=$(PYTHON) VLLM_VENV=$(VLLM_VENV) scripts/vllm-env.sh
 
 vllm-env: $(VLLM_STAMP)
 
-test: install vllm-env chromium
+test: install vllm-env chromium postgres
 	VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest
 
 # Only the real vLLM engine tests (a gateway on a vLLM child; ~1-2 min on 2 CPU cores).

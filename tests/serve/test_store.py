@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from serve.store import BlobStore, Store, UnknownInteraction
+from tests.serve.postgres import postgres_server, postgres_url  # noqa: F401 - fixtures
 
 
 def row(iid="chatcmpl-1", choice=0, **kw):
@@ -22,22 +23,32 @@ def row(iid="chatcmpl-1", choice=0, **kw):
     return base
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """The same store tests on a SQLite file and on a real PostgreSQL database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path / 'db' / 'serve.db'}"
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'db' / 'serve.db'}", tmp_path / "images")
+def store(store_url, tmp_path):
+    s = Store(store_url, tmp_path / "images")
     yield s
     s.close()
 
 
 def test_sqlite_runs_in_wal_mode_with_full_sync(store):
+    if not store.is_sqlite:
+        pytest.skip("SQLite only")
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
 
 
-def test_round_trip_keeps_every_field(store, tmp_path):
+def test_round_trip_keeps_every_field(store, store_url, tmp_path):
     store.add_interactions([row(), row(choice=1, answer="4")])
     store.close()
-    again = Store(f"sqlite:///{tmp_path / 'db' / 'serve.db'}", tmp_path / "images")  # a new process would see this
+    again = Store(store_url, tmp_path / "images")  # a new process would see this
     items = again.get_interaction("chatcmpl-1")
     assert [i["choice_index"] for i in items] == [0, 1] and items[1]["answer"] == "4"
     first = items[0]

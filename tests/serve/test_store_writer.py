@@ -1,5 +1,5 @@
 """The store's writer thread: concurrent requests committed together, each acknowledged after its commit,
-a bad request failing alone, nothing lost at close (real SQLite files)."""
+a bad request failing alone, nothing lost at close (a real SQLite file and a real PostgreSQL database)."""
 
 import hashlib
 import threading
@@ -10,7 +10,8 @@ from sqlalchemy.exc import IntegrityError
 
 from serve.store import UnknownInteraction
 from serve.store.writer import StoreWriter, WriterClosed
-from tests.serve.test_store import row, store  # noqa: F401 - `store`: a real SQLite store per test (fixture)
+from tests.serve.postgres import postgres_server, postgres_url  # noqa: F401 - fixtures
+from tests.serve.test_store import row, store, store_url  # noqa: F401 - `store`: a real SQLite or PostgreSQL store per test
 
 
 def _gate(store):
