@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .blobs import BlobStore
 from .models import Feedback, Interaction
+from .horizon import hold_writer_lock, visible_horizon
 from .schema import check_schema
 
 
@@ -100,6 +101,7 @@ class Store:
             return [[] for _ in groups]
         statement = insert(Interaction).returning(Interaction.seq, sort_by_parameter_order=True)
         with self.sessions.begin() as session:
+            hold_writer_lock(session)
             seqs = list(session.scalars(statement, flat))
         out, start = [], 0
         for group in groups:
@@ -110,6 +112,7 @@ class Store:
     def add_feedback(self, interaction_id: str, choice_index: int = 0, **fields: Any) -> str:
         """Attach feedback to one choice; returns the feedback id. Raises UnknownInteraction."""
         with self.sessions.begin() as session:
+            hold_writer_lock(session)
             row = session.scalar(select(Interaction).where(
                 Interaction.id == interaction_id, Interaction.choice_index == choice_index))
             if row is None:
@@ -183,6 +186,9 @@ class Store:
             query = query.where(or_(Interaction.has_reference, has_feedback))
         elif gradable is False:
             query = query.where(~Interaction.has_reference, ~has_feedback)
+        horizon = visible_horizon(self.engine, Interaction.seq)
+        if horizon is not None:
+            query = query.where(Interaction.seq <= horizon)
         with self.sessions() as session:
             rows = session.scalars(query).all()
             more = len(rows) > limit
@@ -195,6 +201,9 @@ class Store:
         """Feedback rows with seq > after, oldest first, each with its interaction: how the RL loop
         learns about feedback given long after the interaction itself was paged past."""
         query = select(Feedback).where(Feedback.seq > after).order_by(Feedback.seq).limit(limit + 1)
+        horizon = visible_horizon(self.engine, Feedback.seq)
+        if horizon is not None:
+            query = query.where(Feedback.seq <= horizon)
         with self.sessions() as session:
             rows = session.scalars(query).all()
             more = len(rows) > limit
