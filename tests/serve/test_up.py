@@ -29,15 +29,20 @@ def test_up_serves_runs_the_loop_and_the_demo_and_stops_cleanly(tmp_path, stop):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     children = []
     try:
-        deadline = time.monotonic() + 300
+        deadline, health = time.monotonic() + 300, None
         while time.monotonic() < deadline:
+            if proc.poll() is not None:  # `up` gave up (a port taken, a child that would not start): say why
+                pytest.fail(f"`up` exited with {proc.returncode} before the gateway was up:\n{proc.stdout.read()[-3000:]}")
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                if health.status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.5)
+                pass
+            time.sleep(0.5)
         else:
-            pytest.fail("gateway did not come up")
+            pytest.fail(f"gateway did not come up; last /health: {health.status_code if health else 'no answer'} "
+                        f"{health.text[:500] if health else ''}; serve.log ends:\n{_text(tmp_path / 'serve.log')[-3000:]}")
         key = (tmp_path / "admin.key").read_text().strip()
         assert httpx.get(f"http://127.0.0.1:{port}/v1/adapters", headers={"Authorization": f"Bearer {key}"},
                          timeout=10).status_code == 200
