@@ -16,12 +16,7 @@ from openvlthinker.tiny.text_model import build_text_model
 TEXTS = ["<answer>7</answer>", "<thinking>I count 3 and 4. 3 + 4 = 7.</thinking><answer>7</answer>", "<answer>2</answer>"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/online_rl/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ from openvlthinker.tiny.text_model import text_model_from_shipped
 GOOD, BAD = "<answer>7</answer>", "<answer>8</answer>"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/online_rl/conftest.py
 
 
 @pytest.fixture(scope="module")
