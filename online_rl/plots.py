@@ -59,8 +59,9 @@ def plot(out_dir: str | Path) -> Path:
     color = {t: f"C{i}" for i, t in enumerate(tasks)}
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     ax = axes[0][0]
+    served = [(r["round"], served_scores(r)) for r in rows]
     for task in tasks:
-        pts = [(r["round"], *served_scores(r)[task]) for r in rows if task in served_scores(r)]
+        pts = [(index, *scores[task]) for index, scores in served if task in scores]
         if not pts:
             continue
         xs = [p[0] for p in pts]
