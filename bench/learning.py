@@ -144,7 +144,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, run_dir: Path, evals
     finally:
         server.stop()
     rows = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"estimator": name, "seed": seed, "config": {k: v for k, v in values.items()}, "evals": evals,
+    return {"estimator": name, "seed": seed, "config": dict(values), "evals": evals,
             "rounds": rows}
 
 

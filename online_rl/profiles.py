@@ -13,7 +13,7 @@ from openvlthinker.models import DEFAULT_MODEL
 
 # The shipped tiny ShapeWorld model on a 2-core CPU. No value differs from RLConfig's yet: the larger learning
 # rates, the stronger entropy band and the cooler rollouts tried made the trainer's versions worse on held-out
-# questions (docs/experiments.md#online-learning), and every task family is trained, as in the paper.
+# questions (docs/experiments.md#online-learning-loop), and every task family is trained, as in the paper.
 TINY: dict[str, Any] = {}
 
 PROFILES: dict[str, dict[str, Any]] = {"tiny": TINY, "none": {}}
