@@ -45,7 +45,9 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--vllm-port", "vllm_port", int, "vLLM engine: vLLM's private loopback port (default: any free port)"),
     ("--vllm-start-timeout", "vllm_start_timeout_s", float, "vLLM engine: seconds to wait for vLLM to serve (default 900)"),
     ("--gpu-memory-utilization", "gpu_memory_utilization", float, "vLLM engine: fraction of GPU memory (default vLLM's 0.9)"),
-    ("--tensor-parallel-size", "tensor_parallel_size", int, "vLLM engine: GPUs per replica (default 1)"),
+    ("--tensor-parallel-size", "tensor_parallel_size", int, "vLLM engine: GPUs one model copy is split over (default 1)"),
+    ("--pipeline-parallel-size", "pipeline_parallel_size", int, "vLLM engine: pipeline stages (default 1)"),
+    ("--data-parallel-size", "data_parallel_size", int, "vLLM engine: model copies in the one vLLM server (default 1)"),
     ("--max-model-len", "max_model_len", int, "vLLM engine: context window (default: the model's)"),
     ("--max-lora-rank", "max_lora_rank", int, "vLLM engine: largest adapter rank (default 64)"),
     ("--max-loras", "max_loras", int, "vLLM engine: adapter versions resident at once (default 4)"),
@@ -144,7 +146,9 @@ def _vllm_engine(config, model: str):
     launch = VllmLaunch(model=model, python=python, port=config.vllm_port, max_lora_rank=config.max_lora_rank,
                         max_loras=config.max_loras, max_images=config.max_images,
                         gpu_memory_utilization=config.gpu_memory_utilization,
-                        tensor_parallel_size=config.tensor_parallel_size, max_model_len=config.max_model_len,
+                        tensor_parallel_size=config.tensor_parallel_size,
+                        pipeline_parallel_size=config.pipeline_parallel_size,
+                        data_parallel_size=config.data_parallel_size, max_model_len=config.max_model_len,
                         threads=config.threads, extra_args=list(config.vllm_args))
     return VllmEngine(launch, config.run_path, max_queue=config.max_queue, start_timeout=config.vllm_start_timeout_s)
 

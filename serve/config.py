@@ -87,7 +87,9 @@ class ServeConfig:
     vllm_args: list[str] = field(default_factory=list)  # extra vLLM arguments, passed through last (override ours)
     vllm_start_timeout_s: float = 900.0  # model load + warm-up of a large model on a cold cache
     gpu_memory_utilization: float | None = None  # fraction of the GPU vLLM may take (CPU builds: of RAM); None = vLLM's 0.9
-    tensor_parallel_size: int = 1  # GPUs per replica
+    tensor_parallel_size: int = 1  # GPUs one copy of the model is split over (vLLM's tensor parallelism)
+    pipeline_parallel_size: int = 1  # stages the layers are split into (vLLM's pipeline parallelism)
+    data_parallel_size: int = 1  # copies of the model behind this gateway's one vLLM server (vLLM's data parallelism)
     max_model_len: int | None = None  # context window; None = the model's own
     max_lora_rank: int = 64  # largest LoRA rank vLLM reserves room for
     max_loras: int = 4  # adapter versions resident on the GPU at once (promoted + canary + rollback + spare)
@@ -182,7 +184,8 @@ class ServeConfig:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len is not None and self.max_model_len < 16:
             raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
-        for name in ("tensor_parallel_size", "max_lora_rank", "max_loras"):
+        for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "max_lora_rank",
+                     "max_loras"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 

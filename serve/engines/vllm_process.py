@@ -43,6 +43,8 @@ class VllmLaunch:
     max_images: int = 8
     gpu_memory_utilization: float | None = None  # None: vLLM's default
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
     max_model_len: int | None = None
     threads: int | None = None  # CPU builds: OpenMP threads of the worker (None: vLLM decides)
     extra_args: list[str] = field(default_factory=list)
@@ -54,6 +56,8 @@ class VllmLaunch:
                "--host", self.host, "--port", str(self.port),
                "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
                "--tensor-parallel-size", str(self.tensor_parallel_size),
+               "--pipeline-parallel-size", str(self.pipeline_parallel_size),
+               "--data-parallel-size", str(self.data_parallel_size),
                # top_logprobs=20 needs 21: vLLM lists the sampled token before the top ones
                "--max-logprobs", "21",
                # answers held to a JSON schema come as llguidance (Lark) grammars, see engines/grammar.py

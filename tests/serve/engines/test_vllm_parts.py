@@ -62,8 +62,12 @@ def test_launch_command_and_environment(tmp_path, monkeypatch):
     text_only = tmp_path / "m"
     text_only.mkdir()
     (text_only / "config.json").write_text('{"architectures": ["Qwen3ForCausalLM"]}')
-    launch = VllmLaunch(model=str(text_only), python="/py", port=1234, threads=1, extra_args=["--dtype float32"])
+    launch = VllmLaunch(model=str(text_only), python="/py", port=1234, threads=1, tensor_parallel_size=2,
+                        data_parallel_size=4, extra_args=["--dtype float32"])
     cmd = launch.command()
+    flag = {name: cmd[cmd.index(name) + 1] for name in ("--tensor-parallel-size", "--pipeline-parallel-size",
+                                                        "--data-parallel-size")}
+    assert flag == {"--tensor-parallel-size": "2", "--pipeline-parallel-size": "1", "--data-parallel-size": "4"}
     assert cmd[:3] == ["/py", "-m", "vllm.entrypoints.openai.api_server"] and "--limit-mm-per-prompt" not in cmd
     assert "--gpu-memory-utilization" not in cmd and "--max-model-len" not in cmd  # vLLM's defaults
     assert cmd[-2:] == ["--dtype", "float32"] and cmd[cmd.index("--port") + 1] == "1234"
