@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from .blobs import BlobStore
+from .blobs import open_blobs
 from .models import Feedback, Interaction
 from .horizon import hold_writer_lock, visible_horizon
 from .schema import check_schema
@@ -67,7 +67,7 @@ class Store:
             self.engine.dispose()
             raise
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.blobs = BlobStore(images_dir)
+        self.blobs = open_blobs(images_dir)  # a folder, or an fsspec URL (scheme://...)
 
     def close(self) -> None:
         self.engine.dispose()
