@@ -28,7 +28,7 @@ from openvlthinker.reasoning import plan
 from openvlthinker.rewards import grade
 from openvlthinker.tiny.shapeworld import FAMILIES, split
 from serve.engines.base import GenerationRequest, GenerationResult, SamplingParams
-from serve.engines.transformers_engine import TransformersEngine
+from serve.engines.transformers.engine import TransformersEngine
 
 PROMPTS = {"plain instruction": lambda record: None,
            "inferred tail": lambda record: infer_problem_type(record.problem),

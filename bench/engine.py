@@ -25,7 +25,7 @@ import time
 from openvlthinker.models import DEFAULT_MODEL
 from openvlthinker.tiny.shapeworld import FAMILIES, split
 from serve.engines.base import GenerationRequest, GenerationResult, SamplingParams
-from serve.engines.transformers_engine import TransformersEngine
+from serve.engines.transformers.engine import TransformersEngine
 
 
 def make_messages(n: int) -> list[list[dict]]:

@@ -28,10 +28,10 @@ import torch
 from openvlthinker.models import DEFAULT_MODEL, load
 from openvlthinker.tiny.shapeworld import split
 from serve.engines.inputs import collate, collect_images, encode_one, render
-from serve.engines.kv import KVBatch
-from serve.engines.lean_step import Decoding, LeanStep, Prompts
+from serve.engines.transformers.kv_cache import KVBatch
+from serve.engines.transformers.lean_step import Decoding, LeanStep, Prompts
 from openvlthinker.models.lean_vision import LeanVision
-from serve.engines.running import prefill_positions
+from serve.engines.transformers.running_batch import prefill_positions
 
 
 def timed(fn, calls: int) -> float:

@@ -125,7 +125,7 @@ def make_engine(config):
 
     if config.engine == "vllm":
         return _vllm_engine(config, resolve_model_path(config.model))
-    from serve.engines.transformers_engine import TransformersEngine
+    from serve.engines.transformers.engine import TransformersEngine
 
     resolve_model_path(config.model)  # a missing folder or an offline hub id fails here, with a hint
     return TransformersEngine(config.model, device=config.device, max_batch=config.max_batch,

@@ -157,7 +157,7 @@ def encode_one(processor, text: str, images: list[Any]) -> dict[str, Any]:
 
 def collate(prompts: list[dict[str, Any]], pad_id: int, device, dtype) -> tuple[dict[str, Any], list[list[int]]]:
     """Stack `encode_one` outputs as the processor batches prompts: left-padded, pixels (or image features
-    computed on the gateway's side, `gateway_vision.py`) concatenated.
+    computed on the gateway's side, `transformers/gateway_vision.py`) concatenated.
 
     Returns the model inputs on `device` and each row's prompt ids (no padding).
     """

@@ -123,7 +123,7 @@ def test_a_database_at_its_page_cap_answers_503_naming_it_and_serves_again_when_
     from openvlthinker.models import DEFAULT_MODEL
     from serve.app import create_app
     from serve.config import ServeConfig
-    from serve.engines.transformers_engine import TransformersEngine
+    from serve.engines.transformers.engine import TransformersEngine
 
     config = ServeConfig(model=DEFAULT_MODEL, run_dir=str(tmp_path / "run"), admin_key="adm")
     app = create_app(config, TransformersEngine(DEFAULT_MODEL, threads=1, process=False))

@@ -21,7 +21,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def make_engine(tiny_dir):
     """Start engines on the tiny model (stopped at session end); kwargs go to the constructor."""
-    from serve.engines.transformers_engine import TransformersEngine
+    from serve.engines.transformers.engine import TransformersEngine
 
     started = []
 

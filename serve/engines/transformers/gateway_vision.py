@@ -8,7 +8,7 @@ merged features and DeepStack features (24 KB). The engine's lean step takes the
 come (`LeanStep.encode_images`).
 
 The features are the base tower's, and they are every request's: the engines serve LoRA adapters
-of the language model only (`adapters.validate_adapter`, as vLLM does for Qwen-VL), so no adapter
+of the language model only (`lora_adapters.validate_adapter`, as vLLM does for Qwen-VL), so no adapter
 changes the tower. Only the tower's weights are read from the checkpoint here, not the language model's.
 """
 
@@ -23,8 +23,8 @@ import torch
 
 from openvlthinker.models.lean_vision import LeanVision
 
-from .adapters import VISION_TOWER
-from .base import EngineError
+from ..base import EngineError
+from .lora_adapters import VISION_TOWER
 
 __all__ = ["GatewayVision"]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from serve.engines.kv import KVBatch
-from serve.engines.lean_step import Decoding, LeanStep, Prompts
+from serve.engines.transformers.kv_cache import KVBatch
+from serve.engines.transformers.lean_step import Decoding, LeanStep, Prompts
 from openvlthinker.models.lean_vision import LeanVision
 
 
@@ -34,7 +34,7 @@ def _encode(processor, convs):
 
 def _model_prefill(model, enc):
     """The model's forward over a prompt batch: last-token logits and its cache."""
-    from serve.engines.running import prefill_positions
+    from serve.engines.transformers.running_batch import prefill_positions
 
     cache = DynamicCache()
     logits = model(**enc, position_ids=prefill_positions(model, enc), cache=cache, use_cache=True,
@@ -88,7 +88,7 @@ def test_requests_joining_mid_decode_with_adapters_get_the_full_forwards_tokens(
 
 
 def test_a_prefill_alone_equals_the_model_forward_on_a_padded_batch(tiny, h):
-    from serve.engines.running import prefill_positions
+    from serve.engines.transformers.running_batch import prefill_positions
 
     model, processor = tiny
     img = h.shape_image
@@ -113,7 +113,7 @@ def test_a_deepstack_layer_last_is_trimmed_to_the_tokens_whose_logits_are_wanted
     DeepStack features (here: the model cut to its first two layers, both DeepStack ones), a kept token that is an
     image placeholder still gets its features, and the logits equal the model's forward."""
     from openvlthinker.models import load
-    from serve.engines.running import prefill_positions
+    from serve.engines.transformers.running_batch import prefill_positions
 
     model, processor = load(str(tiny_dir))
     text = model.model.language_model
@@ -140,7 +140,7 @@ def test_a_deepstack_layer_last_is_trimmed_to_the_tokens_whose_logits_are_wanted
 def test_decoding_rows_and_joining_prompts_in_one_forward_equal_two_model_forwards(tiny, h):
     """The running rows' next-token logits and cache column, and the joiners' first-token logits and
     cache, are those of a decoding step and of a prefill through the model, each on its own."""
-    from serve.engines.running import prefill_positions
+    from serve.engines.transformers.running_batch import prefill_positions
 
     model, processor = tiny
     img = h.shape_image
@@ -200,7 +200,7 @@ def test_only_known_models_get_a_lean_step(tiny):
 
 def test_patch_embedding_as_a_matmul_equals_the_convolution(tiny_dir):
     from openvlthinker.models import load
-    from serve.engines.lean_layers import linear_patch_embed
+    from serve.engines.transformers.lean_layers import linear_patch_embed
 
     model, _ = load(str(tiny_dir))
     embed = model.model.visual.patch_embed
@@ -214,8 +214,8 @@ def test_patch_embedding_as_a_matmul_equals_the_convolution(tiny_dir):
 
 def test_fused_projections_equal_the_modules_with_and_without_adapters(tiny_dir, adapter_dirs):
     from openvlthinker.models import load
-    from serve.engines.adapters import AdapterSet
-    from serve.engines.lean_layers import fuse_layer
+    from serve.engines.transformers.lora_adapters import AdapterSet
+    from serve.engines.transformers.lean_layers import fuse_layer
 
     model, _ = load(str(tiny_dir))
     layer = model.model.language_model.layers[0]
@@ -241,8 +241,8 @@ def test_fused_queries_and_keys_are_normed_and_rotated_as_the_separate_ones(tiny
     """With q/k/v fused, queries and keys share one norm and one rotation: bit for bit the separate path
     (in bfloat16 too, where the norm's order of casting and scaling matters)."""
     from openvlthinker.models import load
-    from serve.engines.adapters import AdapterSet
-    from serve.engines.lean_layers import attention_inputs, fuse_layer, signed_sin
+    from serve.engines.transformers.lora_adapters import AdapterSet
+    from serve.engines.transformers.lean_layers import attention_inputs, fuse_layer, signed_sin
 
     model, _ = load(str(tiny_dir), dtype=dtype)
     text = model.model.language_model

@@ -245,7 +245,7 @@ def test_throughput_note(quick_engine, h, temperature):
 
 
 def test_lifecycle_not_started_stop_and_bad_path(tiny_dir, tmp_path, h):
-    from serve.engines.transformers_engine import TransformersEngine
+    from serve.engines.transformers.engine import TransformersEngine
 
     eng = TransformersEngine(str(tiny_dir), threads=1, max_batch=1)  # the second request must wait
     with pytest.raises(EngineError, match="not running"):

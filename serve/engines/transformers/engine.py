@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from .base import (EngineError, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, Mode,
+from ..base import (EngineError, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, Mode,
                    TokenEvent)
 from .core import DEFAULT_MAX_CONTEXT, CoreSettings, EngineCore
 from .scheduler import Command, Job, Scheduler
@@ -94,7 +94,7 @@ class TransformersEngine:
             await self._start_child()
         else:
             await self._start_thread()
-        from .inputs import PromptEncoder
+        from ..inputs import PromptEncoder
 
         # The event loop renders, counts and encodes prompts; a private tokenizer copy keeps the Rust
         # tokenizer's padding state (mutated by batch encoding in the worker) out of its way.
@@ -120,7 +120,7 @@ class TransformersEngine:
 
         from openvlthinker.models import load_processor
 
-        from .engine_process import EngineProcess
+        from .process_runner import EngineProcess
         from .gateway_vision import GatewayVision
 
         try:  # the gateway's copy renders, counts and encodes prompts; first, so a bad folder starts no child

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .base import EngineError, EngineOverloaded, EngineUnavailable, GenerationRequest
+from ..base import EngineError, EngineOverloaded, EngineUnavailable, GenerationRequest
 
 __all__ = ["Command", "Job", "Scheduler"]
 
@@ -35,7 +35,7 @@ class Job:
     prefix: str  # a continued assistant message, if any
     arrival: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set from the client side; the worker drops the row
-    key: int = 0  # the job's number in the engine's child process (engine_process.py)
+    key: int = 0  # the job's number in the engine's child process (process_runner.py)
 
 
 @dataclass(eq=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from serve.engines.base import EngineError
-from serve.engines.gateway_vision import GatewayVision
+from serve.engines.transformers.gateway_vision import GatewayVision
 from openvlthinker.models.lean_vision import LeanVision
 
 
@@ -43,7 +43,7 @@ def test_only_qwen3_vl_folders_get_a_gateway_tower(tmp_path):
 
 
 def test_the_engine_process_takes_image_features_from_the_gateway(engine_variants):
-    """The process engine's equality with the thread engine (test_engine_process) runs through this path."""
+    """The process engine's equality with the thread engine (test_process_runner) runs through this path."""
     pair = engine_variants("process", (False, True))
     assert pair[True]._vision is not None and pair[False]._vision is None
 

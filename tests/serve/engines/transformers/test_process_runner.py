@@ -91,7 +91,7 @@ def test_a_killed_child_fails_its_requests_then_restarts_with_the_adapters(make_
 def test_a_restart_that_fails_is_retried_until_the_child_loads_again(tiny_dir, tmp_path, h):
     import shutil
 
-    from serve.engines.transformers_engine import TransformersEngine
+    from serve.engines.transformers.engine import TransformersEngine
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_dir, folder)
@@ -118,7 +118,7 @@ def test_a_restart_that_fails_is_retried_until_the_child_loads_again(tiny_dir, t
 def test_a_model_that_cannot_be_loaded_is_a_clear_error(tiny_dir, tmp_path, broken):
     import shutil
 
-    from serve.engines.transformers_engine import TransformersEngine
+    from serve.engines.transformers.engine import TransformersEngine
 
     if broken == "no processor":  # the gateway's side fails before any child starts
         (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from openvlthinker.models.lean_vision import LeanVision
 
-from .base import EngineError
-from .kv import KVBatch
+from ..base import EngineError
+from .kv_cache import KVBatch
 from .lean_layers import (attend_cache, attention_inputs, fuse_layer, linear, mlp_residual, rms_norm, signed_sin,
                           supported_text_model)
 

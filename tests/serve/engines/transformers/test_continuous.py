@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache
 
 from serve.engines.base import GenerationResult
-from serve.engines.kv import KVBatch
+from serve.engines.transformers.kv_cache import KVBatch
 
 
 def _cache(batch, width, layers=2, fill=1.0):
@@ -39,7 +39,7 @@ def test_kv_keep_moves_a_later_row_into_the_freed_slot_and_trims_unused_columns(
 
 
 def test_kv_rows_join_outside_inference_mode_after_a_reallocation_inside_it():
-    from serve.engines.kv import ROOM
+    from serve.engines.transformers.kv_cache import ROOM
 
     kv = KVBatch(_cache(3, 3), torch.ones(3, 3, dtype=torch.long))
     kv.keep([0, 1])  # a free slot: the next row joins without new buffers

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from serve.engines.base import EngineError, GenerationRequest, GenerationResult, SamplingParams, TokenEvent
-from serve.engines.rows import DecodeContext, RowState, pick_tokens
+from serve.engines.transformers.rows import DecodeContext, RowState, pick_tokens
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .base import EngineError
+from ..base import EngineError
 
 __all__ = ["BASE", "AdapterSet", "linear_shapes", "validate_adapter"]
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from serve.engines.sampling import choose_tokens, make_generator, top_logprobs
+from serve.engines.transformers.sampling import choose_tokens, make_generator, top_logprobs
 
 
 def _freqs(logits, temperature, top_p, n=4000, seed=0):

@@ -2,7 +2,7 @@
 
 `EngineCore` is everything that touches torch. It runs in exactly one thread: the worker
 thread of an in-process `TransformersEngine`, or the main thread of the engine's child process
-(`engine_process.py`). It takes its work from a `Scheduler` (jobs and named commands) and
+(`process_runner.py`). It takes its work from a `Scheduler` (jobs and named commands) and
 hands every token, result and error to the scheduler's `emit`, so the same loop serves both:
 in-process, emit calls into the clients' event loops; in the child, it writes to a pipe.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import EngineError, EngineUnavailable
+from ..base import EngineError, EngineUnavailable
 from .scheduler import Command, Scheduler
 
 __all__ = ["CoreSettings", "DEFAULT_MAX_CONTEXT", "EngineCore"]
@@ -52,7 +52,7 @@ class EngineCore:
 
         from openvlthinker.models import load
 
-        from .adapters import AdapterSet
+        from .lora_adapters import AdapterSet
         from .rows import DecodeContext
 
         s = self.settings
@@ -75,7 +75,7 @@ class EngineCore:
 
         `after` runs after every round (the child process reports gauges that changed without an emit).
         """
-        from .running import RunningBatch
+        from .running_batch import RunningBatch
 
         batch = self.batch = RunningBatch(self.adapters, self.ctx, self.sched.emit, lean=self.settings.lean_decode)
         try:

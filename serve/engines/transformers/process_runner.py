@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .base import EngineError, EngineUnavailable, GenerationResult
+from ..base import EngineError, EngineUnavailable, GenerationResult
 from .core import CoreSettings, EngineCore
 from .scheduler import Job, Scheduler
 
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 15
 RESTART_DELAY_MAX_S = 30
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding `serve`, for the child's imports
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder holding `serve`, for the child's imports
 
 
 class EngineProcess:

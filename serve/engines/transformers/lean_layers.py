@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from openvlthinker.models.functional import conv_as_linear, rotate, signed_sin
 
-from .base import EngineError
+from ..base import EngineError
 
 __all__ = ["Fused", "attend_cache", "attention_inputs", "fuse_layer", "conv_as_linear", "linear", "linear_patch_embed", "mlp_residual",
            "rms_norm", "rotate", "signed_sin", "supported_text_model"]

@@ -17,10 +17,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .base import GenerationRequest, GenerationResult, TokenEvent
-from .grammar import GrammarMasks
+from ..base import GenerationRequest, GenerationResult, TokenEvent
+from ..grammar import GrammarMasks
+from ..text import IncrementalDetokenizer, StopWatch
 from .sampling import GREEDY_EPS, choose_tokens, make_generator, top_logprobs
-from .text import IncrementalDetokenizer, StopWatch
 from openvlthinker.thinking import THINK_OPEN, ThinkTracker, close_tag_suffix_ids
 
 __all__ = ["DecodeContext", "Emit", "RowState", "pick_tokens"]

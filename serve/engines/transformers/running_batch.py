@@ -4,7 +4,7 @@ The engine core (`core.EngineCore`, one thread) calls `advance(jobs)` in a loop:
 arrived requests join (their prompts prefilled, left-padded, images and mixed adapters alike)
 and every row already running decodes one token, in one forward (`lean_step.LeanStep`), then
 each row's token is picked (`rows.pick_tokens`), the joined rows' caches are merged into the
-running batch (`kv.KVBatch`) and the rows that ended leave. So a finished request frees its slot
+running batch (`kv_cache.KVBatch`) and the rows that ended leave. So a finished request frees its slot
 at once and a new one starts without waiting for the longest row of a batch, as it must with HF
 `generate`, and without a prefill forward of its own. Models the lean step does not know take the
 model's own forward: the prompts first, then a decoding step for every row.
@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from .adapters import AdapterSet
-from .base import EngineError, EngineFailed
-from .inputs import collate
-from .kv import KVBatch
+from ..base import EngineError, EngineFailed
+from ..inputs import collate
+from .lora_adapters import AdapterSet
+from .kv_cache import KVBatch
 from .lean_step import Decoding, LeanStep, Prompts
 from .rows import DecodeContext, Emit, RowState, pick_tokens
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from serve.engines.adapters import validate_adapter
+from serve.engines.transformers.lora_adapters import validate_adapter
 from serve.engines.base import EngineError
 
 
@@ -116,7 +116,7 @@ def test_invalid_adapters_rejected(lora_engine, adapter_dirs, tmp_path, break_it
 @pytest.fixture(scope="module")
 def tiny_shapes(tiny_dir):
     from openvlthinker.models import load
-    from serve.engines.adapters import linear_shapes
+    from serve.engines.transformers.lora_adapters import linear_shapes
 
     return linear_shapes(load(tiny_dir)[0])
 
