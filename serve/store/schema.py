@@ -2,23 +2,28 @@
 
 A database made by these tables carries `SCHEMA_VERSION`. A database from before the version row
 existed gets the columns added since the first release (`feedback.key_hash`, `feedback.trusted`),
-then the row. A database whose row names another version is refused with `SchemaMismatch`, so a
-gateway never writes rows that an older or newer one would misread.
+then the row. A database of a version in `_UPGRADES` is brought up to this one in place (what was
+added since is new tables, which `create_all` makes, or columns it lists). A database whose row
+names any other version is refused with `SchemaMismatch`, so a gateway never writes rows that an
+older or newer one would misread.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, inspect, select
+from sqlalchemy import Integer, inspect, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from . import registry  # noqa: F401 - its table (adapter_aliases) is one of Base's
 from .models import Base
 
-SCHEMA_VERSION = 2  # 1: the first release; 2: feedback.key_hash and feedback.trusted
+SCHEMA_VERSION = 3  # 1: the first release; 2: feedback.key_hash and feedback.trusted; 3: adapter_aliases
 
 # Columns added after the first release: (table, column). `create_all` makes missing tables but never
 # alters an existing one, so a database from before them gets each one added, NULL in its old rows.
 _ADDED_COLUMNS = (("feedback", "key_hash"), ("feedback", "trusted"))
+# Versions upgraded in place: version -> the columns added since it. 2 -> 3 only added a table.
+_UPGRADES: dict[int, tuple[tuple[str, str], ...]] = {2: ()}
 
 
 class SchemaVersion(Base):
@@ -52,6 +57,12 @@ def check_schema(engine, where: str) -> None:
         except IntegrityError:
             pass  # another process opening the same database wrote it first
         found = _read(engine)
+    if found in _UPGRADES:
+        _add_missing_columns(engine, _UPGRADES[found])
+        with engine.begin() as conn:  # WHERE version = found: two processes upgrading at once both succeed
+            conn.execute(update(SchemaVersion).where(SchemaVersion.id == 1, SchemaVersion.version == found)
+                         .values(version=SCHEMA_VERSION))
+        found = _read(engine)
     if found != SCHEMA_VERSION:
         raise SchemaMismatch(where, found, SCHEMA_VERSION)
 
@@ -61,9 +72,9 @@ def _read(engine) -> int | None:
         return conn.scalar(select(SchemaVersion.version).where(SchemaVersion.id == 1))
 
 
-def _add_missing_columns(engine) -> None:
-    """ALTER TABLE ... ADD COLUMN for every column in `_ADDED_COLUMNS` an existing table lacks."""
-    for table, name in _ADDED_COLUMNS:
+def _add_missing_columns(engine, columns=_ADDED_COLUMNS) -> None:
+    """ALTER TABLE ... ADD COLUMN for every one of `columns` (table, name) an existing table lacks."""
+    for table, name in columns:
         if name in {c["name"] for c in inspect(engine).get_columns(table)}:
             continue
         column = Base.metadata.tables[table].columns[name]
