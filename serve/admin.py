@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .auth import require_admin
 from .errors import invalid, not_found
-from .protocol import AdapterInfo, AdapterList, InteractionList, LoadAdapterRequest, VersionRequest
+from .protocol import AdapterInfo, AdapterList, FeedbackList, InteractionList, LoadAdapterRequest, VersionRequest
 from .store.blobs import is_sha256, media_type
 
 admin = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
@@ -99,6 +99,7 @@ async def unload_adapter(body: VersionRequest, request: Request) -> dict:
 @admin.get("/interactions", response_model=InteractionList)
 async def list_interactions(request: Request, after: str | None = Query(None, description="next_cursor of the previous page"),
                             limit: int = Query(100, ge=1, le=1000), gradable: bool | None = None) -> InteractionList:
+    """Stored choices in commit order, with token ids, behaviour logprobs and feedback (the RL loop's export)."""
     if after is not None and not after.isdigit():
         raise invalid(f"Invalid cursor {after[:40]!r}; pass the next_cursor of a previous page.", "after")
     items, cursor, more = await run_in_threadpool(request.app.state.store.list_interactions, int(after or 0), limit,
@@ -106,18 +107,19 @@ async def list_interactions(request: Request, after: str | None = Query(None, de
     return InteractionList(data=items, next_cursor=None if cursor is None else str(cursor), has_more=more)
 
 
-@admin.get("/feedback", response_model=InteractionList)
+@admin.get("/feedback", response_model=FeedbackList)
 async def list_feedback(request: Request, after: str | None = Query(None, description="next_cursor of the previous page"),
-                        limit: int = Query(100, ge=1, le=1000)) -> InteractionList:
+                        limit: int = Query(100, ge=1, le=1000)) -> FeedbackList:
     """Feedback in arrival order, each with its interaction (for feedback on already-paged interactions)."""
     if after is not None and not after.isdigit():
         raise invalid(f"Invalid cursor {after[:40]!r}; pass the next_cursor of a previous page.", "after")
     items, cursor, more = await run_in_threadpool(request.app.state.store.list_feedback, int(after or 0), limit)
-    return InteractionList(data=items, next_cursor=None if cursor is None else str(cursor), has_more=more)
+    return FeedbackList(data=items, next_cursor=None if cursor is None else str(cursor), has_more=more)
 
 
 @admin.get("/interactions/{interaction_id}", response_model=InteractionList)
 async def get_interaction(interaction_id: str, request: Request) -> InteractionList:
+    """Every stored choice of one chat completion (or response) id."""
     items = await run_in_threadpool(request.app.state.store.get_interaction, interaction_id)
     if not items:
         raise not_found(f"No interaction {interaction_id[:80]!r}.", "id", "interaction_not_found")

@@ -26,6 +26,7 @@ from .config import ServeConfig
 from .errors import APIError, invalid, overloaded, store_unavailable
 from .fanout import Fanout
 from .images import ImageLimits
+from .interaction import InteractionRecord, InteractionUsage
 from .metrics import Metrics
 from .prompting import Prompt, build_prompt
 from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
@@ -34,6 +35,7 @@ from .reasoning_split import ReasoningSplitter, split_text
 from .tool_calls import parse_answer
 from .tool_protocol import DeltaFunction, DeltaToolCall, ToolCallOut
 from .store import StoreUnavailable
+from .store.store import row_of
 from .store.writer import StoreWriter
 
 log = logging.getLogger("serve.chat")
@@ -218,10 +220,12 @@ class ChatService:
                 message=AssistantMessage(content=content, reasoning_content=thinking or None, reasoning=thinking or None,
                                          tool_calls=calls),
                 logprobs=ChoiceLogprobs(content=_token_logprobs(events[i], call.req)) if call.req.logprobs else None,
+                token_ids=list(res.completion_token_ids) if call.req.return_token_ids else None,
             ))
         return ChatCompletion(id=call.id, created=call.created, model=call.lease.model, choices=choices,
                               usage=_usage(finished), system_fingerprint=call.fingerprint,
-                              adapter_version=call.lease.version)
+                              adapter_version=call.lease.version,
+                              prompt_token_ids=list(finished[0].prompt_token_ids) if call.req.return_token_ids else None)
 
     async def _stream(self, call: Call, fan: Fanout,
                       close: Callable[[], Awaitable[None]]) -> AsyncIterator[ChatCompletionChunk | APIError]:
@@ -229,6 +233,18 @@ class ChatService:
         splitters = [ReasoningSplitter(call.prompt.prefix) for _ in range(n)]
         results: list[GenerationResult | None] = [None] * n
         done_at = [0.0] * n
+        # return_token_ids: each choice's tokens not sent yet (a token whose text is held back waits for
+        # the next chunk of its choice), and how many were sent
+        ids: list[list[int]] | None = [[] for _ in range(n)] if req.return_token_ids else None
+        sent = [0] * n
+
+        def token_ids(i: int) -> list[int] | None:
+            if ids is None:
+                return None
+            out, ids[i] = ids[i], []
+            sent[i] += len(out)
+            return out
+
         try:
             for i in range(n):
                 yield self._chunk(call, i, Delta(role="assistant", content=""))
@@ -241,13 +257,15 @@ class ChatService:
                 else:
                     deltas = splitters[i].feed(item.text)
                     logprobs = ChoiceLogprobs(content=_token_logprobs([item], req)) if req.logprobs else None
+                    if ids is not None:
+                        ids[i].append(item.token_id)
                 if held:
                     deltas = [(kind, text) for kind, text in deltas if kind != "content"]
                 if logprobs is not None and not deltas:
-                    yield self._chunk(call, i, Delta(), logprobs=logprobs)
+                    yield self._chunk(call, i, Delta(), logprobs=logprobs, token_ids=token_ids(i))
                 for kind, text in deltas:
                     delta = Delta(content=text) if kind == "content" else Delta(reasoning_content=text, reasoning=text)
-                    yield self._chunk(call, i, delta, logprobs=logprobs)
+                    yield self._chunk(call, i, delta, logprobs=logprobs, token_ids=token_ids(i))
                     logprobs = None
             finished = _check_results(results)
             await self._log(call, finished, done_at, stream=True)  # committed before the final chunks
@@ -262,7 +280,13 @@ class ChatService:
                             DeltaToolCall(index=j, id=c.id, type="function",
                                           function=DeltaFunction(name=c.function.name, arguments=c.function.arguments))
                             for j, c in enumerate(calls)]))
-                yield self._chunk(call, i, Delta(), finish_reason=finish)
+                last = None
+                if ids is not None:  # the result is what was logged: the rest of its tokens go with the last chunk
+                    last = list(res.completion_token_ids[sent[i]:])
+                chunk = self._chunk(call, i, Delta(), finish_reason=finish, token_ids=last)
+                if ids is not None and i == 0:  # known only once a choice has finished
+                    chunk.prompt_token_ids = list(res.prompt_token_ids)
+                yield chunk
             if req.stream_options and req.stream_options.include_usage:
                 yield self._chunk_obj(call, [], usage=_usage(finished))
         except (EngineError, APIError, StoreUnavailable) as exc:
@@ -280,8 +304,9 @@ class ChatService:
                                    system_fingerprint=call.fingerprint, adapter_version=call.lease.version, usage=usage)
 
     def _chunk(self, call: Call, index: int, delta: Delta, finish_reason: str | None = None,
-               logprobs: ChoiceLogprobs | None = None) -> ChatCompletionChunk:
-        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)
+               logprobs: ChoiceLogprobs | None = None, token_ids: list[int] | None = None) -> ChatCompletionChunk:
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs,
+                             token_ids=token_ids)
         return self._chunk_obj(call, [choice])
 
     # ---------------------------------------------------------------- logging
@@ -318,17 +343,20 @@ def _rows(call: Call, results: list[GenerationResult], done_at: list[float], str
     rows = []
     for i, res in enumerate(results):
         thinking, answer = split_text(res.text, prompt.prefix)
-        rows.append(dict(
+        record = InteractionRecord(
             id=call.id, choice_index=i, created=time.time(), model=call.lease.model,
             adapter_version=call.lease.version, effort=prompt.plan.effort, mode=prompt.plan.mode,
-            budget=prompt.plan.budget, budget_hit=res.budget_hit, request=request, meta=dict(req.metadata or {}),
-            problem_type=prompt.problem_type, task_type=prompt.task_type, has_reference=prompt.has_reference,
+            budget=prompt.plan.budget, budget_hit=res.budget_hit, request=request, metadata=dict(req.metadata or {}),
+            problem_type=prompt.problem_type, task_type=prompt.task_type,
             thinking=thinking, answer=answer, text=res.text, prompt_token_ids=list(res.prompt_token_ids),
             completion_token_ids=list(res.completion_token_ids), logprobs=[float(x) for x in res.completion_logprobs],
-            finish_reason=res.finish_reason, prompt_tokens=len(res.prompt_token_ids),
-            completion_tokens=len(res.completion_token_ids), reasoning_tokens=res.thinking_tokens,
+            finish_reason=res.finish_reason,
+            usage=InteractionUsage(prompt_tokens=len(res.prompt_token_ids),
+                                   completion_tokens=len(res.completion_token_ids),
+                                   reasoning_tokens=res.thinking_tokens),
             latency_s=done_at[i] - call.arrival, stream=stream,
-        ))
+        )
+        rows.append(row_of(record, prompt.has_reference))
     return rows
 
 

@@ -3,8 +3,8 @@
 Served: chat completions with text and `image_url` parts, `n`, sampling knobs (with vLLM's `top_k`,
 `min_p`, `repetition_penalty`), `stop`, `seed`, `presence_penalty`/`frequency_penalty`, `logit_bias`,
 `logprobs`/`top_logprobs`, `stream` (+ `stream_options.include_usage`), `reasoning_effort`,
-`metadata`, function calling (`tools`, `tool_choice`, `parallel_tool_calls`, tool calls and tool
-results in the history, `tool_protocol.py`), `response_format` (`text`, `json_object`,
+`metadata`, vLLM's `return_token_ids`, function calling (`tools`, `tool_choice`, `parallel_tool_calls`,
+tool calls and tool results in the history, `tool_protocol.py`), `response_format` (`text`, `json_object`,
 `json_schema`), `chat_template_kwargs.enable_thinking`; models list. Our additions:
 `message.reasoning_content`/`reasoning`, top-level `adapter_version`, feedback, adapter admin
 and the interaction export. `store: false` keeps the interaction out of the store (and so out of
@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from .interaction import FeedbackList, Interaction, InteractionList  # noqa: F401 (the export's wire models)
 from .tool_protocol import (MAX_TOOLS, DeltaToolCall, NamedToolChoice, ResponseFormat, ToolCall, ToolCallOut,
                             ToolChoice, ToolDef)
 from .wire import Open, Strict, Text
@@ -123,6 +124,10 @@ class ChatCompletionRequest(_Strict):
     chat_template_kwargs: dict[str, Any] | None = Field(None, description="only enable_thinking (true/false)")
     # Accepted only at the value that asks for what this server does anyway (clients send it by default).
     modalities: list[Literal["text"]] | None = Field(None, description='only ["text"]')
+    # vLLM's name: the exact tokens beside the text, so a client (the RL loop) has a rollout in one call.
+    return_token_ids: bool | None = Field(None, description="true: prompt_token_ids on the response (in a stream: "
+                                                            "once, on the first choice's last chunk) and token_ids "
+                                                            "on each choice (in a stream: each chunk's new tokens)")
 
 
     @field_validator("stop")
@@ -301,6 +306,8 @@ class Choice(BaseModel):
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
+    token_ids: list[int] | None = Field(None, description="return_token_ids: the completion's tokens, "
+                                                          "end-of-turn token included")
 
 
 class ChatCompletion(BaseModel):
@@ -312,6 +319,7 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str
     adapter_version: str | None = None
+    prompt_token_ids: list[int] | None = Field(None, description="return_token_ids: the prompt as the engine saw it")
 
 
 class Delta(BaseModel):
@@ -327,6 +335,7 @@ class ChunkChoice(BaseModel):
     delta: Delta
     logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
+    token_ids: list[int] | None = Field(None, description="return_token_ids: the tokens this chunk adds")
 
 
 class ChatCompletionChunk(BaseModel):
@@ -338,6 +347,7 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str
     adapter_version: str | None = None
     usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None
 
 
 class ModelCard(BaseModel):
@@ -378,13 +388,6 @@ class AdapterList(BaseModel):
     object: Literal["list"] = "list"
     promoted: str | None
     data: list[AdapterInfo]
-
-
-class InteractionList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[dict[str, Any]]
-    next_cursor: str | None
-    has_more: bool
 
 
 class Health(BaseModel):

@@ -26,6 +26,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..interaction import FeedbackRecord, InteractionRecord, InteractionUsage
+from ..interaction import Interaction as InteractionModel
 from .blobs import open_blobs
 from .models import Feedback, Interaction
 from .horizon import hold_writer_lock, visible_horizon
@@ -216,27 +218,45 @@ class Store:
             return int(session.scalar(select(func.count(Interaction.seq))) or 0)
 
 
+def row_of(record: InteractionRecord, has_reference: bool) -> dict[str, Any]:
+    """The table row of one logged choice (`to_dict` reads it back)."""
+    fields = record.model_dump(exclude={"metadata", "usage", "request"})
+    return {**fields, "request": record.request.model_dump(exclude_unset=True), "meta": record.metadata,
+            "has_reference": has_reference, **record.usage.model_dump()}
+
+
+def interaction_of(row: Interaction) -> InteractionModel:
+    """One stored choice, with its feedback, as the export serves it (validated: a row that does not fit
+    the model is an error naming the field, not a record the RL loop trips over later)."""
+    return InteractionModel(
+        id=row.id, choice_index=row.choice_index, cursor=str(row.seq), created=row.created,
+        model=row.model, adapter_version=row.adapter_version,
+        effort=row.effort, mode=row.mode, budget=row.budget, budget_hit=row.budget_hit,
+        request=row.request, metadata=row.meta or {},
+        problem_type=row.problem_type, task_type=row.task_type, gradable=bool(row.has_reference or row.feedback),
+        thinking=row.thinking, answer=row.answer, text=row.text,
+        prompt_token_ids=row.prompt_token_ids, completion_token_ids=row.completion_token_ids,
+        logprobs=row.logprobs, finish_reason=row.finish_reason,
+        usage=InteractionUsage(prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
+                               reasoning_tokens=row.reasoning_tokens),
+        latency_s=row.latency_s, stream=row.stream,
+        feedback=[_feedback(f) for f in row.feedback],
+    )
+
+
 def to_dict(row: Interaction) -> dict[str, Any]:
     """The JSON shape of one stored choice, with its feedback, as the export endpoint returns it."""
-    return {
-        "id": row.id, "choice_index": row.choice_index, "cursor": str(row.seq), "created": row.created,
-        "model": row.model, "adapter_version": row.adapter_version,
-        "effort": row.effort, "mode": row.mode, "budget": row.budget, "budget_hit": row.budget_hit,
-        "request": row.request, "metadata": row.meta or {},
-        "problem_type": row.problem_type, "task_type": row.task_type, "gradable": bool(row.has_reference or row.feedback),
-        "thinking": row.thinking, "answer": row.answer, "text": row.text,
-        "prompt_token_ids": row.prompt_token_ids, "completion_token_ids": row.completion_token_ids,
-        "logprobs": row.logprobs, "finish_reason": row.finish_reason,
-        "usage": {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
-                  "reasoning_tokens": row.reasoning_tokens},
-        "latency_s": row.latency_s, "stream": row.stream,
-        "feedback": [_feedback_dict(f) for f in row.feedback],
-    }
+    # exclude_unset: a stored request keeps exactly the keys it was written with (old rows lack some)
+    return interaction_of(row).model_dump(exclude_unset=True)
+
+
+def _feedback(f: Feedback) -> FeedbackRecord:
+    return FeedbackRecord(id=f.id, created=f.created, thumbs=f.thumbs, rating=f.rating, score=f.score,
+                          correction=f.correction, comment=f.comment, key_hash=f.key_hash, trusted=f.trusted)
 
 
 def _feedback_dict(f: Feedback) -> dict[str, Any]:
-    return {"id": f.id, "created": f.created, "thumbs": f.thumbs, "rating": f.rating, "score": f.score,
-            "correction": f.correction, "comment": f.comment, "key_hash": f.key_hash, "trusted": f.trusted}
+    return _feedback(f).model_dump()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
