@@ -17,7 +17,7 @@ _REPLACED = {
     "rollback_margin": "the check after a promotion now rolls back on a significant loss at gate_confidence",
 }
 _INTS = ("group_size", "prompts_per_round", "rollout_concurrency", "max_new_tokens", "lora_r", "lora_alpha",
-         "max_staleness", "max_refills", "max_pending", "seed")
+         "max_staleness", "max_refills", "max_pending", "seed", "trainer_procs")
 SHAPEWORLD_STRIDE = 100_000  # ShapeWorld train questions reserved per round (loop.shapeworld_prompts' seeds)
 
 
@@ -62,6 +62,9 @@ class RLConfig:
     device: str = "auto"
     dtype: str = "auto"
     grad_checkpointing: bool | None = None
+    # Trainer processes under torchrun (online_rl/distributed.py): one device each (rank k on cuda:k), the same
+    # update as one process. 1: the loop trains in its own process, without torch.distributed.
+    trainer_procs: int = 1
 
     def __post_init__(self) -> None:
         if self.advantage not in ADVANTAGES:
@@ -73,7 +76,7 @@ class RLConfig:
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         for name in ("group_size", "prompts_per_round", "max_new_tokens", "lora_r", "lora_alpha",
-                     "rollout_concurrency", "max_pending"):
+                     "rollout_concurrency", "max_pending", "trainer_procs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_staleness", "max_refills", "seed"):
@@ -99,6 +102,9 @@ class RLConfig:
             raise ValueError(f"skip_tasks must be a list of task names, got {self.skip_tasks!r}")
         self.skip_tasks = tuple(t.strip() for t in self.skip_tasks)
         check_placement(self.device, self.dtype, self.grad_checkpointing)
+        if self.trainer_procs > 1 and self.device.startswith("cuda:"):
+            raise ValueError(f"trainer_procs {self.trainer_procs} puts rank k on cuda:k: device must be auto, cpu "
+                             f"or cuda, got {self.device!r}")
 
     def gate_spec(self) -> GateSpec:
         """The gate's statistics (margin, confidence; the question count follows)."""

@@ -3,11 +3,12 @@
 At start the loop asks the server what it serves (GET /v1/server) and takes its base model,
 adapters folder and alias from there, refusing settings that disagree (online_rl/server.py).
 Prompts are users' harvested questions first (they wait in the state until a round has room),
-then ShapeWorld's train split or a OneThinker-format file. The state (next round, cursors,
-pending prompts, the trainer's unpromoted version) is checkpointed after every round and keyed
-to the server and model, so a killed loop resumes where it stopped and a loop against another
-server does not; a publish interrupted mid-way leaves only a hidden temporary folder, removed at
-start. Round metrics go to metrics.jsonl and to TensorBoard (out_dir/tensorboard).
+then ShapeWorld's train split (the text tasks' for a text-only model) or a OneThinker-format
+file. The state (next round, cursors, pending prompts, the trainer's unpromoted version) is
+checkpointed after every round and keyed to the server and model, so a killed loop resumes where
+it stopped and a loop against another server does not; a publish interrupted mid-way leaves
+only a hidden temporary folder, removed at start. Round metrics go to metrics.jsonl and to
+TensorBoard (out_dir/tensorboard).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from openvlthinker.versions import remove_partial, version_folder
 from .client import GatewayClient, GatewayError
 from .config import RLConfig
 from .evaluate import GateScores
-from .gate import KEEP, PROMOTE
+from .gate import KEEP, PROMOTE, Gate
 from .harvest import PendingPrompt, harvest, materialize
 from .plots import plot  # noqa: F401 (re-exported: `rl plot`)
 from .policy import LoraPolicy
@@ -46,6 +47,10 @@ def _tensorboard(folder: Path):
 
 def served_policy(cfg: RLConfig, version: str | None) -> LoraPolicy:
     """The trainable policy on a version's weights (its adapter), or a fresh LoRA on the base model for None."""
+    if cfg.trainer_procs > 1:  # rank 0 of a torchrun trainer: the other ranks build the same policy with it
+        from .distributed import lead_policy
+
+        return lead_policy(cfg, version)
     adapter = str(version_folder(cfg.adapters_dir, version)) if version else None
     return LoraPolicy.create(cfg.model, cfg.update, adapter_path=adapter, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                              device=cfg.device, dtype=cfg.dtype, grad_checkpointing=cfg.grad_checkpointing)
@@ -118,12 +123,14 @@ def _record(out: Path, writer, index: int, result: RoundResult) -> None:
 
 def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None, image_root: str | None = None,
         log=print, every: float = 0.0, min_new: int = 0, poll_s: float = 5.0,
-        after_round: Callable[[int, RoundResult], bool] | None = None) -> list[RoundResult]:
+        after_round: Callable[[int, RoundResult], bool] | None = None,
+        gate_rule: Gate | None = None) -> list[RoundResult]:
     """Run `rounds` more rounds (0 = until stopped), resuming from out_dir/state.json.
 
     Triggers: with `min_new` a round starts once that many users' prompts or ratings wait; with
     `every` rounds start at most every `every` seconds. Metrics are appended to out_dir/metrics.jsonl.
     `after_round(index, result)` runs once each round is recorded; it returns True to stop the loop.
+    `gate_rule` replaces the gate's rules (None: Gate at cfg's spec; gate.AlwaysPromote promotes every version).
     """
     if rounds < 0 or min_new < 0 or every < 0 or not poll_s > 0:
         raise ValueError("rounds, min_new and every must be >= 0 and poll_s > 0")
@@ -137,7 +144,8 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
     promoted = client.adapters().get("promoted")
     working = resume_working(client, cfg, state.working, promoted, log)
     policy = served_policy(cfg, working or promoted)
-    gate = gate_prompts(cfg.gate_spec().questions)
+    text = not policy.vision  # a text-only model cannot see ShapeWorld's images: it trains on the text tasks
+    gate = gate_prompts(cfg.gate_spec().questions, text=text)
     stream = file_prompts(data, image_root, cfg.seed) if data else None
     writer, scores, results = _tensorboard(out / "tensorboard"), GateScores(), []
     lengths = LengthTargets(max_length=float(cfg.max_new_tokens))
@@ -145,11 +153,12 @@ def run(cfg: RLConfig, rounds: int, out_dir: str | Path, data: str | None = None
     while rounds == 0 or len(results) < rounds:
         started, index = time.monotonic(), state.next_round
         logged, dropped = gather(client, state, cfg, promoted, min_new, poll_s, log)
-        source = RoundPrompts(state.pending, lambda p: materialize(client, p), stream, index, cfg.skip_tasks, cfg.seed)
+        source = RoundPrompts(state.pending, lambda p: materialize(client, p), stream, index, cfg.skip_tasks, cfg.seed,
+                              text=text)
         prompts = source.take(cfg.prompts_per_round)
         result = run_round(client, policy, prompts, gate, cfg, index, logged=logged,
                            target=target_for(client, cfg, working, server), refill=source.take, scores=scores,
-                           lengths=lengths)
+                           lengths=lengths, gate=gate_rule)
         result.metrics.update(user_prompts=float(source.user), pending_prompts=float(len(source.pending)),
                               pending_dropped=float(dropped), pending_lost=float(source.lost))
         results.append(result)

@@ -188,8 +188,16 @@ class LoraPolicy:
         pos, tgt, mask = _completion_view(rollouts, batch["input_ids"].shape[1])
         pos, tgt, mask = pos.to(self.device), tgt.to(self.device), mask.to(self.device)
         with torch.set_grad_enabled(grad):
-            logp, ent = completion_stats(self.model, batch, pos, tgt, mask, self.chunk_tokens)
+            logp, ent = self._stats(batch, pos, tgt, mask)
         return logp, ent, mask
+
+    def _stats(self, batch, pos, tgt, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """completion_stats on the model (a data-parallel policy runs its gradient forwards through DDP)."""
+        return completion_stats(self.model, batch, pos, tgt, mask, self.chunk_tokens)
+
+    def _trains(self, start: int) -> bool:
+        """Whether this process trains the micro-batch beginning at rollout `start` (one process: all of them)."""
+        return True
 
     def update(self, rollouts: Sequence[Rollout], advantages: torch.Tensor) -> dict[str, float]:
         """One round of PPO steps on `rollouts` with per-rollout `advantages`; returns mean metrics."""
@@ -197,10 +205,10 @@ class LoraPolicy:
             raise ValueError(f"{len(rollouts)} rollouts but {advantages.numel()} advantages")
         cfg = self.cfg
         self.model.train()
-        old = []
+        old = []  # None for a micro-batch another data-parallel rank trains (online_rl/distributed.py)
         for start in range(0, len(rollouts), cfg.micro_batch):
-            logp, _, _ = self.token_stats(rollouts[start : start + cfg.micro_batch], grad=False)
-            old.append(logp)
+            part = rollouts[start : start + cfg.micro_batch]
+            old.append(self.token_stats(part, grad=False)[0] if self._trains(start) else None)
         # Split the round into `updates_per_round` optimizer steps of whole micro-batches.
         chunks = list(range(0, len(rollouts), cfg.micro_batch))
         per_step = max(1, math.ceil(len(chunks) / cfg.updates_per_round))
