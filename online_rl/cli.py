@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default), float32, bfloat16")
     parser.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute activations in the backward (default: on for CUDA, off on the CPU)")
+    parser.add_argument("--trainer-procs", type=int,
+                        help="train on N processes under torchrun, one device each (rank k on cuda:k, or the CPU): "
+                             "the same update as one process, spread over them (default 1)")
     parser.add_argument("--data", help="OneThinker-format file of prompts (default: ShapeWorld train)")
     parser.add_argument("--image-root")
     parser.add_argument("--out", type=Path, default=Path("runs/rl"),
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.config}: expected a mapping of RLConfig fields")
     for key in ("endpoint", "api_key", "admin_key", "model", "adapters_dir", "advantage", "group_size",
                 "prompts_per_round", "lr", "gate_margin", "gate_confidence", "max_refills", "device", "dtype",
-                "grad_checkpointing"):
+                "grad_checkpointing", "trainer_procs"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if args.skip_tasks is not None:
@@ -92,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.poll_s > 0:
         raise ValueError(f"--poll-s must be > 0, got {args.poll_s}")
     cfg = RLConfig.from_mapping({**_profile(args.profile, RLConfig.from_mapping(values)), **values})
+    if cfg.trainer_procs > 1:  # the loop again under torchrun, on rank 0 of cfg.trainer_procs processes
+        from .distributed import launch
+
+        return launch(cfg, args.rounds, args.out, data=args.data, image_root=args.image_root, every=args.every,
+                      min_new=args.min_new, poll_s=args.poll_s)
     torch.set_num_threads(1)
     try:
         loop.run(cfg, args.rounds, args.out, data=args.data, image_root=args.image_root, every=args.every,
