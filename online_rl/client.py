@@ -2,7 +2,7 @@
 
 The loop is a client like any other (docs/architecture.md: online_rl -> serve over HTTP only): rollouts are
 ordinary chat completions pinned to a version, and their token ids and behaviour logprobs
-come back from the interaction export.
+come back from the interaction export, checked against the loop's view of it (`exported.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 
 from openvlthinker.data import png_data_url
+
+from .exported import Page, StoredChoice, StoredFeedback, parse
 
 
 class GatewayError(RuntimeError):
@@ -81,18 +83,29 @@ class GatewayClient:
                 "logprobs": True, "metadata": metadata or {}, "seed": seed}
         return self._call("POST", "/v1/chat/completions", self.api, json=body)
 
-    def export(self, path: str, **params: Any) -> dict:
-        """One page of an admin export (`/feedback` or `/interactions`, with `limit`, `after`, ...)."""
-        return self._call("GET", f"/v1{path}", self.admin, params=params)
+    def interactions(self, after: str | None = None, limit: int = 100, gradable: bool | None = None) -> Page[StoredChoice]:
+        """One page of stored choices after the cursor `after`, oldest first (`gradable`: only those with a
+        reference answer or feedback, or only those without)."""
+        params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+        if gradable is not None:
+            params["gradable"] = "true" if gradable else "false"
+        raw = self._call("GET", "/v1/interactions", self.admin, params=params)
+        return parse(Page[StoredChoice], raw, "GET /v1/interactions")
+
+    def feedback(self, after: str | None = None, limit: int = 100) -> Page[StoredFeedback]:
+        """One page of feedback after the cursor `after`, in arrival order, each with the choice it rates."""
+        raw = self._call("GET", "/v1/feedback", self.admin, params={"limit": limit, **({"after": after} if after else {})})
+        return parse(Page[StoredFeedback], raw, "GET /v1/feedback")
 
     def image(self, sha256: str) -> bytes | None:
         """A stored image's bytes, or None if the server no longer has it."""
         resp = self._send("GET", f"/v1/images/{sha256}", self.admin)
         return resp.content if resp.status_code == 200 else None
 
-    def interaction(self, interaction_id: str) -> list[dict]:
+    def interaction(self, interaction_id: str) -> list[StoredChoice]:
         """Every stored choice of one interaction, with token ids and behaviour logprobs."""
-        return self._call("GET", f"/v1/interactions/{interaction_id}", self.admin)["data"]
+        raw = self._call("GET", f"/v1/interactions/{interaction_id}", self.admin)
+        return parse(Page[StoredChoice], raw, f"GET /v1/interactions/{interaction_id}").data
 
     def server(self, probe: str | None = None) -> dict:
         """What the server serves: base model and folder, engine, adapters folder, alias, store (and

@@ -24,6 +24,7 @@ from openvlthinker.data import PROBLEM_TYPES, TaskRecord
 from openvlthinker.versions import version_number
 
 from .client import GatewayClient, GatewayError
+from .exported import Rating, StoredChoice, StoredPart
 from .prompts import Prompt
 from .rollout import Rollout
 
@@ -76,14 +77,14 @@ class Harvest:
     interaction_cursor: str | None = None
 
 
-def feedback_reward(fb: dict[str, Any]) -> float | None:
+def feedback_reward(fb: Rating) -> float | None:
     """A rating as a reward in [0, 1]: thumbs up 1 / down 0, stars (r - 1) / 4, or the score itself."""
-    if fb.get("thumbs") in ("up", "down"):
-        return 1.0 if fb["thumbs"] == "up" else 0.0
-    if fb.get("rating") is not None:
-        return (float(fb["rating"]) - 1.0) / 4.0
-    if fb.get("score") is not None:
-        return float(fb["score"])
+    if fb.thumbs is not None:
+        return 1.0 if fb.thumbs == "up" else 0.0
+    if fb.rating is not None:
+        return (float(fb.rating) - 1.0) / 4.0
+    if fb.score is not None:
+        return float(fb.score)
     return None
 
 
@@ -92,40 +93,38 @@ def staleness_number(version: str | None) -> int:
     return version_number(version) or 0
 
 
-def _images(client: GatewayClient, parts: list[dict[str, Any]]) -> list[Any] | None:
+def _images(client: GatewayClient, parts: list[StoredPart]) -> list[Any] | None:
     """The image parts' images, fetched by sha256 from the server; None when the server lacks one."""
     images = []
     for p in parts:
-        if p.get("type") == "image":
-            raw = client.image(p["sha256"])
+        if p.type == "image":
+            raw = client.image(p.sha256)
             if raw is None:
                 return None
             images.append(Image.open(io.BytesIO(raw)).convert("RGB"))
     return images
 
 
-def _question_and_images(client: GatewayClient, item: dict[str, Any]) -> tuple[str, list[Any] | None]:
+def _question_and_images(client: GatewayClient, item: StoredChoice) -> tuple[str, list[Any] | None]:
     """The last user message's text and its images: the question a round asks again, on its own (images None:
     the server no longer has one of them)."""
-    users = [m for m in item["request"]["messages"] if m["role"] == "user"]
-    parts = users[-1]["content"] if users else []
-    text = "\n".join(p["text"] for p in parts if p.get("type") == "text")
+    users = [m for m in item.request.messages if m.role == "user"]
+    parts = users[-1].content if users else []
+    text = "\n".join(p.text or "" for p in parts if p.type == "text")
     return text, _images(client, parts)
 
 
-def conversation_images(client: GatewayClient, item: dict[str, Any]) -> list[Any] | None:
+def conversation_images(client: GatewayClient, item: StoredChoice) -> list[Any] | None:
     """Every image of the conversation, in order: what the logged prompt's token ids hold (None: one is gone)."""
-    parts = [p for m in item["request"]["messages"] if isinstance(m.get("content"), list) for p in m["content"]]
-    return _images(client, parts)
+    return _images(client, [p for m in item.request.messages for p in m.content])
 
 
-def _pending(item: dict[str, Any], answer: str) -> PendingPrompt | None:
+def _pending(item: StoredChoice, answer: str) -> PendingPrompt | None:
     """The question of a stored interaction as a prompt graded against `answer` (None: no gradable type)."""
-    meta = item.get("metadata") or {}
-    problem_type = item.get("problem_type") or meta.get("problem_type") or DEFAULT_CORRECTION_TYPE
+    problem_type = item.problem_type or item.metadata.get("problem_type") or DEFAULT_CORRECTION_TYPE
     if problem_type not in PROBLEM_TYPES:
         return None
-    return PendingPrompt(item["id"], int(item["choice_index"]), answer, problem_type, item.get("task_type") or "")
+    return PendingPrompt(item.id, item.choice_index, answer, problem_type, item.task_type or "")
 
 
 def materialize(client: GatewayClient, pending: PendingPrompt) -> Prompt | None:
@@ -136,7 +135,7 @@ def materialize(client: GatewayClient, pending: PendingPrompt) -> Prompt | None:
         if exc.status == 404:
             return None
         raise
-    item = next((c for c in choices if c.get("choice_index") == pending.choice_index), None)
+    item = next((c for c in choices if c.choice_index == pending.choice_index), None)
     if item is None:
         return None
     text, images = _question_and_images(client, item)
@@ -148,49 +147,40 @@ def materialize(client: GatewayClient, pending: PendingPrompt) -> Prompt | None:
     return Prompt(record, images)
 
 
-def _is_loop_traffic(item: dict[str, Any]) -> bool:
-    return str((item.get("metadata") or {}).get("source", "")).startswith("rl-")
-
-
 def harvest(client: GatewayClient, feedback_cursor: str | None, interaction_cursor: str | None,
             current_version: str | None, max_staleness: int, limit: int = 200) -> Harvest:
     """New prompts (references, corrections; pending, not fetched yet) and rated logged responses since the
     given cursors."""
     out = Harvest(feedback_cursor=feedback_cursor, interaction_cursor=interaction_cursor)
-    params = {"limit": limit, **({"after": feedback_cursor} if feedback_cursor else {})}
-    page = client.export("/feedback", **params)
+    page = client.feedback(after=feedback_cursor, limit=limit)
     newest = staleness_number(current_version)
-    for fb in page.get("data", []):
-        item = fb["interaction"]
+    for fb in page.data:
+        item = fb.interaction
         # feedback sent with a key the gateway does not trust is kept there, never trained on
-        if _is_loop_traffic(item) or fb.get("trusted") is not True:
+        if item.loop_traffic or fb.trusted is not True:
             continue
-        if fb.get("correction"):
-            prompt = _pending(item, fb["correction"])
+        if fb.correction:
+            prompt = _pending(item, fb.correction)
             if prompt is not None:
                 out.prompts.append(prompt)
         reward = feedback_reward(fb)
-        if reward is None or not item["completion_token_ids"]:
+        if reward is None or not item.completion_token_ids:
             continue
-        if newest - staleness_number(item.get("adapter_version")) > max_staleness:
+        if newest - staleness_number(item.adapter_version) > max_staleness:
             continue  # too stale for importance weights to be trusted
         images = conversation_images(client, item)
         if images is None:
             continue  # an image the server no longer has: the prompt's tokens cannot be scored without it
-        out.logged.append(Rollout(
-            prompt_ids=item["prompt_token_ids"], completion_ids=item["completion_token_ids"],
-            behaviour_logprobs=item["logprobs"], images=images, reward=reward, accuracy=reward,
-            group_id=None, task=item.get("task_type") or item.get("problem_type") or "feedback",
-            version=staleness_number(item.get("adapter_version")), off_policy=True, interaction_id=item["id"],
-        ))
-    out.feedback_cursor = page.get("next_cursor") or feedback_cursor
-    params = {"limit": limit, "gradable": "true", **({"after": interaction_cursor} if interaction_cursor else {})}
-    page = client.export("/interactions", **params)
-    for item in page.get("data", []):
-        reference = (item.get("metadata") or {}).get("reference_answer")
-        if reference and not _is_loop_traffic(item) and item["choice_index"] == 0:
+        out.logged.append(Rollout.from_interaction(
+            item, images=images, reward=reward, accuracy=reward, group_id=None,
+            task=item.task_type or item.problem_type or "feedback", off_policy=True))
+    out.feedback_cursor = page.next_cursor or feedback_cursor
+    page = client.interactions(after=interaction_cursor, limit=limit, gradable=True)
+    for item in page.data:
+        reference = item.metadata.get("reference_answer")
+        if reference and not item.loop_traffic and item.choice_index == 0:
             prompt = _pending(item, reference)
             if prompt is not None:
                 out.prompts.append(prompt)
-    out.interaction_cursor = page.get("next_cursor") or interaction_cursor
+    out.interaction_cursor = page.next_cursor or interaction_cursor
     return out

@@ -7,7 +7,11 @@ scores exactly the tokens the behaviour policy produced.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
+
+from openvlthinker.versions import version_number
+
+from .exported import StoredChoice
 
 
 @dataclass
@@ -45,3 +49,21 @@ class Rollout:
                 f"behaviour_logprobs has {len(self.behaviour_logprobs)} entries for "
                 f"{len(self.completion_ids)} completion tokens"
             )
+
+    @classmethod
+    def from_interaction(cls, interaction: StoredChoice | Sequence[StoredChoice], choice_index: int | None = None,
+                         **fields: Any) -> "Rollout":
+        """A stored choice (or choice `choice_index` of an interaction's choices) as a rollout: the server's
+        prompt and completion token ids, its behaviour logprobs, the version that sampled it and its id;
+        `fields` give the rest (images, reward, accuracy, group_id, task, off_policy, ...)."""
+        if isinstance(interaction, StoredChoice):
+            choice = interaction
+            if choice_index is not None and choice.choice_index != choice_index:
+                raise ValueError(f"asked for choice {choice_index} of {choice.id!r}, given choice {choice.choice_index}")
+        else:
+            choice = next((c for c in interaction if c.choice_index == choice_index), None)
+            if choice is None:
+                raise ValueError(f"no choice {choice_index} among {[c.choice_index for c in interaction]}")
+        return cls(prompt_ids=list(choice.prompt_token_ids), completion_ids=list(choice.completion_token_ids),
+                   behaviour_logprobs=list(choice.logprobs), version=version_number(choice.adapter_version) or 0,
+                   interaction_id=choice.id, **fields)

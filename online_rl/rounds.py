@@ -111,14 +111,11 @@ def collect_rollouts(client: GatewayClient, prompts: Sequence[Prompt], cfg: RLCo
             return []
         out = []
         for choice in client.interaction(resp["id"]):
-            if not choice["completion_token_ids"]:
+            if not choice.completion_token_ids:
                 continue
-            score = grade(prompt.record, choice["text"], require_thinking=choice["mode"] == "think")
-            out.append(Rollout(
-                prompt_ids=choice["prompt_token_ids"], completion_ids=choice["completion_token_ids"],
-                behaviour_logprobs=choice["logprobs"], images=prompt.images, reward=score.overall,
-                accuracy=score.accuracy, group_id=resp["id"], task=prompt.record.task, interaction_id=resp["id"],
-            ))
+            score = grade(prompt.record, choice.text, require_thinking=choice.mode == "think")
+            out.append(Rollout.from_interaction(choice, images=prompt.images, reward=score.overall,
+                                                accuracy=score.accuracy, group_id=resp["id"], task=prompt.record.task))
         return out
 
     with ThreadPoolExecutor(max(1, cfg.rollout_concurrency)) as pool:

@@ -8,6 +8,7 @@ import torch
 
 from online_rl.client import GatewayClient, image_part
 from online_rl.config import RLConfig
+from online_rl.exported import Rating
 from online_rl.harvest import feedback_reward, harvest, materialize
 from online_rl.policy import LoraPolicy
 from online_rl.rounds import run_round
@@ -17,9 +18,9 @@ from serve.launcher import ServerProcess
 
 
 def test_feedback_rewards_and_versions():
-    assert feedback_reward({"thumbs": "up"}) == 1.0 and feedback_reward({"thumbs": "down"}) == 0.0
-    assert feedback_reward({"rating": 5}) == 1.0 and feedback_reward({"rating": 2}) == 0.25
-    assert feedback_reward({"score": 0.7}) == 0.7 and feedback_reward({"correction": "3"}) is None
+    assert feedback_reward(Rating(thumbs="up")) == 1.0 and feedback_reward(Rating(thumbs="down")) == 0.0
+    assert feedback_reward(Rating(rating=5)) == 1.0 and feedback_reward(Rating(rating=2)) == 0.25
+    assert feedback_reward(Rating(score=0.7)) == 0.7 and feedback_reward(Rating(correction="3")) is None
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ def sampled_reward(client: GatewayClient, prompts: list[Prompt], model: str) -> 
         prompt = prompts[i]
         resp = client.chat(messages_for(prompt), model=model, n=8, temperature=1.0, max_tokens=128,
                            metadata=metadata_for(prompt.record, "rl-gate"), seed=10_000 + i)
-        return [grade(prompt.record, c["text"], require_thinking=c["mode"] == "think")
+        return [grade(prompt.record, c.text, require_thinking=c.mode == "think")
                 for c in client.interaction(resp["id"])]
 
     with ThreadPoolExecutor(4) as pool:

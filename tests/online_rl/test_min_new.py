@@ -59,8 +59,8 @@ def test_users_graded_chats_start_a_round_and_leftovers_wait(tmp_path):
             rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             state = json.loads((out / "state.json").read_text())
             client = GatewayClient(server.url, "none", "adm")
-            rollouts = [i for i in client.export("/interactions", limit=1000)["data"]
-                        if i["metadata"].get("source") == "rl-rollout" and i["choice_index"] == 0]
+            rollouts = [i for i in client.interactions(limit=1000).data
+                        if i.metadata.get("source") == "rl-rollout" and i.choice_index == 0]
         finally:
             server.stop()
     # The first round started by itself once three graded chats were in, and took two (its room);
@@ -71,4 +71,4 @@ def test_users_graded_chats_start_a_round_and_leftovers_wait(tmp_path):
     assert all(r["rollouts"] == 4 for r in rows)
     assert all("gate_p_better" in r and "version_kl" in r and "gate_answers_changed" in r for r in rows if r["version"])
     # The rollouts were the users' questions, graded against their reference answers.
-    assert sorted(r["metadata"]["reference_answer"] for r in rollouts) == sorted(answers[:4])
+    assert sorted(r.metadata["reference_answer"] for r in rollouts) == sorted(answers[:4])

@@ -146,9 +146,9 @@ def test_one_round_publishes_gates_and_serves(tmp_path):
         assert client.adapters()["promoted"] == "v0001" and loaded(client) == {"v0001", "v0004"}
         target = target_for(client, cfg, working=kept.working)
         child = run_round(client, policy, prompts[:2], gate, cfg, round_index=4, target=target, gate=Forced(decision=REJECT))
-        rollout = next(i for i in client.export("/interactions", limit=1000)["data"]
-                       if i["metadata"].get("source") == "rl-rollout" and i["adapter_version"] == "v0004")
-        assert rollout["metadata"]["reference_answer"] in {p.record.answer for p in prompts[:2]}
+        rollout = next(i for i in client.interactions(limit=1000).data
+                       if i.metadata.get("source") == "rl-rollout" and i.adapter_version == "v0004")
+        assert rollout.metadata["reference_answer"] in {p.record.answer for p in prompts[:2]}
         manifest = json.loads((adapters / "policy-v0005" / "manifest.json").read_text())
         assert child.decision == REJECT and manifest["parent"] == "v0004" and child.working is None
         assert loaded(client) == {"v0001"}  # a rejection drops the candidate and the trainer's kept version
