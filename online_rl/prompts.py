@@ -1,9 +1,11 @@
-"""Where the loop's questions come from: users' pending prompts, a data file or ShapeWorld, and the gate set.
+"""Where the loop's questions come from: users' pending prompts, a data file or generated tasks, and the gate set.
 
 A round takes users' prompts (harvested references and corrections, waiting in the loop's state)
-first, then fills up from a OneThinker-format file or ShapeWorld's train split. Dynamic sampling
-asks the same source for more when it drops groups without signal. The gate's held-out questions
-are the first questions of ShapeWorld's eval split, families interleaved.
+first, then fills up from a OneThinker-format file or a generated train split: ShapeWorld's for a
+vision-language model, the text tasks' (openvlthinker/tiny/text_tasks.py) for a text-only one,
+which cannot see ShapeWorld's images. Dynamic sampling asks the same source for more when it drops
+groups without signal. The gate's held-out questions are the first questions of the same
+generator's eval split, families interleaved.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from openvlthinker.data import TaskRecord
 from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
+from openvlthinker.tiny.text_tasks import TEXT_FAMILIES, text_task, text_tasks
 
 
 @dataclass
@@ -40,22 +43,31 @@ def shapeworld_prompts(count: int, round_index: int, families=FAMILIES, start: i
     return out
 
 
+def text_prompts(count: int, round_index: int, families=TEXT_FAMILIES, start: int = 0, seed: int = 0) -> list[Prompt]:
+    """`count` text-task train questions for a round from its `start`-th on, as `shapeworld_prompts` draws them
+    (families interleaved, each round's own seeds); no images."""
+    base = (round_index + seed * SEED_ROUNDS) * 100_000
+    return [Prompt(text_task(families[i % len(families)], base + i, "train"), []) for i in range(start, start + count)]
+
+
 def trainable(prompts: list[Prompt], skip_tasks: tuple[str, ...]) -> list[Prompt]:
     """The prompts whose task the loop trains on."""
     return [p for p in prompts if p.record.task not in skip_tasks]
 
 
 def fill_prompts(stream: Iterator[Prompt] | None, count: int, round_index: int,
-                 skip_tasks: tuple[str, ...] = (), start: int = 0, seed: int = 0) -> list[Prompt]:
+                 skip_tasks: tuple[str, ...] = (), start: int = 0, seed: int = 0, text: bool = False) -> list[Prompt]:
     """Prompts that complete a round: the data file's next `count` records (those of skipped tasks dropped,
-    so a round may come out short), or `count` ShapeWorld questions of the families not skipped, from the
-    round's `start`-th on."""
+    so a round may come out short), or `count` generated questions (ShapeWorld's; with `text`, the text
+    tasks') of the families not skipped, from the round's `start`-th on."""
     if count <= 0:
         return []
     if stream is not None:
         return trainable([next(stream) for _ in range(count)], skip_tasks)
-    families = tuple(f for f in FAMILIES if f not in skip_tasks)
-    return shapeworld_prompts(count, round_index, families, start, seed) if families else []
+    families = tuple(f for f in (TEXT_FAMILIES if text else FAMILIES) if f not in skip_tasks)
+    if not families:
+        return []
+    return (text_prompts if text else shapeworld_prompts)(count, round_index, families, start, seed)
 
 
 def file_prompts(path: str, image_root: str | None, seed: int) -> Iterator[Prompt]:
@@ -69,10 +81,13 @@ def file_prompts(path: str, image_root: str | None, seed: int) -> Iterator[Promp
             yield Prompt(record, [open_image(p) for p in record.images])
 
 
-def gate_prompts(count: int) -> list[Prompt]:
-    """The fixed promotion-gate set: the first `count` questions of the ShapeWorld eval split, families in turn."""
+def gate_prompts(count: int, text: bool = False) -> list[Prompt]:
+    """The fixed promotion-gate set: the first `count` questions of the ShapeWorld eval split (with `text`: of
+    the text tasks' eval split), families in turn."""
     if count < 1:
         raise ValueError(f"the gate needs at least one question, got {count}")
+    if text:
+        return [Prompt(record, []) for record in text_tasks("eval", count)]
     samples = (generate(FAMILIES[i % len(FAMILIES)], split_seed("eval", i // len(FAMILIES))) for i in range(count))
     return [Prompt(s.record, [s.image]) for s in samples]
 
@@ -85,10 +100,10 @@ class RoundPrompts:
     """
 
     def __init__(self, pending: list, fetch: Callable[[Any], Prompt | None], stream: Iterator[Prompt] | None,
-                 round_index: int, skip_tasks: tuple[str, ...] = (), seed: int = 0):
+                 round_index: int, skip_tasks: tuple[str, ...] = (), seed: int = 0, text: bool = False):
         self.pending = [p for p in pending if p.task not in skip_tasks]
         self.fetch, self.stream, self.round_index, self.skip_tasks = fetch, stream, round_index, skip_tasks
-        self.seed = seed
+        self.seed, self.text = seed, text  # text: fill from the text tasks (a text-only model)
         self.user = 0  # users' prompts handed out
         self.lost = 0  # pending prompts the server no longer had
         self.filled = 0  # fill questions drawn (the next ShapeWorld question's index in the round)
@@ -104,6 +119,7 @@ class RoundPrompts:
                 out.append(prompt)
                 self.user += 1
         wanted = count - len(out)
-        out += fill_prompts(self.stream, wanted, self.round_index, self.skip_tasks, start=self.filled, seed=self.seed)
+        out += fill_prompts(self.stream, wanted, self.round_index, self.skip_tasks, start=self.filled, seed=self.seed,
+                            text=self.text)
         self.filled += max(0, wanted)
         return out
