@@ -22,9 +22,24 @@ from .base import EngineError
 from .pixels import QwenPixels
 
 __all__ = ["IMAGE_PAD", "Prepared", "PromptEncoder", "assistant_prefix", "collate", "collect_images", "encode_one",
-           "render"]
+           "image_parts", "render", "tokenizer_of"]
 
 IMAGE_PAD = "<|image_pad|>"
+
+
+def tokenizer_of(processor) -> Any:
+    """The tokenizer of a processor; a text-only model's "processor" is its tokenizer."""
+    return getattr(processor, "tokenizer", processor)
+
+
+def _is_image(part: Any) -> bool:
+    return isinstance(part, dict) and (part.get("type") == "image" or "image" in part)
+
+
+def image_parts(messages: list[dict[str, Any]]) -> list[str]:
+    """Where the image parts are, as `messages[i].content[j]`, in message and part order."""
+    return [f"messages[{i}].content[{j}]" for i, message in enumerate(messages)
+            if isinstance(message.get("content"), list) for j, part in enumerate(message["content"]) if _is_image(part)]
 
 
 def collect_images(messages: list[dict[str, Any]]) -> list[Any]:
@@ -37,7 +52,7 @@ def collect_images(messages: list[dict[str, Any]]) -> list[Any]:
         if not isinstance(content, list):
             continue
         for part in content:
-            if isinstance(part, dict) and (part.get("type") == "image" or "image" in part):
+            if _is_image(part):
                 img = part.get("image")
                 if not isinstance(img, Image.Image):
                     raise EngineError(f"image parts must carry a decoded PIL image, got {type(img).__name__}")
@@ -107,6 +122,8 @@ class PromptEncoder:
 
     def __init__(self, processor, tokenizer):
         self.processor, self.tokenizer = processor, tokenizer
+        # A text-only model's "processor" is its tokenizer: it has no image processor, and takes no images.
+        self.text_only = not hasattr(processor, "image_processor")
         self.image_token_id = getattr(processor, "image_token_id", None)
         self.pixels = QwenPixels.of(processor) if self.image_token_id is not None else None
         # Whether the processor's output carries token types (Qwen-VL processors do); the fast path matches it.
@@ -115,6 +132,10 @@ class PromptEncoder:
     def prepare(self, messages: list[dict[str, Any]]) -> Prepared:
         """Render and tokenize (no pixel work); EngineError for a prompt the template or the images refuse."""
         images = collect_images(messages)
+        if images and self.text_only:  # named before the template sees it: it may render no placeholder at all
+            where = image_parts(messages)[0]
+            raise EngineError(f"{where} is an image, but this model reads text only (it has no image processor); "
+                              "send the request without images", param=where)
         text = render(self.processor, messages)
         ids = self.tokenizer(text)["input_ids"]  # same call (and special-token defaults) as the processor
         return Prepared(text, images, assistant_prefix(messages), ids,

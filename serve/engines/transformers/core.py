@@ -1,8 +1,8 @@
 """The engine's core: the model, its adapters and the decoding loop, run by one thread.
 
 `EngineCore` is everything that touches torch. It runs in exactly one thread: the worker
-thread of an in-process `TransformersEngine`, or the main thread of the engine's child process
-(`process_runner.py`). It takes its work from a `Scheduler` (jobs and named commands) and
+thread of a `thread_runner.ThreadRunner`, or the main thread of a `process_runner.ProcessRunner`'s
+child process. It takes its work from a `Scheduler` (jobs and named commands) and
 hands every token, result and error to the scheduler's `emit`, so the same loop serves both:
 in-process, emit calls into the clients' event loops; in the child, it writes to a pipe.
 
@@ -19,9 +19,20 @@ from typing import Any, Callable
 from ..base import EngineError, EngineUnavailable
 from .scheduler import Command, Scheduler
 
-__all__ = ["CoreSettings", "DEFAULT_MAX_CONTEXT", "EngineCore"]
+__all__ = ["CoreSettings", "DEFAULT_MAX_CONTEXT", "EngineCore", "load_prompt_processor"]
 
 DEFAULT_MAX_CONTEXT = 4096  # cap on the config's window: the KV cache of a CPU batch must stay small
+
+
+def load_prompt_processor(model_path: str) -> Any:
+    """What renders and counts prompts, without the weights: the processor, or a text-only model's tokenizer."""
+    from openvlthinker.models import is_vision_language, load_processor, resolve_model_path
+
+    if is_vision_language(model_path):
+        return load_processor(model_path)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(model_path))
 
 
 @dataclass(frozen=True)
@@ -47,11 +58,13 @@ class EngineCore:
         self.last_batch_size = self.batches_total = 0
 
     def load(self) -> None:
-        """Load model and processor (torch threads are set here, in the thread that runs torch)."""
+        """Load model and processor, or a text-only model and its tokenizer (torch threads are set here,
+        in the thread that runs torch)."""
         import torch
 
         from openvlthinker.models import load
 
+        from ..inputs import tokenizer_of
         from .lora_adapters import AdapterSet
         from .rows import DecodeContext
 
@@ -67,7 +80,7 @@ class EngineCore:
         if s.max_context is None:
             window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
             self.max_context = min(window or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
-        self.ctx = DecodeContext.from_tokenizer(processor.tokenizer, extra_eos=model_eos)
+        self.ctx = DecodeContext.from_tokenizer(tokenizer_of(processor), extra_eos=model_eos)
         self.adapters, self.processor = AdapterSet(model), processor
 
     def run(self, after: Callable[[], None] | None = None) -> None:

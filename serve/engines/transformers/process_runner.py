@@ -5,7 +5,9 @@ GIL up and has to take it back. In one process the gateway's threads (HTTP parsi
 image decoding, the store) take it in between, and the engine thread waits: measured on two
 cores, the whole server never used more than one core. Here the `EngineCore` runs in a
 spawned child with its own interpreter; the gateway process keeps the processor (prompt
-rendering and token counting) and talks to the child over a pipe:
+rendering and token counting) and the vision tower (`gateway_vision.py`: images cross the pipe
+as features), and talks to the child over a pipe. `ProcessRunner` is the parent's side, a
+`runner.Runner` like the in-process `thread_runner.ThreadRunner`:
 
     parent -> child   ("job", key, request, prefix, inputs)  ("cancel", key)
                       ("command", key, name, args)  ("stop",)
@@ -21,6 +23,7 @@ into it again; requests that arrive meanwhile get EngineUnavailable (HTTP 503).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import itertools
@@ -36,11 +39,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ..base import EngineError, EngineUnavailable, GenerationResult
-from .core import CoreSettings, EngineCore
+from ..base import EngineError, EngineOverloaded, EngineUnavailable, GenerationResult
+from .core import CoreSettings, EngineCore, load_prompt_processor
 from .scheduler import Job, Scheduler
 
-__all__ = ["EngineProcess"]
+__all__ = ["ProcessRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,14 @@ RESTART_DELAY_MAX_S = 30
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder holding `serve`, for the child's imports
 
 
-class EngineProcess:
+class ProcessRunner:
     """Parent side: starts the child, routes jobs, cancels, commands and their answers."""
 
     def __init__(self, settings: CoreSettings, max_queue: int, batch_wait: float):
         self.settings, self.max_queue, self.batch_wait = settings, max_queue, batch_wait
         self.max_context = settings.max_context
+        self.processor: Any = None  # this side's copy: renders, counts and encodes prompts
+        self.vision = None  # the vision tower on this side of the pipe (gateway_vision.GatewayVision), if any
         self.adapters: dict[str, str] = {}  # loaded versions (name -> folder), reloaded into a restarted child
         self.restarts = 0
         self._keys = itertools.count(1)
@@ -66,9 +71,31 @@ class EngineProcess:
         self._ready = threading.Event()
         self._stopping = False
 
-    # ---- lifecycle (blocking: the engine calls these through a thread) ----------------------
+    # ---- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Load this side's processor (and vision tower), then spawn the child and wait for its model."""
+        import torch
+
+        from .gateway_vision import GatewayVision
+
+        name = self.settings.model_path
+        try:  # first, so a bad folder starts no child
+            processor = await asyncio.to_thread(load_prompt_processor, name)
+            vision = None
+            if self.settings.lean_decode:  # the vision tower runs here too (the model's forward needs pixels)
+                torch.set_num_threads(1)  # small work; the other core belongs to the engine's process
+                vision = await asyncio.to_thread(GatewayVision.load, name, self.settings.dtype)
+        except Exception as exc:
+            raise EngineError(f"cannot load model {name!r}: {exc}") from exc
+        await asyncio.to_thread(self._start_child)
+        self.processor, self.vision = processor, vision
+
+    async def stop(self) -> None:
+        """Ask the child to stop (running requests fail with EngineUnavailable) and wait for it."""
+        await asyncio.to_thread(self._stop_child)
+
+    def _start_child(self) -> None:
         """Spawn the child and wait until its model is loaded; EngineError with its reason if it fails."""
         self._stopping = False
         self._spawn()
@@ -98,8 +125,7 @@ class EngineProcess:
         self.max_context = message[1]
         self._proc, self._conn = proc, conn
 
-    def stop(self) -> None:
-        """Ask the child to stop (running requests fail with EngineUnavailable) and wait for it."""
+    def _stop_child(self) -> None:
         self._stopping = True
         self._ready.clear()
         try:
@@ -125,8 +151,17 @@ class EngineProcess:
 
     # ---- work ------------------------------------------------------------------------------
 
+    def check_room(self) -> None:
+        """EngineOverloaded when max_batch + max_queue jobs are in the child (it checks its own queue too)."""
+        if self.in_flight >= self.settings.max_batch + self.max_queue:
+            raise EngineOverloaded(f"{self.in_flight} requests are already in the engine "
+                                   f"(max_batch {self.settings.max_batch} + max_queue {self.max_queue})")
+
     def admit(self, job: Job) -> None:
-        """Send a job to the child; its events come back to the job's loop and queue."""
+        """Send a job to the child (its images as features when the tower runs here); its events come back
+        to the job's loop and queue."""
+        if self.vision is not None:
+            job.inputs = self.vision.encode(job.inputs)
         job.key = next(self._keys)
         self._jobs[job.key] = job
         request = dataclasses.replace(job.request, messages=[])  # the images travel once, encoded in `inputs`
@@ -146,9 +181,14 @@ class EngineProcess:
                 pass
 
     def command(self, name: str, *args: Any) -> concurrent.futures.Future:
-        """Run a named core command in the child between two steps; the future gets its answer."""
+        """Run a named core command in the child between two steps; the future gets its answer.
+
+        The versions loaded are noted here too (before the caller sees the answer), to load them
+        again into a restarted child."""
         key = next(self._keys)
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if name in ("load_adapter", "unload_adapter"):
+            future.add_done_callback(lambda done: self._note_adapter(done, name, args))
         self._replies[key] = future
         try:
             self._send(("command", key, name, args))
@@ -156,6 +196,18 @@ class EngineProcess:
             self._replies.pop(key, None)
             future.set_exception(exc)
         return future
+
+    def _note_adapter(self, done: concurrent.futures.Future, command: str, args: tuple) -> None:
+        if done.exception() is not None:
+            return
+        if command == "load_adapter":
+            self.adapters[args[0]] = args[1]
+        else:
+            self.adapters.pop(args[0], None)
+
+    def loaded_adapters(self) -> list[str]:
+        """Names of the versions loaded into the child, in load order."""
+        return list(self.adapters)
 
     @property
     def pid(self) -> int | None:

@@ -97,8 +97,9 @@ def test_prompt_encoder_on_a_text_only_model(tmp_path, h):
     got = encoder.encode(encoder.prepare(messages))
     ref = encode_one(tokenizer, render(tokenizer, messages), [])
     assert set(got) == set(ref) and np.array_equal(got["input_ids"], ref["input_ids"])
-    with pytest.raises(EngineError, match="placeholders|no images"):
+    with pytest.raises(EngineError, match=r"messages\[0\]\.content\[0\] is an image.*text only") as info:
         encoder.prepare(h.user("Count.", [h.shape_image()]))
+    assert info.value.param == "messages[0].content[0]"
 
 
 def test_prompt_encoder_refuses_what_the_processor_refuses(tiny_dir, h):

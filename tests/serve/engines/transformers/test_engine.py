@@ -133,7 +133,7 @@ def test_max_tokens_and_stop_strings(engine, h):
 def test_thinking_budget_closes_prefilled_block(engine, h):
     msgs = h.user("How many red circles?", [h.shape_image()]) + [
         {"role": "assistant", "content": [{"type": "text", "text": "<thinking>"}]}]
-    close_id = engine._ctx.tokenizer.convert_tokens_to_ids("</thinking>")
+    close_id = engine._encoder.tokenizer.convert_tokens_to_ids("</thinking>")
     for budget in (1, 4, 9):
         events, res = h.run_one(engine, h.request(msgs, max_tokens=20, mode="think", thinking_budget=budget))
         ids = res.completion_token_ids

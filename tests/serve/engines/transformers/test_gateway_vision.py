@@ -44,8 +44,12 @@ def test_only_qwen3_vl_folders_get_a_gateway_tower(tmp_path):
 
 def test_the_engine_process_takes_image_features_from_the_gateway(engine_variants):
     """The process engine's equality with the thread engine (test_process_runner) runs through this path."""
+    from serve.engines.transformers.process_runner import ProcessRunner
+    from serve.engines.transformers.thread_runner import ThreadRunner
+
     pair = engine_variants("process", (False, True))
-    assert pair[True]._vision is not None and pair[False]._vision is None
+    assert isinstance(pair[True]._runner, ProcessRunner) and pair[True]._runner.vision is not None
+    assert isinstance(pair[False]._runner, ThreadRunner)  # the thread's core runs the tower itself
 
 
 def test_adapters_with_lora_in_the_vision_tower_are_refused(tiny_dir, tmp_path, make_engine):
