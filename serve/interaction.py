@@ -69,9 +69,9 @@ class InteractionRecord(BaseModel):
     budget: int = Field(description="the thinking budget in tokens (0: none)")
     budget_hit: bool
     request: StoredRequest
-    metadata: dict[str, Any] = Field(default_factory=dict, description="the request's metadata")
-    problem_type: str | None = None
-    task_type: str | None = None
+    metadata: dict[str, Any] = Field(description="the request's metadata")
+    problem_type: str | None = Field(description="metadata.problem_type (null: none given)")
+    task_type: str | None = Field(description="metadata.task_type (null: none)")
     thinking: str = Field(description="the thinking block's text, tags stripped")
     answer: str = Field(description="the answer's text, tags stripped")
     text: str = Field(description="the whole completion text, tags included (what the token ids decode to)")
