@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -259,10 +260,17 @@ def launch(cfg: RLConfig, rounds: int, out_dir: str | Path, **run_kwargs) -> int
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
                    "-m", "online_rl.distributed", path]
         process = subprocess.Popen(command)
+        try:  # a SIGTERM for `rl` is torchrun's too, which stops its ranks: none is left holding a GPU
+            previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+        except ValueError:  # not the main thread: signals stay as they were
+            previous = None
         try:
             return process.wait()
         except KeyboardInterrupt:  # Ctrl-C reached torchrun and its ranks too: let them stop
             return process.wait()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     finally:
         os.unlink(path)
 
@@ -296,4 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The module's own copy, not this __main__ one: the loop's lead_policy reads the ranks `init` keeps there.
+    from online_rl.distributed import main as _main
+
+    sys.exit(_main())

@@ -145,5 +145,30 @@ def test_bad_trainer_procs_values_are_named(tmp_path):
     assert bad.returncode == 2 and "trainer_procs must be >= 1, got 0" in bad.stderr, bad.stderr[-2000:]
 
 
+@pytest.mark.slow
+def test_rl_with_two_trainer_procs_runs_a_round_on_two_ranks(tmp_path):
+    from openvlthinker.models import DEFAULT_MODEL
+    from openvlthinker.versions import published_versions
+    from serve.launcher import ServerProcess
+
+    adapters, out = tmp_path / "adapters", tmp_path / "rl"
+    server = ServerProcess(["--model", DEFAULT_MODEL, "--run-dir", str(tmp_path / "run"), "--adapters-dir",
+                            str(adapters), "--admin-key", "adm", "--threads", "1", "--log-level", "warning"],
+                           log_path=tmp_path / "server.log")
+    try:
+        run = subprocess.run([sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", server.url, "--admin-key",
+                              "adm", "--trainer-procs", "2", "--device", "cpu", "--group-size", "4",
+                              "--prompts-per-round", "4", "--max-refills", "1", "--gate-margin", "0.5", "--out",
+                              str(out)], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert run.returncode == 0, run.stderr[-4000:]
+        (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert row["train_procs"] == 2.0 and row["version"] == "v0001" and published_versions(adapters) == [1]
+        assert row["decision"] in ("promote", "keep", "reject") and row["train_grad_norm"] > 0
+        assert "trainer rank 1: update 1 on" in run.stdout and "round 0:" in run.stdout, run.stdout[-3000:]
+    finally:
+        server.stop()
+
+
 if __name__ == "__main__":
     sys.exit(_worker(sys.argv[1:]))
