@@ -10,6 +10,13 @@ runs on the event loop, so resolve-and-count is atomic without locks; admin muta
 serialised by one asyncio lock. Unload first hides the version from new requests, then waits
 until its in-flight count drops to zero, then asks the engine to unload it.
 The manifest format and its checks live in `manifest.py`.
+
+With `table` (the alias row in the store's database, `store/registry.py`) the database holds the
+alias, its history and the loaded set, so gateway replicas on one database agree: an admin call
+changes the row under its lock, then this engine follows; every replica also polls the row
+(`watch`, every --registry-poll-s) and loads, unloads and flips its alias to match (`sync`). A
+change made through one replica is served by all within one poll interval plus the time to load
+the new version. Without `table`, the state lives in one process and a local file (`state_file`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from openvlthinker.versions import FOLDER_PREFIX
 
 from .errors import APIError, conflict, invalid, not_found
 from .manifest import ADAPTER_FILES, peek_manifest, read_manifest
+from .store.registry import AliasState, AliasTable
 
 log = logging.getLogger("serve.adapters")
 
@@ -77,13 +85,17 @@ class AdapterRegistry:
     """Versions on disk and in the engine, the alias (promoted version) and its history."""
 
     def __init__(self, engine, adapters_dir: str | os.PathLike, served_name: str, base_names: list[str],
-                 state_file: str | os.PathLike | None = None):
+                 state_file: str | os.PathLike | None = None, table: AliasTable | None = None):
         self.engine = engine
         self.root = Path(adapters_dir)
         self.served_name = served_name
         self.base_name = base_names[0]
         self.base_names = set(base_names)
         self.state_file = Path(state_file) if state_file else None
+        self.table = table  # the shared alias row; with it, state_file is only read once to seed an empty row
+        self.revision = -1  # the row's revision this engine matches (-1: not synced yet)
+        self._synced = False  # False while some version of the row could not be matched (retried at each poll)
+        self._drains: set[asyncio.Task] = set()
         self.loaded: dict[str, Version] = {}
         self.promoted: str | None = None
         self.history: list[str | None] = []  # previously promoted versions, newest last
@@ -144,7 +156,10 @@ class AdapterRegistry:
 
     async def load(self, version: str | None = None, path: str | None = None) -> Version:
         async with self._lock:
-            return await self._load(*self.resolve_folder(version, path))
+            entry = await self._load(*self.resolve_folder(version, path))
+            if self.table is not None:
+                await self._change(lambda s: s.change(loaded=s.loaded | {entry.version}))
+            return entry
 
     async def _load(self, version: str, folder: Path) -> Version:
         existing = self.loaded.get(version)
@@ -173,7 +188,9 @@ class AdapterRegistry:
             entry = self.loaded.get(version)
             if entry is None or entry.draining:
                 raise not_found(f"Version {version!r} is not loaded; load it first.", "version", "adapter_not_loaded")
-            if self.promoted != version:
+            if self.table is not None:
+                await self._change(lambda s: _promoted(s, version))
+            elif self.promoted != version:
                 self.history.append(self.promoted)
                 self.promoted = version
                 self._save()
@@ -182,6 +199,8 @@ class AdapterRegistry:
     async def rollback(self) -> str | None:
         """Point the alias back at the previously promoted version (reloaded if needed), or the base."""
         async with self._lock:
+            if self.table is not None:
+                return await self._rollback_shared()
             if not self.history and self.promoted is None:
                 raise conflict("Nothing to roll back: the alias already serves the base model.", None, "no_history")
             target = self.history.pop() if self.history else None
@@ -207,11 +226,18 @@ class AdapterRegistry:
             if entry.draining:
                 raise conflict(f"Version {version} is already being unloaded.", "version", "adapter_draining")
             entry.draining = True  # new requests can no longer pin it
+            if self.table is not None:
+                try:
+                    await self._change(lambda s: _unloaded(s, version))
+                except BaseException:
+                    entry.draining = False
+                    raise
         try:
             await asyncio.wait_for(entry.idle.wait(), drain_timeout_s)
             await self.engine.unload_adapter(entry.engine_name)
         except BaseException:
             entry.draining = False
+            self._synced = False  # with a table: the next poll drains it again, as the row no longer lists it
             raise
         async with self._lock:
             self.loaded.pop(version, None)
@@ -244,7 +270,7 @@ class AdapterRegistry:
 
     def _save(self) -> None:
         """Remember loaded/promoted versions so a restarted server serves the same alias."""
-        if self.state_file is None:
+        if self.state_file is None or self.table is not None:
             return
         state = {"promoted": self.promoted, "history": self.history, "loaded": sorted(self.loaded)}
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +280,9 @@ class AdapterRegistry:
 
     async def restore(self) -> None:
         """Reload the versions of the saved state (skipping ones that fail) and the alias."""
+        if self.table is not None:
+            await self._restore_shared()
+            return
         if self.state_file is None or not self.state_file.is_file():
             return
         try:
@@ -270,6 +299,126 @@ class AdapterRegistry:
         self.promoted = promoted if promoted in self.loaded else None
         self.history = [v for v in state.get("history", []) if v is None or isinstance(v, str)]
         self._save()
+
+    # ------------------------------------------------------------- replicas
+
+    async def _change(self, fn) -> AliasState:
+        """Change the shared row with `fn` (under its lock, in a thread), then match this engine to it."""
+        state = await asyncio.to_thread(self.table.change, fn)
+        await self._match(state)
+        return state
+
+    async def _rollback_shared(self) -> str | None:
+        state = await asyncio.to_thread(self.table.read) or AliasState()
+        if not state.history and state.promoted is None:
+            raise conflict("Nothing to roll back: the alias already serves the base model.", None, "no_history")
+        target = state.history[-1] if state.history else None
+        if target is not None and (target not in self.loaded or self.loaded[target].draining):
+            await self._load(*self.resolve_folder(target))  # before the row changes: a failed load changes nothing
+        state = await self._change(_rolled_back)
+        log.info("alias %s rolled back to %s", self.served_name, state.promoted or "base")
+        return state.promoted
+
+    async def _restore_shared(self) -> None:
+        """Match the shared row; a database without one is seeded from an earlier release's state file."""
+        if await asyncio.to_thread(self.table.read) is None and self.state_file and self.state_file.is_file():
+            try:
+                saved = json.loads(self.state_file.read_text(encoding="utf-8"))
+            except ValueError:
+                saved = {}
+            loaded = frozenset(v for v in saved.get("loaded", []) if isinstance(v, str))
+            history = tuple(v for v in saved.get("history", []) if v is None or isinstance(v, str))
+            promoted = saved.get("promoted") if saved.get("promoted") in loaded else None
+
+            def seed(state: AliasState) -> AliasState:
+                if state.revision:  # another replica wrote the row meanwhile: it wins
+                    return state
+                return state.change(promoted=promoted, history=history, loaded=loaded)
+
+            await asyncio.to_thread(self.table.change, seed)
+        await self.sync()
+
+    async def sync(self) -> None:
+        """Read the shared row and, if it changed (or was not matched yet), make this engine match it."""
+        state = await asyncio.to_thread(self.table.read)
+        if state is None or (state.revision == self.revision and self._synced):
+            return
+        async with self._lock:
+            if state.revision >= self.revision:  # an admin call here may have matched a newer one meanwhile
+                await self._match(state)
+
+    async def watch(self, poll_s: float) -> None:
+        """Poll the shared row every `poll_s` seconds until cancelled (a failed poll is logged and retried)."""
+        while True:
+            await asyncio.sleep(poll_s)
+            try:
+                await self.sync()
+            except Exception as exc:  # noqa: BLE001 - the database may be briefly away; serve what we have
+                log.warning("could not sync adapter alias %s from the store: %s", self.served_name, exc)
+
+    async def _match(self, state: AliasState) -> None:
+        """Load what the row lists and this engine lacks, drain what it no longer lists, then flip the alias.
+
+        Runs under `_lock`. Loading comes first, so the alias flips only to a version this engine serves."""
+        synced = True
+        for version in sorted(state.loaded - set(self.loaded)):
+            try:
+                await self._load(*self.resolve_folder(version))
+            except APIError as exc:
+                synced = False
+                log.warning("replica cannot load adapter %s listed in the store: %s", version, exc.message)
+        for version, entry in list(self.loaded.items()):
+            if version not in state.loaded and not entry.draining:
+                entry.draining = True
+                task = asyncio.create_task(self._drain(entry))
+                self._drains.add(task)
+                task.add_done_callback(self._drains.discard)
+        target = state.promoted
+        if target is None or (target in self.loaded and not self.loaded[target].draining):
+            if self.promoted != target:
+                log.info("alias %s -> %s (store revision %d)", self.served_name, target or "base", state.revision)
+            self.promoted = target
+        else:
+            synced = False  # keep serving the previous version until this one loads
+        self.history = list(state.history)
+        self.revision, self._synced = state.revision, synced
+
+    async def _drain(self, entry: Version) -> None:
+        """Unload a version another replica unloaded, once this engine's requests on it are done."""
+        try:
+            await entry.idle.wait()
+            await self.engine.unload_adapter(entry.engine_name)
+        except Exception as exc:  # noqa: BLE001 - the next poll retries
+            entry.draining = False
+            self._synced = False
+            log.warning("could not unload adapter %s: %s", entry.version, exc)
+            return
+        if self.loaded.get(entry.version) is entry:
+            self.loaded.pop(entry.version)
+        log.info("unloaded adapter %s (%s), as the store lists it no more", entry.version, entry.engine_name)
+
+
+def _promoted(state: AliasState, version: str) -> AliasState:
+    if version not in state.loaded:  # another replica unloaded it since
+        raise not_found(f"Version {version!r} is not loaded; load it first.", "version", "adapter_not_loaded")
+    if state.promoted == version:
+        return state
+    return state.change(promoted=version, history=state.history + (state.promoted,))
+
+
+def _rolled_back(state: AliasState) -> AliasState:
+    if not state.history and state.promoted is None:
+        raise conflict("Nothing to roll back: the alias already serves the base model.", None, "no_history")
+    target = state.history[-1] if state.history else None
+    loaded = state.loaded | {target} if target is not None else state.loaded
+    return state.change(promoted=target, history=state.history[:-1], loaded=loaded)
+
+
+def _unloaded(state: AliasState, version: str) -> AliasState:
+    if state.promoted == version:
+        raise conflict(f"Version {version} is promoted; promote another version or roll back first.",
+                       "version", "adapter_promoted")
+    return state.change(loaded=state.loaded - {version})
 
 
 def _check_version(name: str, param: str) -> str:

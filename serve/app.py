@@ -1,7 +1,8 @@
 """`create_app(config, engine)`: the FastAPI gateway around one engine. No module-level state.
 
 The engine starts in the lifespan (uvicorn opens the port only after it is ready), then the
-store and the adapter registry (restoring the versions and alias of the previous run). Every
+store and the adapter registry (restoring the versions and alias the store's database records, and
+following that record while it serves, so replicas on one database serve one alias). Every
 service object hangs off `app.state`; routes stay thin.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -29,6 +31,7 @@ from .responses import ResponsesService
 from .stored_completions import StoredCompletions
 from .routes import api, open_routes
 from .store import Store
+from .store.registry import AliasTable
 from .store.writer import StoreWriter
 
 log = logging.getLogger("serve")
@@ -48,11 +51,14 @@ def create_app(config: ServeConfig, engine: Any) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
-        store = Store(config.store_url, config.images_path)
+        store = Store(config.store_url, config.images_location)
         writer = StoreWriter(store)  # the chat's interactions, committed together under load
+        # The alias lives in the store's database; the state file of an earlier release only seeds it.
+        table = AliasTable(store.engine, config.served_name, replica=f"{config.host}:{config.port}-{uuid.uuid4().hex[:6]}")
         registry = AdapterRegistry(engine, config.adapters_path, config.served_name, base_names(config, engine),
-                                   state_file=config.run_path / "adapters_state.json")
+                                   state_file=config.run_path / "adapters_state.json", table=table)
         await registry.restore()
+        watcher = asyncio.create_task(registry.watch(config.registry_poll_s))
         app.state.store, app.state.writer, app.state.registry = store, writer, registry
         app.state.chat = ChatService(engine, registry, writer, config, app.state.metrics)
         app.state.responses = ResponsesService(app.state.chat, store)
@@ -63,6 +69,7 @@ def create_app(config: ServeConfig, engine: Any) -> FastAPI:
             yield
         finally:
             app.state.ready = False
+            watcher.cancel()
             await engine.stop()
             await asyncio.to_thread(writer.close)  # what was acknowledged is committed by now; the rest too
             store.close()

@@ -63,6 +63,13 @@ class ServeConfig:
     run_dir: str = "runs/serve"  # store, images and adapter state live here
     store: str | None = None  # SQLAlchemy URL; None = SQLite file <run_dir>/serve.db (WAL)
     adapters_dir: str | None = None  # folder of policy-vNNNN/ versions; None = <run_dir>/adapters
+    # Stored images, content-addressed: a folder (None = <run_dir>/images; replicas share one by naming
+    # the same folder), or instead an fsspec URL (s3://bucket/images with s3fs installed, file:///srv/images).
+    images_dir: str | None = None
+    images_url: str | None = None
+    # Seconds between reads of the adapter alias in the store's database: a promote through one replica
+    # is served by every replica within this plus the time to load the version.
+    registry_poll_s: float = 1.0
     served_name: str = "openvlthinker"  # the alias clients use; `<served_name>@vNNNN` pins a version
     max_batch: int = 8  # sequences the engine decodes together
     max_queue: int = 64  # waiting requests before the engine answers 503
@@ -184,6 +191,14 @@ class ServeConfig:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len is not None and self.max_model_len < 16:
             raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
+        if not self.registry_poll_s > 0:
+            raise ValueError(f"registry_poll_s must be > 0, got {self.registry_poll_s}")
+        if self.images_url is not None:
+            if self.images_dir is not None:
+                raise ValueError("give images_dir (--images-dir) or images_url (--images-url), not both")
+            if "://" not in self.images_url:
+                raise ValueError(f"images_url must be an fsspec URL (scheme://path), got {self.images_url!r}; "
+                                 "for a folder use images_dir (--images-dir)")
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "max_lora_rank",
                      "max_loras"):
             if int(getattr(self, name)) < 1:
@@ -203,7 +218,12 @@ class ServeConfig:
 
     @property
     def images_path(self) -> Path:
-        return self.run_path / "images"
+        return Path(self.images_dir) if self.images_dir else self.run_path / "images"
+
+    @property
+    def images_location(self) -> str | Path:
+        """Where stored images go: the fsspec URL if one is given, else the folder."""
+        return self.images_url or self.images_path
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "ServeConfig":
