@@ -52,6 +52,27 @@ def test_thinking_budget_caps_and_stream_agrees(client, admin):
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
 
 
+def test_return_token_ids_are_the_logged_tokens_across_passes(client, admin):
+    """vLLM's return_token_ids through the gateway: the ids of both passes and the forced </thinking>,
+    non-streamed and streamed, equal what the store logged."""
+    kw = dict(model="openvlthinker", messages=[*Q, *THINK], max_tokens=80, temperature=0, reasoning_effort="low",
+              extra_body={"return_token_ids": True})
+    r = client.chat.completions.create(**kw)
+    stored = admin("GET", f"/interactions/{r.id}").json()["data"][0]
+    assert stored["budget_hit"] is True  # two passes, a forced tag between them
+    assert r.prompt_token_ids == stored["prompt_token_ids"] and r.choices[0].token_ids == stored["completion_token_ids"]
+    ids, prompts, completion_id = [], [], None
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        completion_id = chunk.id
+        if getattr(chunk, "prompt_token_ids", None) is not None:
+            prompts.append(chunk.prompt_token_ids)
+        for choice in chunk.choices:
+            ids += getattr(choice, "token_ids", None) or []
+    streamed = admin("GET", f"/interactions/{completion_id}").json()["data"][0]
+    assert ids == streamed["completion_token_ids"] == stored["completion_token_ids"]  # greedy: the same tokens
+    assert prompts == [streamed["prompt_token_ids"]]
+
+
 def test_logprobs_n_and_stop(client):
     r = client.chat.completions.create(model="openvlthinker", messages=Q, n=2, max_tokens=6, temperature=1.0, seed=5,
                                        logprobs=True, top_logprobs=3, reasoning_effort="none")
