@@ -106,10 +106,14 @@ class TransformersEngine:
 
         runner = self._runner_type(self.settings, self.max_queue, self._batch_wait)
         await runner.start()
-        tokenizer = tokenizer_of(runner.processor)
-        # The event loop renders, counts and encodes prompts; a private tokenizer copy keeps the Rust
-        # tokenizer's padding state (mutated by batch encoding in a worker thread) out of its way.
-        self._encoder = PromptEncoder(runner.processor, copy.deepcopy(tokenizer))
+        try:
+            tokenizer = tokenizer_of(runner.processor)
+            # The event loop renders, counts and encodes prompts; a private tokenizer copy keeps the Rust
+            # tokenizer's padding state (mutated by batch encoding in a worker thread) out of its way.
+            self._encoder = PromptEncoder(runner.processor, copy.deepcopy(tokenizer))
+        except Exception as exc:
+            await runner.stop()  # no core left running for an engine that did not start
+            raise EngineError(f"cannot load model {self.model_name!r}: {exc}") from exc
         self._vocab = len(tokenizer)  # logit_bias ids are checked against it
         self._runner, self.max_context = runner, runner.max_context
 
