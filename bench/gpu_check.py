@@ -90,7 +90,8 @@ def gpu_memory_by_pid() -> dict[int, float]:
 
 
 class MemorySampler:
-    """Samples nvidia-smi in a thread: peak MiB of the trainer's process and of every other one (vLLM's)."""
+    """Samples nvidia-smi in a thread: peak MiB of the trainer's process and of all others on the device (vLLM's
+    API server, engine and workers; another job's too, if one shares the GPU)."""
 
     def __init__(self, interval: float = 0.5, sample=gpu_memory_by_pid):
         self.interval, self.sample = interval, sample
@@ -101,7 +102,10 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.record(self.sample())
+            try:
+                self.record(self.sample())
+            except (OSError, subprocess.SubprocessError) as exc:  # a driver hiccup costs samples, not the check
+                print(f"gpu-check: nvidia-smi failed ({exc}); memory peaks may be low", file=sys.stderr)
             self._stop.wait(self.interval)
 
     def record(self, usage: dict[int, float]) -> None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from argparse import ArgumentParser
 from pathlib import Path
 
@@ -83,6 +84,22 @@ def test_memory_peaks_split_the_trainer_from_vllm(gpu_check):
     sampler.record({101: 30_100.0, 102: 500.0, 200: 9_000.0})
     sampler.record({101: 30_000.0, 200: 7_000.0})
     assert sampler.peak == {"vllm": 30_600.0, "trainer": 9_000.0}
+
+
+def test_a_failing_nvidia_smi_costs_samples_not_the_check(gpu_check, capsys):
+    calls = []
+
+    def flaky() -> dict[int, float]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise subprocess.CalledProcessError(9, ["nvidia-smi"])
+        return {7: 1_000.0}
+
+    with gpu_check.MemorySampler(interval=0.01, sample=flaky) as sampler:
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert sampler.peak["vllm"] == 1_000.0 and "nvidia-smi failed" in capsys.readouterr().err
 
 
 def test_the_round_metrics_come_from_the_last_line(gpu_check, tmp_path):
