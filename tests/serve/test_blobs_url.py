@@ -2,6 +2,7 @@
 
 import hashlib
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,22 @@ def test_the_store_writes_images_under_a_url(tmp_path, url):
     sha = store.blobs.put(PNG)
     assert store.blobs.get(sha) == PNG and store.blobs.root == url
     store.close()
+
+
+def test_the_image_and_poll_flags_reach_the_config_and_bad_ones_are_named(tmp_path):
+    from openvlthinker.cli import build_parser
+    from serve.cli import build_config
+    from serve.config import ServeConfig
+
+    def parse(*argv):
+        return build_config(build_parser().parse_args(["serve", "--run-dir", str(tmp_path), *argv]))
+
+    default = parse()
+    assert default.images_location == tmp_path / "images" and default.registry_poll_s == 1.0
+    assert parse("--images-dir", "/srv/images").images_location == Path("/srv/images")
+    cfg = parse("--images-url", "memory://shared", "--registry-poll-s", "0.25")
+    assert cfg.images_location == "memory://shared" and cfg.registry_poll_s == 0.25
+    for kw, words in ((dict(images_url="/srv/images"), "fsspec URL"), (dict(images_url="memory://a", images_dir="/x"),
+                                                                         "not both"), (dict(registry_poll_s=0), "> 0")):
+        with pytest.raises(ValueError, match=words):
+            ServeConfig(model="m", **kw)
