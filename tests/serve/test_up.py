@@ -213,3 +213,19 @@ def test_up_checks_the_demo_port_before_starting_anything(tmp_path):
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--demo-port" in done.stderr, done.stdout + done.stderr
     assert not (tmp_path / "serve.log").exists()
+
+
+def test_engine_flags_and_extra_serve_flags_reach_the_gateway():
+    import argparse
+
+    from serve.up import add_arguments, engine_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--engine", "vllm", "--vllm-python", "/venv/bin/python",
+                              "--serve-arg=--max-model-len 1024", "--serve-arg", "--vllm-arg='--dtype float32'"])
+    assert engine_args(args) == ["--engine", "vllm", "--vllm-python", "/venv/bin/python", "--max-model-len", "1024",
+                                 "--vllm-arg=--dtype float32"]
+    assert engine_args(parser.parse_args([])) == ["--engine", "transformers"]
+    with pytest.raises(ValueError, match="--vllm-python needs --engine vllm"):
+        engine_args(parser.parse_args(["--vllm-python", "/venv/bin/python"]))
