@@ -124,26 +124,27 @@ class MemorySampler:
         self._thread.join(timeout=30)
 
 
-def image_requests(n: int) -> list[list[dict]]:
-    """`n` ShapeWorld questions as OpenAI content parts (PNG data URL, then the question)."""
+def image_requests(n: int) -> list[dict]:
+    """`n` ShapeWorld questions as a client sends them: the image (PNG data URL), the bare question, and its
+    problem type and options in metadata (they pick the prompt's answer format, as for the RL loop's requests)."""
     from openvlthinker.data.loading import png_data_url
     from openvlthinker.evaluation import load_eval_data
-    from openvlthinker.prompts import record_messages
 
-    data = load_eval_data(f"shapeworld:eval:{max(1, -(-n // 6))}")[:n]
     out = []
-    for record, images in data:
-        (message,) = record_messages(record, images=images, mode="think")
-        out.append([{"type": "image_url", "image_url": {"url": png_data_url(p["image"])}} if p["type"] == "image"
-                    else {"type": "text", "text": p["text"]} for p in message["content"]])
+    for record, images in load_eval_data(f"shapeworld:eval:{max(1, -(-n // 6))}")[:n]:
+        content = [*({"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in images),
+                   {"type": "text", "text": record.problem.replace("<image>", "").strip()}]
+        metadata = {"problem_type": record.problem_type, "task_type": record.task_type}
+        if record.options:
+            metadata["options"] = json.dumps(list(record.options))
+        out.append({"messages": [{"role": "user", "content": content}], "metadata": metadata})
     return out
 
 
-def throughput(client, requests: list[list[dict]], clients: int, max_tokens: int) -> dict[str, float]:
-    """Completion tokens per second with `clients` concurrent callers (greedy, the model thinks, then answers)."""
-    def one(content: list[dict]) -> int:
-        r = client.chat.completions.create(model="openvlthinker", messages=[{"role": "user", "content": content}],
-                                           max_tokens=max_tokens, temperature=0)
+def throughput(client, requests: list[dict], clients: int, max_tokens: int) -> dict[str, float]:
+    """Completion tokens per second with `clients` concurrent callers (greedy; the model thinks, then answers)."""
+    def one(request: dict) -> int:
+        r = client.chat.completions.create(model="openvlthinker", max_tokens=max_tokens, temperature=0, **request)
         return r.usage.completion_tokens
 
     start = time.perf_counter()

@@ -126,6 +126,26 @@ def test_the_table_has_throughput_step_time_and_both_peaks(gpu_check):
     assert missing.count("n/a") == 5
 
 
+@pytest.mark.slow
+def test_the_throughput_requests_are_image_questions_the_gateway_answers(gpu_check, tmp_path):
+    from openai import OpenAI
+
+    from serve.launcher import ServerProcess
+
+    requests = gpu_check.image_requests(7)
+    assert len(requests) == 7 and len({r["metadata"]["task_type"] for r in requests}) == 6
+    # The shipped tiny model on the transformers engine: the same API the check drives on vLLM.
+    server = ServerProcess(["--api-key", "k", "--run-dir", str(tmp_path / "run"), "--log-level", "warning"],
+                           log_path=tmp_path / "gateway.log", env={"OMP_NUM_THREADS": "1"})
+    try:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0, timeout=120)
+        row = gpu_check.throughput(client, requests[:4], 2, 12)
+    finally:
+        server.stop()
+    assert (row["clients"], row["requests"]) == (2, 4) and 4 <= row["tokens"] <= 4 * 12
+    assert row["tok_s"] > 0 and row["req_s"] > 0
+
+
 def run_script(cwd=REPO, **env) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("MODEL", "WHEELS", "GPU_UTIL")}
     return subprocess.run(["bash", str(SCRIPT)], env={**base, **env}, cwd=cwd, capture_output=True, text=True,
