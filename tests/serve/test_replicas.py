@@ -4,7 +4,8 @@ Both processes run the real transformers engine on the tiny model, share the ada
 images folder and the database, and poll the alias row every POLL_S seconds. While clients send
 requests to both, replica A loads and promotes a version, then rolls back; B must answer with the
 alias' version within the bound (one poll interval plus the time to load the version, plus slack for
-two processes on a small shared machine), and every request of the clients must succeed.
+two processes on a small shared machine), and every request of the clients must succeed. A third
+replica started afterwards serves the recorded alias from its first answer.
 """
 
 import threading
@@ -110,6 +111,12 @@ def test_two_replicas_serve_one_alias_through_promote_and_rollback(tmp_path, tin
         image = httpx.get(f"{b.url}/v1/images/{sha}", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
         assert image.status_code == 200 and image.content == png
         assert (images / sha[:2] / sha).read_bytes() == png
+
+        # a replica started later serves the alias the database records from its first answer
+        _admin(a, "POST", "/adapters/promote", json={"version": "v0002"})
+        c = Server(tiny_model, tmp_path / "c", *flags)
+        servers.append(c)
+        assert _ask(c.client(max_retries=0, timeout=60)).adapter_version == "v0002"
     finally:
         for server in servers:
             server.stop()
