@@ -22,9 +22,10 @@ COPY serve ./serve
 COPY online_rl ./online_rl
 COPY demo ./demo
 # Every package already in the image (the CUDA torch vLLM was built against, transformers,
-# vLLM's own pins) stays at its version: pip may only add the gateway's few dependencies.
+# vLLM's own pins) stays at its version: pip may only add the gateway's few dependencies, the
+# loop's (the same image runs `openvlthinker rl`, deploy/compose.yaml) and the PostgreSQL driver.
 RUN python3 -m pip list --format=freeze > /tmp/image-pins.txt \
- && python3 -m pip install --no-cache-dir -c /tmp/image-pins.txt ".[serve]" \
+ && python3 -m pip install --no-cache-dir -c /tmp/image-pins.txt ".[serve,rl,postgres]" \
  && python3 -c "import vllm, serve.engines.vllm_engine; print('vllm', vllm.__version__)"
 
 ENV MODEL=Qwen/Qwen3-VL-8B-Instruct \

@@ -87,3 +87,109 @@ def test_the_vllm_image_is_the_version_the_engine_is_tested_with():
     assert base == f"vllm/vllm-openai:v{tested}"
     assert any(kind == "HEALTHCHECK" and "/health" in args for kind, args in _instructions())
     assert any(kind == "EXPOSE" and args == "8000" for kind, args in _instructions())
+
+
+# --- deploy/compose.yaml: checked the same way (no Docker engine here): its command lines must be ones the
+# gateway and the loop accept, and the services must agree on what they share.
+
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+DEPLOY_ENV = {"API_KEY": "k-api", "ADMIN_KEY": "k-admin", "POSTGRES_PASSWORD": "pw"}
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${NAME}`, `${NAME:-default}` and `${NAME:?message}` (an error when unset or empty)."""
+    def one(m: re.Match) -> str:
+        name, op, arg = m[1], m[2], m[3] or ""
+        value = env.get(name, "")
+        if op == ":?" and not value:
+            raise KeyError(f"{name}: {arg}")
+        return value or (arg if op == ":-" else "")
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, text)
+
+
+def _compose(env: dict[str, str]) -> dict:
+    import yaml
+
+    return yaml.safe_load(_interpolate(COMPOSE.read_text(encoding="utf-8"), env))
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path -> volume (or host path) of a service."""
+    return {dst.split(":")[0]: src for src, dst in (v.split(":", 1) for v in service.get("volumes", []))}
+
+
+def _gateways(compose: dict) -> dict[str, object]:
+    """The gateway replicas of the compose file, each as the ServeConfig its image's entrypoint builds."""
+    import argparse
+
+    from serve.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = {}
+    for name, service in compose["services"].items():
+        if service.get("build"):
+            env = {k: "" if v is None else str(v) for k, v in service["environment"].items()}  # `KEY:` is ""
+            argv = _entrypoint_argv({**_env_defaults(), **env}, service.get("command") or [])
+            assert argv[0] == "serve"
+            out[name] = build_config(parser.parse_args(argv[1:]))
+    return out
+
+
+def test_the_compose_replicas_share_one_database_adapters_and_images():
+    compose = _compose(DEPLOY_ENV)
+    gateways = _gateways(compose)
+    assert len(gateways) == 2
+    db = compose["services"]["postgres"]["environment"]
+    for name, config in gateways.items():
+        mounts = _mounts(compose["services"][name])
+        assert config.engine == "vllm" and config.api_key == "k-api" and config.admin_key == "k-admin"
+        assert config.store == (f"postgresql+psycopg://{db['POSTGRES_USER']}:pw@postgres:5432/{db['POSTGRES_DB']}")
+        assert config.adapters_dir.startswith("/shared/") and config.images_dir.startswith("/shared/")
+        assert mounts["/shared"] == "shared" and mounts[config.run_dir] == name  # the run dir is the replica's own
+        assert config.registry_poll_s == 1
+    shared = {(c.store, c.adapters_dir, c.images_dir, c.model) for c in gateways.values()}
+    assert len(shared) == 1
+
+
+def test_the_compose_trainer_is_a_loop_command_on_the_replicas_adapters():
+    import argparse
+
+    from online_rl.cli import add_arguments
+
+    compose = _compose(DEPLOY_ENV)
+    gateways = _gateways(compose)
+    trainer = compose["services"]["trainer"]
+    assert trainer["entrypoint"] == ["openvlthinker", "rl"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(trainer["command"].split())
+    host, port = re.match(r"http://([\w-]+):(\d+)/v1$", args.endpoint).groups()
+    assert host in gateways and int(port) == gateways[host].port
+    assert args.admin_key == "k-admin" and args.api_key == "k-api"
+    assert {args.adapters_dir} == {c.adapters_dir for c in gateways.values()} and _mounts(trainer)["/shared"] == "shared"
+    (devices,) = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert args.trainer_procs == len(devices["device_ids"]) and args.device == "cuda" and args.rounds == 0
+    taken = [d for s in compose["services"].values() for r in [s.get("deploy", {}).get("resources", {})]
+             for d in r.get("reservations", {}).get("devices", [])]
+    ids = [i for d in taken for i in d["device_ids"]]
+    assert len(ids) == len(set(ids))  # no GPU is given to two services
+
+
+def test_the_balancer_sends_to_every_replica():
+    compose = _compose(DEPLOY_ENV)
+    gateways = _gateways(compose)
+    nginx = (ROOT / "deploy" / compose["services"]["balancer"]["volumes"][0].split(":")[0]).read_text()
+    upstream = re.search(r"upstream gateways \{(.*?)\}", nginx, re.S)[1]
+    assert set(re.findall(r"server ([\w-]+:\d+);", upstream)) == {f"{n}:{c.port}" for n, c in gateways.items()}
+    listen = re.search(r"listen (\d+);", nginx)[1]
+    assert compose["services"]["balancer"]["ports"] == [f"8000:{listen}"]
+
+
+def test_the_compose_file_names_what_a_deployment_must_set():
+    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
+        _compose({k: v for k, v in DEPLOY_ENV.items() if k != "POSTGRES_PASSWORD"})
+    example = dict(line.split("=", 1) for line in (ROOT / "deploy" / "example.env").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    _compose(example)  # the example file sets every required value
