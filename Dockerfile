@@ -26,7 +26,7 @@ COPY demo ./demo
 # loop's (the same image runs `openvlthinker rl`, deploy/compose.yaml) and the PostgreSQL driver.
 RUN python3 -m pip list --format=freeze > /tmp/image-pins.txt \
  && python3 -m pip install --no-cache-dir -c /tmp/image-pins.txt ".[serve,rl,postgres]" \
- && python3 -c "import vllm, serve.engines.vllm_engine; print('vllm', vllm.__version__)"
+ && python3 -c "import vllm, serve.engines.vllm.engine; print('vllm', vllm.__version__)"
 
 ENV MODEL=Qwen/Qwen3-VL-8B-Instruct \
     PORT=8000 \

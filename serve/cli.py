@@ -140,8 +140,8 @@ def _vllm_engine(config, model: str):
     """A VllmEngine from the config; vLLM itself starts with the gateway (in the app's lifespan)."""
     import shutil
 
-    from serve.engines.vllm_engine import VllmEngine
-    from serve.engines.vllm_process import VllmLaunch
+    from serve.engines.vllm.engine import VllmEngine
+    from serve.engines.vllm.process import VllmLaunch
 
     python = config.vllm_python or sys.executable
     if not shutil.which(python):

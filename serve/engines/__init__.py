@@ -2,7 +2,7 @@
 
 from .base import Engine, EngineError, EngineFailed, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, SamplingParams, TokenEvent
 from .transformers import TransformersEngine  # light: torch/transformers load in start()
-from .vllm_engine import VllmEngine  # light: vLLM runs in a child process, spoken to over HTTP
+from .vllm import VllmEngine  # light: vLLM runs in a child process, spoken to over HTTP
 
 __all__ = ["Engine", "EngineError", "EngineFailed", "EngineOverloaded", "EngineUnavailable", "GenerationRequest", "GenerationResult", "SamplingParams",
            "TokenEvent", "TransformersEngine", "VllmEngine"]

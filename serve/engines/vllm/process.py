@@ -24,12 +24,12 @@ from pathlib import Path
 
 import httpx
 
-from .base import EngineError
+from ..base import EngineError
 
 __all__ = ["KEEP_ALIVE_S", "VllmLaunch", "VllmProcess", "log_tail"]
 
 # How long vLLM keeps an idle connection open (its default is 5 s). The gateway's pool drops its idle connections
-# sooner (vllm_engine.py), so it never sends a request down one that vLLM is closing at that moment: with vLLM's
+# sooner (engine.py), so it never sends a request down one that vLLM is closing at that moment: with vLLM's
 # 5 s and aiohttp's 15 s, a request after a lull (a trainer's update step) could fail as a lost connection.
 KEEP_ALIVE_S = 60
 

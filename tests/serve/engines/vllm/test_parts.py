@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from openvlthinker.models import DEFAULT_MODEL
-from serve.engines.vllm_decode import Upstream, _continued, _top
-from serve.engines.vllm_engine import _openai_messages
+from serve.engines.vllm.decode import Upstream, _continued, _top
+from serve.engines.vllm.engine import _openai_messages
 from serve.config import ServeConfig
-from serve.engines.vllm_process import KEEP_ALIVE_S, VllmLaunch, log_tail
+from serve.engines.vllm.process import KEEP_ALIVE_S, VllmLaunch, log_tail
 
 
 def test_messages_become_openai_parts():
@@ -109,7 +109,7 @@ def test_sse_lines_are_whole_however_the_body_is_cut():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from serve.engines.vllm_engine import _lines
+    from serve.engines.vllm.engine import _lines
 
     body = b'data: {"a": 1}\r\n\r\ndata: {"b": "' + b"x" * 70000 + b'"}\n\ndata: [DONE]'
     expected = ['data: {"a": 1}', "", 'data: {"b": "' + "x" * 70000 + '"}', "", "data: [DONE]"]
@@ -140,7 +140,7 @@ def test_a_held_answer_in_think_mode_opens_the_block_and_reaches_the_grammar_pas
 
     from openvlthinker.thinking import close_tag_suffix_ids
     from serve.engines.base import GenerationRequest, GenerationResult, SamplingParams
-    from serve.engines.vllm_decode import decode
+    from serve.engines.vllm.decode import decode
 
     tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL)
     prompt = [7, 8, 9]

@@ -2,7 +2,7 @@
 
 The gateway keeps everything above the engine line (API, store, reasoning plan, adapter
 alias and drain); this engine forwards each completion to vLLM as chat requests (streamed when the client streams)
-(`vllm_decode` runs the passes that enforce the thinking budget), loads and unloads LoRA
+(`decode.py` runs the passes that enforce the thinking budget), loads and unloads LoRA
 versions through vLLM's runtime endpoints under names that are never reused, and supervises
 the child: if it dies, it is started again and every loaded version is loaded again under
 its same name (a fresh process has no cache to confuse). The gateway never imports vLLM.
@@ -24,9 +24,9 @@ import aiohttp
 
 from openvlthinker.data import png_data_url
 
-from .base import EngineError, EngineFailed, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, Mode, TokenEvent
-from .vllm_decode import Upstream, decode
-from .vllm_process import KEEP_ALIVE_S, VllmLaunch, VllmProcess
+from ..base import EngineError, EngineFailed, EngineOverloaded, EngineUnavailable, GenerationRequest, GenerationResult, Mode, TokenEvent
+from .decode import Upstream, decode
+from .process import KEEP_ALIVE_S, VllmLaunch, VllmProcess
 
 __all__ = ["VllmEngine"]
 
@@ -85,11 +85,11 @@ class VllmEngine:
             return
         from openvlthinker.thinking import close_tag_suffix_ids
 
-        from ..launcher import free_port
+        from ...launcher import free_port
 
         self._stopping = False
         self._processor, self._tokenizer = await asyncio.to_thread(load_tokenizers, self.model_name)
-        from .inputs import PromptEncoder
+        from ..inputs import PromptEncoder
 
         # Counting renders and tokenizes as the transformers engine does (same template, same image sizing).
         self._encoder = PromptEncoder(self._processor or self._tokenizer, self._tokenizer)
@@ -161,7 +161,7 @@ class VllmEngine:
                 delay = min(delay * 2, 30.0)
 
     def _log_tail(self) -> str:
-        from .vllm_process import log_tail
+        from .process import log_tail
 
         return log_tail(self.log_path, 15)
 
@@ -169,7 +169,7 @@ class VllmEngine:
 
     def count_prompt_tokens(self, messages: list[dict[str, Any]], mode: Mode) -> int:
         """Prompt length after the chat template and image expansion, with the local tokenizer."""
-        from .inputs import collect_images
+        from ..inputs import collect_images
 
         if self._encoder is None:
             raise EngineUnavailable("engine is not running (call start() first)")
@@ -180,7 +180,7 @@ class VllmEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent | GenerationResult]:
         """TokenEvents as vLLM streams them, then one GenerationResult (errors on first iteration)."""
         self._admit(request)
-        from .inputs import assistant_prefix
+        from ..inputs import assistant_prefix
 
         model = request.adapter or BASE
         messages = _openai_messages(request.messages)

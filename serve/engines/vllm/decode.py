@@ -32,9 +32,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from openvlthinker.thinking import THINK_CLOSE, THINK_OPEN, ThinkTracker
 
-from .base import EngineFailed, GenerationRequest, GenerationResult, TokenEvent
-from .grammar import answer_grammar
-from .text import IncrementalDetokenizer, StopWatch
+from ..base import EngineFailed, GenerationRequest, GenerationResult, TokenEvent
+from ..grammar import answer_grammar
+from ..text import IncrementalDetokenizer, StopWatch
 
 __all__ = ["Upstream", "decode"]
 
