@@ -13,8 +13,10 @@ the gateway writes `<thinking>` itself first (forced, as the transformers engine
 end of the turn is banned inside the block, so a model that would never open the block, or
 would end the turn in it, still reaches the pass that writes a schema-valid answer.
 
-Each later pass continues the assistant message written so far (`continue_final_message`),
-so vLLM's prefix cache reuses the prompt. Passes are streamed from vLLM only when the client
+Each later pass continues from the exact token ids so far (prompt + completion, a completions
+request), so vLLM's prefix cache reuses the prompt and every logged logprob is conditioned on the
+logged ids; with images (which vLLM's completions do not take) it continues the assistant message
+as text (`continue_final_message`). Passes are streamed from vLLM only when the client
 streams: a non-streamed pass is one JSON reply, which spares vLLM's server and the gateway
 an SSE chunk per token. The caller sees one stream of TokenEvents and one
 GenerationResult, exactly as from the transformers engine: token ids and behaviour logprobs
@@ -139,14 +141,19 @@ def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]
     """The vLLM chat request of one pass (continuing the assistant text written so far)."""
     s = request.sampling
     end_ids = up.end_ids() if request.answer_schema is not None and state == INSIDE else []
-    msgs, cont = _continued(messages, done.prefix + done.text)
     body = {
-        "model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": s.temperature, "top_p": s.top_p,
+        "model": model, "max_tokens": max_tokens, "temperature": s.temperature, "top_p": s.top_p,
         "stop": list(dict.fromkeys([*done.stops.stops, *extra_stops])), "include_stop_str_in_output": True,
-        "logprobs": True, "top_logprobs": s.top_logprobs + 1 if s.top_logprobs else 0, "return_token_ids": True,
-        "add_generation_prompt": not cont, "continue_final_message": cont,
-        "stream": request.stream, "skip_special_tokens": True,
+        "return_token_ids": True, "stream": request.stream, "skip_special_tokens": True,
     }
+    top = s.top_logprobs + 1 if s.top_logprobs else 0
+    ids = _token_prompt(messages, done)
+    if ids is not None:  # a completions request on the exact tokens so far
+        body.update(prompt=ids, logprobs=top)
+    else:
+        msgs, cont = _continued(messages, done.prefix + done.text)
+        body.update(messages=msgs, logprobs=True, top_logprobs=top, add_generation_prompt=not cont,
+                    continue_final_message=cont)
     if s.seed is not None:
         body["seed"] = s.seed + len(done.ids)  # a different draw per pass, reproducible per request
     bias = {str(token): bias for token, bias in s.logit_bias}
@@ -171,6 +178,29 @@ def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]
             start = "think"  # a thinking completion without a budget: one pass from the top
         body["structured_outputs"] = {"grammar": answer_grammar(request.answer_schema, up.tokenizer, start)}
     return body
+
+
+def _token_prompt(messages: list[dict[str, Any]], done: _Completion) -> list[int] | None:
+    """The exact ids a later pass must condition on (prompt + completion so far), or None where the pass
+    goes through the chat template: the first pass, and requests with images (vLLM's completions take no
+    images). Re-rendering the text instead would re-tokenize it, and a sampled completion is often not the
+    tokenizer's own split of its text: the next tokens' logprobs would then be conditioned on other ids
+    than the ones logged for training."""
+    if done.prompt_ids is None or any(isinstance(m.get("content"), list) and any(
+            isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"]) for m in messages):
+        return None
+    return [*done.prompt_ids, *done.ids]
+
+
+def _chat_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """A completions choice (streamed or not) in the shape of a streamed chat choice."""
+    lp = choice.get("logprobs") or {}
+    tops = lp.get("top_logprobs") or []
+    entries = [None if v is None else {"logprob": v, "top_logprobs": [
+        {"token": t, "logprob": x} for t, x in ((tops[j] if j < len(tops) else None) or {}).items()]}
+        for j, v in enumerate(lp.get("token_logprobs") or [])]
+    return {"token_ids": choice.get("token_ids"), "logprobs": {"content": entries},
+            "finish_reason": choice.get("finish_reason"), "delta": {"content": choice.get("text") or ""}}
 
 
 def _continued(messages: list[dict[str, Any]], assistant: str) -> tuple[list[dict[str, Any]], bool]:
@@ -238,13 +268,19 @@ async def decode(request: GenerationRequest, model: str, messages: list[dict[str
 
 async def _chunks(up: Upstream, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """The pass's stream chunks; a non-streamed pass is one reply, reshaped as one big chunk."""
+    tokens_in = "prompt" in body
     if body["stream"]:
         async for chunk in up.stream(body):
-            yield chunk
+            yield {**chunk, "choices": [_chat_choice(c) for c in chunk.get("choices") or []]} if tokens_in else chunk
         return
     reply = await up.once(body)
-    choices = [{"token_ids": c.get("token_ids"), "logprobs": c.get("logprobs"), "finish_reason": c.get("finish_reason"),
-                "delta": {"content": (c.get("message") or {}).get("content") or ""}} for c in reply.get("choices") or []]
+    if tokens_in:
+        choices = [_chat_choice(c) for c in reply.get("choices") or []]
+    else:
+        choices = [{"token_ids": c.get("token_ids"), "logprobs": c.get("logprobs"),
+                    "finish_reason": c.get("finish_reason"),
+                    "delta": {"content": (c.get("message") or {}).get("content") or ""}}
+                   for c in reply.get("choices") or []]
     yield {"prompt_token_ids": reply.get("prompt_token_ids"), "choices": choices}
 
 
@@ -303,11 +339,17 @@ async def _score_forced(request: GenerationRequest, model: str, messages: list[d
                         forced: list[int], up: Upstream) -> list[tuple[float, tuple[tuple[str, float], ...]]]:
     """The model's logprob (and top alternatives) of each forced token, from one prompt_logprobs call."""
     k = done.k
-    forced_text = up.decode_ids(forced)
-    msgs, _ = _continued(messages, done.prefix + done.text + forced_text)
-    body = {"model": model, "messages": msgs, "max_tokens": 1, "temperature": 0, "prompt_logprobs": k,
-            "return_token_ids": True, "add_generation_prompt": False, "continue_final_message": True}
+    body = {"model": model, "max_tokens": 1, "temperature": 0, "prompt_logprobs": k, "return_token_ids": True,
+            "stream": False}
+    ids = _token_prompt(messages, done)
+    if ids is not None:
+        body["prompt"] = ids + list(forced)
+    else:
+        msgs, _ = _continued(messages, done.prefix + done.text + up.decode_ids(forced))
+        body.update(messages=msgs, add_generation_prompt=False, continue_final_message=True)
     reply = await up.once(body)
+    if ids is not None:  # a completions reply: the prompt's ids and logprobs are on its choice
+        reply = (reply.get("choices") or [{}])[0]
     ids, lps = reply.get("prompt_token_ids") or [], reply.get("prompt_logprobs") or []
     exact = len(ids) >= len(forced) and ids[-len(forced):] == forced
     if done.prompt_ids is None and exact and not done.ids:

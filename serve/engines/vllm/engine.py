@@ -208,11 +208,11 @@ class VllmEngine:
             raise EngineError(f"adapter {request.adapter!r} is not loaded; loaded: {self.loaded_adapters()}")
 
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """POST a streamed chat request; yield each SSE chunk as a dict."""
+        """POST a streamed chat (or, with a token `prompt`, completions) request; yield each SSE chunk as a dict."""
         if self._client is None:
             raise EngineUnavailable("vLLM is not running")
         try:
-            async with self._client.post("/v1/chat/completions", json=body) as resp:
+            async with self._client.post(_path(body), json=body) as resp:
                 if resp.status != 200:
                     _raise_for(resp.status, await resp.text(errors="replace"))
                 lines = _lines(resp.content.iter_any())
@@ -232,7 +232,7 @@ class VllmEngine:
             raise EngineUnavailable(f"lost the connection to vLLM ({type(exc).__name__})") from exc
 
     async def _once(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._post("/v1/chat/completions", body)
+        return await self._post(_path(body), body)
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         if self._client is None:
@@ -297,6 +297,11 @@ def load_tokenizers(model: str) -> tuple[Any, Any]:
         from transformers import AutoTokenizer
 
         return None, AutoTokenizer.from_pretrained(source)
+
+
+def _path(body: dict[str, Any]) -> str:
+    """vLLM's route for a pass: completions for a prompt of token ids, chat for messages."""
+    return "/v1/completions" if "prompt" in body else "/v1/chat/completions"
 
 
 async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:

@@ -146,8 +146,10 @@ def test_a_held_answer_in_think_mode_opens_the_block_and_reaches_the_grammar_pas
     prompt = [7, 8, 9]
     bodies = []
 
-    def reply(text):
+    def reply(text, body):
         ids = tok.encode(text, add_special_tokens=False)
+        if "prompt" in body:  # a completions request on token ids
+            return {"choices": [{"text": text, "token_ids": ids, "finish_reason": "stop"}]}
         return {"prompt_token_ids": prompt, "choices": [{"message": {"content": text}, "token_ids": ids,
                                                          "finish_reason": "stop"}]}
 
@@ -157,7 +159,7 @@ def test_a_held_answer_in_think_mode_opens_the_block_and_reaches_the_grammar_pas
             forced = tok.encode("<thinking>", add_special_tokens=False)
             return {"prompt_token_ids": prompt + forced,
                     "prompt_logprobs": [None] * len(prompt) + [{str(forced[0]): {"logprob": -2.5, "rank": 3}}]}
-        return reply("two circles</thinking>" if len(bodies) == 2 else '<answer>{"shape": "circle"}</answer>')
+        return reply("two circles</thinking>" if len(bodies) == 2 else '<answer>{"shape": "circle"}</answer>', body)
 
     up = Upstream(stream=None, once=once, close_ids=close_tag_suffix_ids(tok), tokenizer=tok)
     request = GenerationRequest("r", [], SamplingParams(max_tokens=50, temperature=0), mode="think",
@@ -173,8 +175,68 @@ def test_a_held_answer_in_think_mode_opens_the_block_and_reaches_the_grammar_pas
     assert result.prompt_token_ids == prompt and result.completion_logprobs[0] == -2.5  # the tag's own score
     score, inside, after = bodies
     assert score["messages"][-1] == {"role": "assistant", "content": "<thinking>"}
+    # Once the prompt's ids are known, each pass continues from the exact ids so far.
+    assert inside["prompt"] == prompt + result.completion_token_ids[:len(inside["prompt"]) - len(prompt)]
+    assert after["prompt"] == prompt + tok.encode("<thinking>two circles</thinking>", add_special_tokens=False)
     ends = {str(i) for i in up.end_ids()}
     assert ends and all(inside["logit_bias"][i] == -100.0 for i in ends) and "</thinking>" in inside["stop"]
     assert "structured_outputs" not in inside and "logit_bias" not in after
     grammar = after["structured_outputs"]["grammar"]
     assert grammar.startswith("start: /[ \\n]*/")  # from the answer on: the block is already written
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_later_passes_continue_from_the_sampled_ids_not_a_retokenized_text(with_image):
+    """A sampled completion is often not the tokenizer's own split of its text (here " wide" sampled as " w" +
+    "ide"); a pass that re-rendered the text would condition the next tokens on other ids than the logged ones,
+    so their logprobs would not be the trainer's (seen: 3.7 nats on one answer token). Text-only passes go on
+    from the exact ids; a request with images (vLLM's completions take none) goes on as chat text."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from openvlthinker.thinking import close_tag_suffix_ids
+    from serve.engines.base import GenerationRequest, GenerationResult, SamplingParams
+    from serve.engines.vllm.decode import decode
+
+    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+    prompt = [7, 8, 9]
+    split = [tok.convert_tokens_to_ids(t) for t in tok.tokenize(" w")] + \
+        [tok.convert_tokens_to_ids(t) for t in tok.tokenize("ide")]
+    opened = tok.encode("<thinking>", add_special_tokens=False)
+    think = opened + split + tok.encode("</thinking>", add_special_tokens=False)
+    assert tok.encode("<thinking> wide</thinking>", add_special_tokens=False) != think  # not its own split
+    answer = tok.encode("<answer>yes</answer>", add_special_tokens=False)
+    passes = [opened, think[len(opened):], answer]  # each pass stops at the next tag
+    bodies = []
+
+    async def once(body):
+        bodies.append(body)
+        ids = passes[len(bodies) - 1]
+        entry = {"logprob": -0.5}
+        if "prompt" in body:
+            return {"choices": [{"text": tok.decode(ids), "token_ids": ids, "finish_reason": "stop",
+                                 "logprobs": {"token_logprobs": [-0.5] * len(ids), "top_logprobs": [None] * len(ids)}}]}
+        return {"prompt_token_ids": prompt, "choices": [{"message": {"content": tok.decode(ids)}, "token_ids": ids,
+                                                         "logprobs": {"content": [entry] * len(ids)},
+                                                         "finish_reason": "stop"}]}
+
+    up = Upstream(stream=None, once=once, close_ids=close_tag_suffix_ids(tok), tokenizer=tok)
+    request = GenerationRequest("r", [], SamplingParams(max_tokens=50, temperature=1.0), mode="think",
+                                thinking_budget=40, stream=False)
+    content = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+               {"type": "text", "text": "Q"}] if with_image else "Q"
+
+    async def run():
+        return [item async for item in decode(request, "base", [{"role": "user", "content": content}], "", up)]
+
+    result = asyncio.run(run())[-1]
+    assert isinstance(result, GenerationResult)
+    assert result.completion_token_ids == think + answer and result.completion_logprobs == [-0.5] * len(think + answer)
+    first, _, last = bodies
+    assert "messages" in first and "prompt" not in first  # the first pass renders the chat template
+    if with_image:
+        assert "prompt" not in last and last["continue_final_message"] is True
+        assert last["messages"][-1] == {"role": "assistant", "content": tok.decode(think, skip_special_tokens=True)}
+    else:
+        assert last["prompt"] == prompt + think and "messages" not in last
