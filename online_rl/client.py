@@ -78,9 +78,9 @@ class GatewayClient:
 
     def chat(self, messages: list[dict], *, model: str, n: int = 1, temperature: float = 1.0, max_tokens: int = 128,
              metadata: dict[str, str] | None = None, seed: int | None = None) -> dict:
-        """One chat completion (OpenAI wire format)."""
+        """One chat completion (OpenAI wire format) with its behaviour logprobs, token ids, texts and mode."""
         body = {"model": model, "messages": messages, "n": n, "temperature": temperature, "max_tokens": max_tokens,
-                "logprobs": True, "metadata": metadata or {}, "seed": seed}
+                "logprobs": True, "return_token_ids": True, "metadata": metadata or {}, "seed": seed}
         return self._call("POST", "/v1/chat/completions", self.api, json=body)
 
     def interactions(self, after: str | None = None, limit: int = 100, gradable: bool | None = None) -> Page[StoredChoice]:

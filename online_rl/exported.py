@@ -47,29 +47,35 @@ class StoredRequest(_Read):
     messages: list[StoredMessage]
 
 
-class StoredChoice(_Read):
-    """One stored choice of an interaction: its conversation, its text and the exact tokens sampled."""
+class SampledChoice(_Read):
+    """One sampled choice: its interaction id, the version and mode that wrote it, its text, the exact tokens
+    and their behaviour logprobs (what a rollout is made of)."""
 
     id: str
     choice_index: int
-    cursor: str
     adapter_version: str | None
     mode: Literal["think", "direct"]
-    metadata: dict[str, str]
-    problem_type: str | None
-    task_type: str | None
     text: str
     prompt_token_ids: list[int]
     completion_token_ids: list[int]
     logprobs: list[float]
-    request: StoredRequest
 
     @model_validator(mode="after")
-    def _one_logprob_per_token(self) -> "StoredChoice":
+    def _one_logprob_per_token(self) -> "SampledChoice":
         if len(self.logprobs) != len(self.completion_token_ids):
             raise ValueError(f"logprobs has {len(self.logprobs)} entries for {len(self.completion_token_ids)} "
                              f"completion_token_ids")
         return self
+
+
+class StoredChoice(SampledChoice):
+    """One stored choice of an interaction: a sampled choice with its conversation, cursor and labels."""
+
+    cursor: str
+    metadata: dict[str, str]
+    problem_type: str | None
+    task_type: str | None
+    request: StoredRequest
 
     @property
     def loop_traffic(self) -> bool:
@@ -100,6 +106,22 @@ class Page(_Read, Generic[T]):
     data: list[T]
     next_cursor: str | None
     has_more: bool
+
+
+def sampled_choices(completion: dict[str, Any]) -> list[SampledChoice]:
+    """The choices of a chat completion asked with `logprobs` and `return_token_ids`, as sampled choices
+    (MalformedExport when the response lacks what a rollout needs)."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    rows = [{"id": completion.get("id"), "choice_index": c.get("index"), "adapter_version": completion.get(
+        "adapter_version"), "mode": completion.get("mode"), "text": c.get("text"),
+        "prompt_token_ids": completion.get("prompt_token_ids"), "completion_token_ids": c.get("token_ids"),
+        "logprobs": [e.get("logprob") for e in ((c.get("logprobs") or {}).get("content") or [])]}
+        for c in (choices if isinstance(choices, list) else []) if isinstance(c, dict)]
+    return parse(_Choices, {"data": rows}, "POST /v1/chat/completions").data
+
+
+class _Choices(_Read):
+    data: list[SampledChoice]
 
 
 class MalformedExport(ValueError):

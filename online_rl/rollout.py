@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from openvlthinker.versions import version_number
 
-from .exported import StoredChoice
+from .exported import SampledChoice
 
 
 @dataclass
@@ -51,12 +51,12 @@ class Rollout:
             )
 
     @classmethod
-    def from_interaction(cls, interaction: StoredChoice | Sequence[StoredChoice], choice_index: int | None = None,
+    def from_interaction(cls, interaction: SampledChoice | Sequence[SampledChoice], choice_index: int | None = None,
                          **fields: Any) -> "Rollout":
-        """A stored choice (or choice `choice_index` of an interaction's choices) as a rollout: the server's
-        prompt and completion token ids, its behaviour logprobs, the version that sampled it and its id;
-        `fields` give the rest (images, reward, accuracy, group_id, task, off_policy, ...)."""
-        if isinstance(interaction, StoredChoice):
+        """A sampled or stored choice (or choice `choice_index` of an interaction's choices) as a rollout: the
+        server's prompt and completion token ids, its behaviour logprobs, the version that sampled it and its
+        id; `fields` give the rest (images, reward, accuracy, group_id, task, off_policy, ...)."""
+        if isinstance(interaction, SampledChoice):
             choice = interaction
             if choice_index is not None and choice.choice_index != choice_index:
                 raise ValueError(f"asked for choice {choice_index} of {choice.id!r}, given choice {choice.choice_index}")

@@ -33,6 +33,7 @@ from openvlthinker.rl import LengthTargets, g2rpo_advantages, get_advantage, inf
 from openvlthinker.versions import next_version, pinned_model, publish, version_name, version_number
 
 from .client import GatewayClient, GatewayError
+from .exported import sampled_choices
 from .config import RLConfig
 from .evaluate import (GateScores, eval_reward, graded_accuracy, messages_for, metadata_for,  # noqa: F401 (re-exported)
                        score_questions)
@@ -110,7 +111,7 @@ def collect_rollouts(client: GatewayClient, prompts: Sequence[Prompt], cfg: RLCo
             log.warning("skipped prompt %s: %s", prompt.record.problem_id, exc)
             return []
         out = []
-        for choice in client.interaction(resp["id"]):
+        for choice in sampled_choices(resp):  # one call: the response carries what the rollout needs
             if not choice.completion_token_ids:
                 continue
             score = grade(prompt.record, choice.text, require_thinking=choice.mode == "think")

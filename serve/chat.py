@@ -221,11 +221,13 @@ class ChatService:
                                          tool_calls=calls),
                 logprobs=ChoiceLogprobs(content=_token_logprobs(events[i], call.req)) if call.req.logprobs else None,
                 token_ids=list(res.completion_token_ids) if call.req.return_token_ids else None,
+                text=res.text if call.req.return_token_ids else None,
             ))
         return ChatCompletion(id=call.id, created=call.created, model=call.lease.model, choices=choices,
                               usage=_usage(finished), system_fingerprint=call.fingerprint,
                               adapter_version=call.lease.version,
-                              prompt_token_ids=list(finished[0].prompt_token_ids) if call.req.return_token_ids else None)
+                              prompt_token_ids=list(finished[0].prompt_token_ids) if call.req.return_token_ids else None,
+                              mode=call.prompt.plan.mode if call.req.return_token_ids else None)
 
     async def _stream(self, call: Call, fan: Fanout,
                       close: Callable[[], Awaitable[None]]) -> AsyncIterator[ChatCompletionChunk | APIError]:
@@ -285,7 +287,7 @@ class ChatService:
                     last = list(res.completion_token_ids[sent[i]:])
                 chunk = self._chunk(call, i, Delta(), finish_reason=finish, token_ids=last)
                 if ids is not None and i == 0:  # known only once a choice has finished
-                    chunk.prompt_token_ids = list(res.prompt_token_ids)
+                    chunk.prompt_token_ids, chunk.mode = list(res.prompt_token_ids), call.prompt.plan.mode
                 yield chunk
             if req.stream_options and req.stream_options.include_usage:
                 yield self._chunk_obj(call, [], usage=_usage(finished))

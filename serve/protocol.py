@@ -125,9 +125,11 @@ class ChatCompletionRequest(_Strict):
     # Accepted only at the value that asks for what this server does anyway (clients send it by default).
     modalities: list[Literal["text"]] | None = Field(None, description='only ["text"]')
     # vLLM's name: the exact tokens beside the text, so a client (the RL loop) has a rollout in one call.
-    return_token_ids: bool | None = Field(None, description="true: prompt_token_ids on the response (in a stream: "
-                                                            "once, on the first choice's last chunk) and token_ids "
-                                                            "on each choice (in a stream: each chunk's new tokens)")
+    return_token_ids: bool | None = Field(None, description="true: prompt_token_ids and the reasoning mode on the "
+                                                            "response (in a stream: once, on the first choice's last "
+                                                            "chunk), token_ids on each choice (in a stream: each "
+                                                            "chunk's new tokens) and, not streamed, each choice's "
+                                                            "whole text as the model wrote it, tags included")
 
 
     @field_validator("stop")
@@ -308,6 +310,8 @@ class Choice(BaseModel):
     finish_reason: FinishReason
     token_ids: list[int] | None = Field(None, description="return_token_ids: the completion's tokens, "
                                                           "end-of-turn token included")
+    text: str | None = Field(None, description="return_token_ids: the completion as the model wrote it, thinking "
+                                               "and answer tags included (what a grader reads)")
 
 
 class ChatCompletion(BaseModel):
@@ -320,6 +324,8 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str
     adapter_version: str | None = None
     prompt_token_ids: list[int] | None = Field(None, description="return_token_ids: the prompt as the engine saw it")
+    mode: Literal["think", "direct"] | None = Field(None, description="return_token_ids: the reasoning mode the "
+                                                                      "router chose for this request")
 
 
 class Delta(BaseModel):
@@ -348,6 +354,7 @@ class ChatCompletionChunk(BaseModel):
     adapter_version: str | None = None
     usage: Usage | None = None
     prompt_token_ids: list[int] | None = None
+    mode: Literal["think", "direct"] | None = None
 
 
 class ModelCard(BaseModel):

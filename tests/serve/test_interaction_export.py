@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from online_rl.client import GatewayClient
-from online_rl.exported import MalformedExport, StoredChoice
+from online_rl.exported import MalformedExport, SampledChoice, StoredChoice, sampled_choices
 from online_rl.rollout import Rollout
 
 ADMIN = "adm-export"
@@ -80,9 +80,17 @@ def test_return_token_ids_are_the_logged_tokens(server, loop, tokenizer):
         text = tokenizer.decode(choice.token_ids, skip_special_tokens=True)
         assert text == logged.text and (choice.message.content or "") in text
         assert [t.logprob for t in choice.logprobs.content] == pytest.approx(logged.logprobs)
+        assert choice.text == logged.text and r.mode == logged.mode
+    # The loop's rollout is this one response: the same sampled choices as the store's, field by field.
+    sampled = sampled_choices(r.model_dump())
+    fields = list(SampledChoice.model_fields)
+    assert [c.model_dump() for c in sampled] == [stored[i].model_dump(include=set(fields)) for i in (0, 1)]
     # without the flag the response carries no ids, as before
     plain = client.chat.completions.create(model="openvlthinker", messages=ASK, max_tokens=4)
     assert plain.prompt_token_ids is None and plain.choices[0].token_ids is None
+    assert plain.mode is None and plain.choices[0].text is None
+    with pytest.raises(MalformedExport, match=r"POST /v1/chat/completions: .*data\.0\.prompt_token_ids"):
+        sampled_choices(plain.model_dump())
 
 
 def test_streamed_token_ids_add_up_to_the_logged_tokens(server, loop, tokenizer):
@@ -92,17 +100,19 @@ def test_streamed_token_ids_add_up_to_the_logged_tokens(server, loop, tokenizer)
                                             extra_body={"return_token_ids": True})
     ids: dict[int, list[int]] = {0: [], 1: []}
     carried = {0: 0, 1: 0}  # chunks that brought tokens: they come as they are sampled, not all at the end
-    prompts, completion_id = [], None
+    prompts, modes, completion_id = [], [], None
     for chunk in stream:
         completion_id = chunk.id
         if getattr(chunk, "prompt_token_ids", None) is not None:
             prompts.append(chunk.prompt_token_ids)
+            modes.append(chunk.mode)
         for choice in chunk.choices:
             new = getattr(choice, "token_ids", None) or []
             ids[choice.index] += new
             carried[choice.index] += bool(new)
     stored = {c.choice_index: c for c in loop.interaction(completion_id)}
     assert prompts == [stored[0].prompt_token_ids]  # once, as vLLM sends it
+    assert modes == [stored[0].mode]
     for i in (0, 1):
         assert ids[i] == stored[i].completion_token_ids and ids[i]
         assert carried[i] > 1 or len(ids[i]) == 1
