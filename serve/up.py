@@ -72,8 +72,9 @@ class Keys:
 
     def serve_args(self) -> list[str]:
         """The gateway's key flags."""
-        return (["--admin-key", self.admin] + (["--api-key", self.api] if self.api else [])
-                + (["--trusted-feedback-keys", self.demo] if self.demo else [])
+        # KEY=VALUE: a random key may start with "-", which argparse would take for a flag
+        return ([f"--admin-key={self.admin}"] + ([f"--api-key={self.api}"] if self.api else [])
+                + ([f"--trusted-feedback-keys={self.demo}"] if self.demo else [])
                 + (["--insecure-no-auth"] if self.api is None and self.demo else []))
 
     def describe_api(self) -> str:
@@ -101,8 +102,8 @@ def _start_demo(args: argparse.Namespace, api_url: str, keys: Keys, run_dir: Pat
     demo_key = keys.demo or keys.api
     with open(run_dir / "demo.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "openvlthinker.cli", "demo", "--endpoint", api_url, "--admin-key", keys.admin,
-             *(["--api-key", demo_key] if demo_key else []),
+            [sys.executable, "-m", "openvlthinker.cli", "demo", "--endpoint", api_url, f"--admin-key={keys.admin}",
+             *([f"--api-key={demo_key}"] if demo_key else []),
              "--host", args.host, "--port", str(args.demo_port), "--rl-metrics", str(run_dir / "rl" / "metrics.jsonl")],
             stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -114,8 +115,8 @@ def _start_loop(args: argparse.Namespace, api_url: str, keys: Keys, model: str, 
     """
     with open(run_dir / "rl.log", "ab") as log:  # the child holds its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", api_url, "--admin-key", keys.admin,
-             *(["--api-key", keys.api] if keys.api else []),
+            [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", api_url, f"--admin-key={keys.admin}",
+             *([f"--api-key={keys.api}"] if keys.api else []),
              "--model", model, "--adapters-dir", str(run_dir / "adapters"), "--rounds", "0",
              "--min-new", str(args.rl_min_new), "--out", str(run_dir / "rl")],
             stdout=log, stderr=subprocess.STDOUT)

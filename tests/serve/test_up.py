@@ -229,3 +229,25 @@ def test_engine_flags_and_extra_serve_flags_reach_the_gateway():
     assert engine_args(parser.parse_args([])) == ["--engine", "transformers"]
     with pytest.raises(ValueError, match="--vllm-python needs --engine vllm"):
         engine_args(parser.parse_args(["--vllm-python", "/venv/bin/python"]))
+
+
+def test_keys_that_start_with_a_dash_reach_the_children_intact(tmp_path, monkeypatch):
+    """A random key is drawn from [A-Za-z0-9_-]: 1 start in 64 got one beginning with "-", which argparse took
+    for a flag ("--admin-key: expected one argument") and the gateway exited. The children get KEY=VALUE."""
+    import argparse
+
+    from openvlthinker.cli import build_parser
+    from serve import up
+
+    args = argparse.Namespace(admin_key="-adm", api_key="-api", host="0.0.0.0", insecure_no_auth=False,
+                              demo_port=0, rl_min_new=8)
+    keys = up.Keys(args, tmp_path)
+    parser = build_parser()
+    serve = parser.parse_args(["serve", *keys.serve_args()])
+    assert (serve.admin_key, serve.api_key) == ("-adm", "-api") and keys.demo in serve.trusted_feedback_keys
+    argv = {}
+    monkeypatch.setattr(up.subprocess, "Popen", lambda cmd, **kw: argv.setdefault(cmd[3], cmd[4:]))
+    up._start_demo(args, "http://127.0.0.1:1", keys, tmp_path)
+    up._start_loop(args, "http://127.0.0.1:1", keys, "m", tmp_path)
+    demo, rl = parser.parse_args(["demo", *argv["demo"]]), parser.parse_args(["rl", *argv["rl"]])
+    assert (demo.admin_key, demo.api_key) == ("-adm", keys.demo) and (rl.admin_key, rl.api_key) == ("-adm", "-api")

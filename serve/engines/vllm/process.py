@@ -74,6 +74,10 @@ class VllmLaunch:
             cmd += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
         if self.max_model_len is not None:
             cmd += ["--max-model-len", str(self.max_model_len)]
+        if self.is_cpu_build():
+            # The loop's trainer runs float32 on the CPU; vLLM-CPU's default is bfloat16, whose behaviour logprobs
+            # differ from the trainer's by more than 5e-3 on the tiny model (float32: 1e-5). A --vllm-arg --dtype wins.
+            cmd += ["--dtype", "float32"]
         context = self.max_model_len or _context_length(self.model)
         if context is not None and self.is_cpu_build():
             # vLLM-CPU's engine dies on a seeded request whose prompt is prefilled over several steps (it rewinds

