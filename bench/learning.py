@@ -35,12 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from online_rl import loop
 from online_rl.client import GatewayClient
-from online_rl.config import RLConfig
+from online_rl.config import RLConfig, cli_setting
 from online_rl.evaluate import graded_accuracy, messages_for, metadata_for
 from online_rl.profiles import profile_for
 from online_rl.prompts import Prompt
@@ -253,18 +252,6 @@ def plot(results: list[dict], evalset: list[Prompt], path: Path) -> None:
     plt.close(fig)
 
 
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (an RLConfig field), got {text!r}")
-    for kind in (int, float):  # YAML 1.1 reads 1e-3 (no dot) as a string
-        try:
-            return key.strip(), kind(value)
-        except ValueError:
-            pass
-    return key.strip(), yaml.safe_load(value)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -274,7 +261,7 @@ def main() -> None:
                                                                     "excluded)")
     parser.add_argument("--eval-every", type=float, default=10.0, help="loop minutes between held-out scorings")
     parser.add_argument("--eval-per-family", type=int, default=40)
-    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
+    parser.add_argument("--set", dest="overrides", action="append", type=cli_setting, default=[],
                         help="an RLConfig field over the profile's value, e.g. --set lr=1e-3 (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-learning"))
     args = parser.parse_args()

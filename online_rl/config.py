@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
+
+import yaml
 
 from openvlthinker.models import check_placement
 from openvlthinker.rl import ADVANTAGES
@@ -123,3 +126,16 @@ class RLConfig:
             raise ValueError(f"unknown RL config keys: {', '.join(sorted(unknown))}")
         update = UpdateConfig(**{k: v for k, v in values.items() if k in upd})
         return cls(update=update, **{k: v for k, v in values.items() if k in top and k != "update"})
+
+
+def cli_setting(text: str) -> tuple[str, Any]:
+    """One `--set KEY=VALUE` of a command line: the key and its value, read as a number, else as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (a config field), got {text!r}")
+    for kind in (int, float):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return key.strip(), kind(value)
+        except ValueError:
+            pass
+    return key.strip(), yaml.safe_load(value)
