@@ -138,7 +138,8 @@ class _Completion:
 
 def _body(request: GenerationRequest, model: str, messages: list[dict[str, Any]], done: _Completion,
           extra_stops: list[str], max_tokens: int, state: str, up: Upstream) -> dict[str, Any]:
-    """The vLLM chat request of one pass (continuing the assistant text written so far)."""
+    """The vLLM request body of one pass: a chat request on the first pass and for images, else a completions
+    request on the exact prompt and completion ids so far (see `_token_prompt`)."""
     s = request.sampling
     end_ids = up.end_ids() if request.answer_schema is not None and state == INSIDE else []
     body = {
