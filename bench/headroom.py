@@ -30,12 +30,11 @@ import numpy as np
 
 from online_rl.client import GatewayClient
 from online_rl.evaluate import graded_accuracy, messages_for, metadata_for
-from online_rl.prompts import Prompt
+from online_rl.prompts import Prompt, held_out_prompts
 from openvlthinker.models import DEFAULT_MODEL
-from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
+from openvlthinker.tiny.shapeworld import FAMILIES
 from serve.launcher import ServerProcess
 
-HELD_OUT_OFFSET = 100_000  # as bench/learning.py
 _ARITH = re.compile(r"(-?\d+) ([+-]) (-?\d+) = (-?\d+)")
 
 
@@ -58,8 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.per_family < 1 or args.samples < 1:
         ap.error("--per-family and --samples must be >= 1")
-    prompts = [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("eval", HELD_OUT_OFFSET + i))
-                                                     for i in range(args.per_family) for f in FAMILIES)]
+    prompts = held_out_prompts(args.per_family)
     with tempfile.TemporaryDirectory() as tmp:
         admin = secrets.token_hex(8)
         server = ServerProcess(["--model", args.model, "--run-dir", f"{tmp}/serve", "--adapters-dir", f"{tmp}/ad",

@@ -42,20 +42,13 @@ from online_rl.client import GatewayClient
 from online_rl.config import RLConfig, cli_setting
 from online_rl.evaluate import graded_accuracy, messages_for, metadata_for
 from online_rl.profiles import profile_for
-from online_rl.prompts import Prompt
+from online_rl.prompts import Prompt, held_out_prompts
 from openvlthinker.models import DEFAULT_MODEL
-from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
+from openvlthinker.tiny.shapeworld import FAMILIES
 from openvlthinker.versions import pinned_model
 from serve.launcher import ServerProcess
 
-HELD_OUT_OFFSET = 100_000  # eval-split index of the first held-out question; the gate takes the first few dozen
 BOOTSTRAP = 2000
-
-
-def held_out(per_family: int) -> list[Prompt]:
-    """Fresh eval-split questions of every family, far past the gate's (no overlap, never trained on)."""
-    return [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("eval", HELD_OUT_OFFSET + i))
-                                                  for i in range(per_family) for f in FAMILIES)]
 
 
 def score(client: GatewayClient, prompts: list[Prompt], max_tokens: int,
@@ -275,7 +268,7 @@ def main() -> None:
     RLConfig.from_mapping({**profile_for(args.model), **args.overrides})  # a bad --set fails here, not after a run
     torch.set_num_threads(1)
 
-    evalset = held_out(args.eval_per_family)
+    evalset = held_out_prompts(args.eval_per_family)
     out = args.out / time.strftime("%Y%m%d-%H%M%S")
     results = []
     for name in args.estimators.split(","):

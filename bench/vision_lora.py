@@ -37,7 +37,7 @@ from online_rl.client import GatewayClient
 from online_rl.config import cli_setting
 from online_rl.evaluate import messages_for, metadata_for
 from online_rl.policy import LoraPolicy, UpdateConfig
-from online_rl.prompts import Prompt
+from online_rl.prompts import HELD_OUT_OFFSET, Prompt
 from online_rl.rollout import Rollout
 from online_rl.rounds import keep_informative
 from openvlthinker.models import DEFAULT_MODEL, LORA_TARGET_MODULES, load
@@ -46,7 +46,6 @@ from openvlthinker.rl import get_advantage
 from openvlthinker.tiny.shapeworld import FAMILIES, generate, split_seed
 from serve.launcher import ServerProcess
 
-HELD_OUT_OFFSET = 100_000  # as bench/learning.py: eval-split questions far past the gate's
 TRAIN_OFFSET = 7_000_000  # train-split questions no loop run of the benches starts from
 VISION_TARGETS = ["qkv", "proj", "linear_fc1", "linear_fc2"]  # the vision blocks', mergers' and patch embedding's
 ARMS = {"language": list(LORA_TARGET_MODULES), "vision": list(LORA_TARGET_MODULES) + VISION_TARGETS}

@@ -92,6 +92,18 @@ def gate_prompts(count: int, text: bool = False) -> list[Prompt]:
     return [Prompt(s.record, [s.image]) for s in samples]
 
 
+HELD_OUT_OFFSET = 100_000  # eval-split index of the first held-out question: far past any gate's first few dozen
+
+
+def held_out_prompts(per_family: int) -> list[Prompt]:
+    """The benches' held-out set: `per_family` fresh eval-split questions of every family, the families sharing
+    seeds (HELD_OUT_OFFSET + i for each family's i-th), never trained on and never in the gate's set."""
+    if per_family < 1:
+        raise ValueError(f"per_family must be >= 1, got {per_family}")
+    return [Prompt(s.record, [s.image]) for s in (generate(f, split_seed("eval", HELD_OUT_OFFSET + i))
+                                                  for i in range(per_family) for f in FAMILIES)]
+
+
 class RoundPrompts:
     """One round's source of prompts: users' pending prompts first (oldest first), then the fill source.
 

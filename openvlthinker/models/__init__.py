@@ -6,13 +6,13 @@ resolved on first attribute access.
 """
 
 from openvlthinker.models.loading import (DEFAULT_MODEL, ModelNotFoundError, is_vision_language, load, load_processor,
-                                         resolve_model_path)
+                                         load_prompt_processor, resolve_model_path)
 from openvlthinker.models.lora import LORA_TARGET_MODULES, LORA_TARGET_REGEX, lora_config, random_lora
 from openvlthinker.models.placement import check_placement, resolve_device, resolve_dtype
 
 __all__ = ["DEFAULT_MODEL", "LORA_TARGET_MODULES", "LORA_TARGET_REGEX", "ModelNotFoundError",
            "Qwen3VLImageOnlyProcessor", "check_placement", "is_vision_language", "load", "load_processor",
-           "lora_config", "random_lora", "resolve_device", "resolve_dtype", "resolve_model_path"]
+           "load_prompt_processor", "lora_config", "random_lora", "resolve_device", "resolve_dtype", "resolve_model_path"]
 
 
 def __getattr__(name):

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["DEFAULT_MODEL", "ModelNotFoundError", "is_vision_language", "load", "load_processor", "resolve_model_path"]
+__all__ = ["DEFAULT_MODEL", "ModelNotFoundError", "is_vision_language", "load", "load_processor", "load_prompt_processor",
+           "resolve_model_path"]
 
 # The shipped tiny checkpoint (produced by the tiny trainer; absent until then).
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "weights" / "shapeworld-tiny")
@@ -45,7 +46,7 @@ class ModelNotFoundError(ValueError):
 def load(path_or_hub_id: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu", dtype: Any = None):
     """Load ``(model, processor)`` (vision-language) or ``(model, tokenizer)`` (causal LM); eval mode, on ``device``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     source = _local_folder(path_or_hub_id)
     if device == "auto":
@@ -57,13 +58,23 @@ def load(path_or_hub_id: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
     # None -> the checkpoint's own dtype (float32 for the tiny model, bfloat16 for Qwen3-VL).
     model = auto.from_pretrained(source, dtype=dtype or "auto")
     model.to(device).eval()
-    return model, load_processor(source) if vision else AutoTokenizer.from_pretrained(source)
+    return model, load_prompt_processor(source)
 
 
 def is_vision_language(path_or_hub_id: str | os.PathLike) -> bool:
     """True when the model folder's config.json describes a vision-language model (it has a vision_config)."""
     config = Path(_local_folder(path_or_hub_id)) / "config.json"
     return "vision_config" in json.loads(config.read_text(encoding="utf-8"))
+
+
+def load_prompt_processor(path_or_hub_id: str | os.PathLike):
+    """What renders and counts prompts, without the weights: the processor, or a causal LM's tokenizer."""
+    source = _local_folder(path_or_hub_id)
+    if is_vision_language(source):
+        return load_processor(source)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
 
 
 def load_processor(path_or_hub_id: str | os.PathLike):

@@ -8,7 +8,7 @@ import pytest
 from online_rl.config import RLConfig
 from online_rl.harvest import PendingPrompt, staleness_number
 from online_rl.loop import enqueue
-from online_rl.prompts import Prompt, RoundPrompts, gate_prompts
+from online_rl.prompts import Prompt, RoundPrompts, gate_prompts, held_out_prompts
 from online_rl.rollout import Rollout
 from online_rl.rounds import Target, first_groups, refill_size
 from online_rl.state import LoopState, StateMismatch, load_state, save_state
@@ -118,6 +118,15 @@ def test_the_gate_set_is_sized_by_its_statistics():
     assert [q.record.problem_id for q in gate_prompts(12)] == [q.record.problem_id for q in questions[:12]]
     with pytest.raises(ValueError, match="at least one question"):
         gate_prompts(0)
+
+
+def test_the_held_out_set_shares_no_question_with_the_gate_and_gives_each_family_as_many():
+    held = held_out_prompts(3)
+    assert [q.record.task for q in held[:len(FAMILIES)]] == list(FAMILIES) and len(held) == 3 * len(FAMILIES)
+    gate = {q.record.problem_id for q in gate_prompts(RLConfig().gate_spec().questions)}
+    assert not gate & {q.record.problem_id for q in held}
+    with pytest.raises(ValueError, match="per_family"):
+        held_out_prompts(0)
 
 
 def rollout(task, length, accuracy, reward, group="g"):

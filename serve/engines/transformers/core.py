@@ -19,20 +19,9 @@ from typing import Any, Callable
 from ..base import EngineError, EngineUnavailable
 from .scheduler import Command, Scheduler
 
-__all__ = ["CoreSettings", "DEFAULT_MAX_CONTEXT", "EngineCore", "load_prompt_processor"]
+__all__ = ["CoreSettings", "DEFAULT_MAX_CONTEXT", "EngineCore"]
 
 DEFAULT_MAX_CONTEXT = 4096  # cap on the config's window: the KV cache of a CPU batch must stay small
-
-
-def load_prompt_processor(model_path: str) -> Any:
-    """What renders and counts prompts, without the weights: the processor, or a text-only model's tokenizer."""
-    from openvlthinker.models import is_vision_language, load_processor, resolve_model_path
-
-    if is_vision_language(model_path):
-        return load_processor(model_path)
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_model_path(model_path))
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from openvlthinker.models import load_prompt_processor
+
 from ..base import EngineError, EngineOverloaded, EngineUnavailable, GenerationResult
-from .core import CoreSettings, EngineCore, load_prompt_processor
+from .core import CoreSettings, EngineCore
 from .scheduler import Job, Scheduler
 
 __all__ = ["ProcessRunner"]

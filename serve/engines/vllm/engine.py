@@ -287,16 +287,12 @@ class VllmEngine:
 
 def load_tokenizers(model: str) -> tuple[Any, Any]:
     """(processor or None, tokenizer) of a model folder or cached hub id, for counting prompt tokens."""
-    from openvlthinker.models import load_processor, resolve_model_path
+    from openvlthinker.models import load_prompt_processor
 
-    source = resolve_model_path(model)  # a missing folder or an offline hub id fails here, with a hint
-    try:
-        processor = load_processor(source)
-        return processor, copy.deepcopy(processor.tokenizer)  # a private copy: counting runs on the loop
-    except (OSError, ValueError, TypeError):  # a text-only model has no image processor
-        from transformers import AutoTokenizer
-
-        return None, AutoTokenizer.from_pretrained(source)
+    loaded = load_prompt_processor(model)  # a missing folder or an offline hub id fails here, with a hint
+    if hasattr(loaded, "image_processor"):
+        return loaded, copy.deepcopy(loaded.tokenizer)  # a private copy: counting runs on the loop
+    return None, loaded  # a text-only model: its tokenizer
 
 
 def _path(body: dict[str, Any]) -> str:

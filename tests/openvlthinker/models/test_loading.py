@@ -135,3 +135,16 @@ def test_importing_the_package_stays_light():
     code = "import sys, openvlthinker.models; print(any(m in sys.modules for m in ('torch', 'transformers', 'peft')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_prompt_processor_is_the_processor_or_a_text_models_tokenizer(tmp_path):
+    from openvlthinker.models import load_prompt_processor
+    from openvlthinker.tiny.text_model import text_model_from_shipped
+
+    processor = load_prompt_processor(DEFAULT_MODEL)
+    assert hasattr(processor, "image_processor") and hasattr(processor, "tokenizer")
+    tokenizer = load_prompt_processor(text_model_from_shipped(tmp_path / "text"))
+    assert not hasattr(tokenizer, "image_processor")
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_prompt_processor(tmp_path / "missing")
