@@ -28,6 +28,8 @@ class ServerInfo(BaseModel):
     model: str = Field(description="the base model's name (selects the base model in requests)")
     model_path: str | None = Field(description="the base model's local folder, absolute; null for a hub id")
     engine: str
+    images: bool | None = Field(description="whether the base model reads images (false: a text-only model, which "
+                                            "answers an image part with a 400); null when its folder is not here")
     adapters_dir: str = Field(description="the folder the server loads policy-vNNNN versions from, absolute")
     served_name: str = Field(description="the alias clients call; <served_name>@vNNNN pins a version")
     store: str = Field(description="the interaction store's URL, password hidden")
@@ -40,9 +42,20 @@ def server_info(request: Request, probe: str | None = None) -> ServerInfo:
     model = Path(config.model)
     adapters = config.adapters_path.resolve()
     return ServerInfo(model=registry.base_name, model_path=str(model.resolve()) if model.is_dir() else None,
-                      engine=config.engine, adapters_dir=str(adapters), served_name=registry.served_name,
+                      engine=config.engine, images=_reads_images(config.model), adapters_dir=str(adapters), served_name=registry.served_name,
                       store=make_url(config.store_url).render_as_string(hide_password=True),
                       probe_visible=None if probe is None else (adapters / probe).is_file())
+
+
+def _reads_images(model: str) -> bool | None:
+    """Whether the model folder (or cached hub snapshot) is vision-language; None when there is no such folder."""
+    from openvlthinker.models import ModelNotFoundError, is_vision_language, resolve_model_path
+
+    try:
+        folder = Path(resolve_model_path(model))
+    except ModelNotFoundError:
+        return None
+    return is_vision_language(folder) if (folder / "config.json").is_file() else None
 
 
 def _info(request: Request, version: str) -> AdapterInfo:

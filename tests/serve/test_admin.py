@@ -83,7 +83,7 @@ def test_server_info_says_what_is_served(make_client, tmp_path):
     assert info["model"] == "scripted-model" and info["model_path"] is None  # a name, not a local folder
     assert info["engine"] == "transformers" and info["served_name"] == "thinker"
     assert info["adapters_dir"] == str(adapters.resolve()) and info["store"].endswith("x.db")
-    assert info["probe_visible"] is None
+    assert info["probe_visible"] is None and info["images"] is None  # no folder to tell from
     (adapters / ".probe-0123abcd").write_text("")
     assert client.get("/v1/server?probe=.probe-0123abcd", headers=ADMIN).json()["probe_visible"] is True
     assert client.get("/v1/server?probe=.probe-ffffffff", headers=ADMIN).json()["probe_visible"] is False
@@ -91,4 +91,12 @@ def test_server_info_says_what_is_served(make_client, tmp_path):
         r = client.get("/v1/server", params={"probe": bad}, headers=ADMIN)
         assert r.status_code == 400 and r.json()["error"]["param"] == "probe", bad
     assert client.get("/v1/server").status_code == 401  # admin only, like the other admin routes
+
+
+def test_server_info_tells_a_vision_language_model_from_a_name_without_a_folder(tmp_path):
+    from openvlthinker.models import DEFAULT_MODEL
+    from serve.admin import _reads_images
+
+    assert _reads_images(DEFAULT_MODEL) is True
+    assert _reads_images("scripted-model") is None and _reads_images(str(tmp_path)) is None
 

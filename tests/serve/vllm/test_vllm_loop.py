@@ -102,7 +102,7 @@ def test_loop_trains_and_hot_swaps_adapters_into_vllm(served, tmp_path):
     # The loop takes the model and adapters folder from the server's GET /v1/server, and refuses another model.
     with pytest.raises(ServerMismatch, match=f"pass --model {model.resolve()}"):
         reconcile(client, dataclasses.replace(cfg, model=str(tmp_path)), log=lambda *_: None)
-    assert client.server()["engine"] == "vllm"
+    assert client.server()["engine"] == "vllm" and client.server()["images"] is False  # the text model
     trained = [Prompt(r, []) for r in text_tasks("train", 8)]
     data = tmp_path / "train.json"
     data.write_text(json.dumps([p.record.to_dict() for p in trained]))

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 
+import httpx
 import openai
 import pytest
 from PIL import Image
@@ -17,6 +18,7 @@ from serve.engines.base import EngineError
 from serve.launcher import ServerProcess
 
 KEY = "sk-text"
+ADMIN = "adm-text"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def text_model(tmp_path_factory):
 def server(text_model, tmp_path_factory):
     run = tmp_path_factory.mktemp("text-serve")
     proc = ServerProcess(["--model", str(text_model), "--run-dir", str(run / "run"), "--threads", "1",
-                          "--log-level", "warning", "--api-key", KEY], log_path=run / "serve.log", timeout=90)
+                          "--log-level", "warning", "--api-key", KEY, "--admin-key", ADMIN], log_path=run / "serve.log", timeout=90)
     yield proc
     proc.stop()
 
@@ -65,6 +67,8 @@ def test_serve_on_a_text_model_answers_streams_and_refuses_an_image(server):
     assert "image" in error["message"] and "text only" in error["message"], error
     after = client.chat.completions.create(model="openvlthinker", messages=ask, max_tokens=32, temperature=0)
     assert after.choices[0].message.content == choice.message.content  # the refusal left the engine serving
+    info = httpx.get(f"{server.url}/v1/server", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert info["images"] is False, info  # a client can tell before it sends an image
 
 
 def test_a_text_model_decodes_the_same_in_a_thread_and_a_child_process(text_model, h):
