@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-key", default=None, help="default: a random key saved to RUN_DIR/admin.key")
     parser.add_argument("--no-rl", action="store_true", help="serve only, no online learning")
     parser.add_argument("--rl-min-new", type=int, default=8, help="train once N new graded interactions or ratings arrive")
+    parser.add_argument("--rl-arg", dest="rl_args", action="append", default=[], metavar="ARGS",
+                        help="extra `openvlthinker rl` flags, repeatable, passed last (e.g. --rl-arg='--lr 1e-4' or "
+                             "--rl-arg='--trainer-procs 2'); not the ones `up` sets itself")
     parser.add_argument("--no-demo", action="store_true", help="no Gradio demo, only the API (and the loop)")
     parser.add_argument("--demo-port", type=int, default=7860, help="the demo's port (on --host)")
 
@@ -108,6 +111,35 @@ def _start_demo(args: argparse.Namespace, api_url: str, keys: Keys, run_dir: Pat
             stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+# The loop flags `up` sets itself: it owns the server, its folders and when rounds start.
+_UP_LOOP_FLAGS = ("--endpoint", "--api-key", "--admin-key", "--model", "--adapters-dir", "--rounds", "--min-new", "--out")
+
+
+class _Refusing(argparse.ArgumentParser):
+    def error(self, message: str):  # a ValueError for `up` to report, not this parser's exit
+        raise ValueError(message)
+
+
+def loop_args(args: argparse.Namespace) -> list[str]:
+    """The extra `openvlthinker rl` flags (--rl-arg, each split as a shell would), checked as the loop parses them."""
+    from online_rl.cli import add_arguments as add_loop_arguments
+
+    extra = [arg for chunk in args.rl_args for arg in shlex.split(chunk)]
+    owned = sorted({a.split("=", 1)[0] for a in extra if a.split("=", 1)[0] in _UP_LOOP_FLAGS})
+    if owned:
+        raise ValueError(f"--rl-arg: {', '.join(owned)} {'is' if len(owned) == 1 else 'are'} set by `up` itself "
+                         "(use up's --rl-min-new, --run-dir, --model, --api-key, --admin-key)")
+    parser = _Refusing(prog="openvlthinker rl", add_help=False)
+    add_loop_arguments(parser)
+    try:
+        parsed = parser.parse_args(extra)
+    except ValueError as exc:
+        raise ValueError(f"--rl-arg: {exc}") from None
+    if parsed.action != "run":
+        raise ValueError(f"--rl-arg: `up` runs the loop; `openvlthinker rl {parsed.action}` is a command of its own")
+    return extra
+
+
 def _start_loop(args: argparse.Namespace, api_url: str, keys: Keys, model: str, run_dir: Path) -> subprocess.Popen:
     """`openvlthinker rl` for as long as `up` runs, logging to RUN_DIR/rl.log (it resumes from RUN_DIR/rl).
 
@@ -118,7 +150,7 @@ def _start_loop(args: argparse.Namespace, api_url: str, keys: Keys, model: str, 
             [sys.executable, "-m", "openvlthinker.cli", "rl", "--endpoint", api_url, f"--admin-key={keys.admin}",
              *([f"--api-key={keys.api}"] if keys.api else []),
              "--model", model, "--adapters-dir", str(run_dir / "adapters"), "--rounds", "0",
-             "--min-new", str(args.rl_min_new), "--out", str(run_dir / "rl")],
+             "--min-new", str(args.rl_min_new), "--out", str(run_dir / "rl"), *loop_args(args)],
             stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -209,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     from .launcher import ServerProcess, ensure_port_free, wait_for_url
 
     serve_flags = engine_args(args)  # a bad flag combination is refused before anything starts
+    loop_args(args)
     ensure_port_free(args.host, args.port)
     if not args.no_demo:
         ensure_port_free(args.host, args.demo_port, "--demo-port")

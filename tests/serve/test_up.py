@@ -231,6 +231,26 @@ def test_engine_flags_and_extra_serve_flags_reach_the_gateway():
         engine_args(parser.parse_args(["--vllm-python", "/venv/bin/python"]))
 
 
+def test_extra_loop_flags_are_checked_before_anything_starts():
+    import argparse
+
+    from serve.up import add_arguments, loop_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert loop_args(parser.parse_args(["--rl-arg=--trainer-procs 2", "--rl-arg=--lr=5e-4"])) == [
+        "--trainer-procs", "2", "--lr=5e-4"]
+    assert loop_args(parser.parse_args([])) == []
+    with pytest.raises(ValueError, match="--rl-arg: unrecognized arguments: --learning-rate"):
+        loop_args(parser.parse_args(["--rl-arg=--learning-rate=1"]))
+    with pytest.raises(ValueError, match="--rl-arg: argument --lr: invalid float value: 'fast'"):
+        loop_args(parser.parse_args(["--rl-arg=--lr fast"]))
+    with pytest.raises(ValueError, match="--min-new, --out are set by `up` itself"):
+        loop_args(parser.parse_args(["--rl-arg=--out /tmp/x --min-new=2"]))
+    with pytest.raises(ValueError, match="a command of its own"):
+        loop_args(parser.parse_args(["--rl-arg=plot"]))
+
+
 def test_keys_that_start_with_a_dash_reach_the_children_intact(tmp_path, monkeypatch):
     """A random key is drawn from [A-Za-z0-9_-]: 1 start in 64 got one beginning with "-", which argparse took
     for a flag ("--admin-key: expected one argument") and the gateway exited. The children get KEY=VALUE."""
@@ -240,7 +260,7 @@ def test_keys_that_start_with_a_dash_reach_the_children_intact(tmp_path, monkeyp
     from serve import up
 
     args = argparse.Namespace(admin_key="-adm", api_key="-api", host="0.0.0.0", insecure_no_auth=False,
-                              demo_port=0, rl_min_new=8)
+                              demo_port=0, rl_min_new=8, rl_args=["--lr 1e-4"])
     keys = up.Keys(args, tmp_path)
     parser = build_parser()
     serve = parser.parse_args(["serve", *keys.serve_args()])
@@ -251,3 +271,4 @@ def test_keys_that_start_with_a_dash_reach_the_children_intact(tmp_path, monkeyp
     up._start_loop(args, "http://127.0.0.1:1", keys, "m", tmp_path)
     demo, rl = parser.parse_args(["demo", *argv["demo"]]), parser.parse_args(["rl", *argv["rl"]])
     assert (demo.admin_key, demo.api_key) == ("-adm", keys.demo) and (rl.admin_key, rl.api_key) == ("-adm", "-api")
+    assert rl.lr == 1e-4  # --rl-arg reaches the loop
