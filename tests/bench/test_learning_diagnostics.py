@@ -1,5 +1,6 @@
 """The parts of the learning diagnostics that decide what they report: the math error anatomy of
-bench/headroom.py, the adapter targets of bench/vision_lora.py's two arms, and the benches' --set."""
+bench/headroom.py, the adapter targets of bench/vision_lora.py's two arms, the budgets and trained
+weights of bench/supervised_bound.py, and the benches' --set."""
 
 import argparse
 import importlib.util
@@ -82,3 +83,32 @@ def test_bench_settings_are_read_as_numbers_then_yaml(text, expected):
 def test_a_setting_without_key_and_value_is_refused_naming_the_form(text):
     with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
         cli_setting(text)
+
+
+@pytest.fixture(scope="module")
+def supervised_bound():
+    return _bench("supervised_bound")
+
+
+def test_the_supervised_bound_scores_after_each_budget_of_whole_batches(supervised_bound):
+    assert supervised_bound.budgets("480,1920", 24) == [20, 80]
+    for bad in ("480,240", "100", "480,480", ""):
+        with pytest.raises(ValueError, match="multiple of the batch size 24"):
+            supervised_bound.budgets(bad, 24)
+
+
+def test_the_supervised_bound_trains_fresh_questions_with_the_loops_adapter_or_the_recipes_weights(supervised_bound,
+                                                                                                 vision_lora):
+    from openvlthinker.tiny.train import TrainConfig
+
+    cfg = TrainConfig()
+    first_seed = supervised_bound.FIRST_STEP * cfg.batch_size // len(cfg.families)
+    assert first_seed > cfg.steps * cfg.batch_size  # past every question the recipe trained on
+    assert first_seed + 10**6 < vision_lora.TRAIN_OFFSET  # and below bench/vision_lora.py's train questions
+    model, _, optim = supervised_bound.trainable("lora", cfg)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
+    assert sum(len(g["params"]) for g in optim.param_groups) == len(trained)
+    model, _, optim = supervised_bound.trainable("full", cfg)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(".visual." in f".{n}" and "deepstack" not in n for n in frozen)  # the recipe's frozen tower
