@@ -40,6 +40,7 @@ from openvlthinker.tiny.shapeworld import FAMILIES
 from openvlthinker.tiny.train import TrainConfig, sft_batch, sft_optimizer, sft_update
 
 FIRST_STEP = 500_000  # the recipe's step counter starts here: train seeds from 2 000 000, used by no recipe or bench
+SEED_STEPS = 10_000  # --seed s starts s * SEED_STEPS steps later: other questions (40 000 seeds apart)
 
 
 def _vision_lora():
@@ -84,7 +85,7 @@ def main() -> None:
     ap.add_argument("--questions", default="480,1920,7680", help="question budgets to score after (comma-separated)")
     ap.add_argument("--adapter", choices=("lora", "full"), default="lora")
     ap.add_argument("--lr", type=float, default=2e-4, help="constant learning rate (the loop's is 2e-4)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the train questions' seed (and the modes' and descriptions')")
     ap.add_argument("--eval-per-family", type=int, default=40)
     ap.add_argument("--out", default="runs/bench-supervised-bound")
     args = ap.parse_args()
@@ -97,6 +98,8 @@ def main() -> None:
         ap.error(f"--lr must be in (0, 1), got {args.lr}")
     if args.eval_per_family < 1:
         ap.error("--eval-per-family must be >= 1")
+    if not 0 <= args.seed < 40:
+        ap.error(f"--seed must be in [0, 40), got {args.seed}")  # later seeds would reach vision_lora's questions
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
     vl = _vision_lora()
@@ -114,7 +117,7 @@ def main() -> None:
     for mark in marks:
         model.train()
         for step in tqdm(range(step, mark), desc=f"sft to {mark * cfg.batch_size} questions", initial=step, total=mark):
-            sft_update(model, optim, sft_batch(cfg, processor, pad, FIRST_STEP + step, rng))
+            sft_update(model, optim, sft_batch(cfg, processor, pad, FIRST_STEP + args.seed * SEED_STEPS + step, rng))
         step = mark
         model.eval()
         after, texts = vl.held_out_scores(sampler, evalset, eval_ids)

@@ -104,7 +104,8 @@ def test_the_supervised_bound_trains_fresh_questions_with_the_loops_adapter_or_t
     cfg = TrainConfig()
     first_seed = supervised_bound.FIRST_STEP * cfg.batch_size // len(cfg.families)
     assert first_seed > cfg.steps * cfg.batch_size  # past every question the recipe trained on
-    assert first_seed + 10**6 < vision_lora.TRAIN_OFFSET  # and below bench/vision_lora.py's train questions
+    last_seed = (supervised_bound.FIRST_STEP + 40 * supervised_bound.SEED_STEPS) * cfg.batch_size // len(cfg.families)
+    assert last_seed < vision_lora.TRAIN_OFFSET  # every --seed stays below bench/vision_lora.py's train questions
     model, _, optim = supervised_bound.trainable("lora", cfg)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained and all("lora_" in n for n in trained)
