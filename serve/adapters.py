@@ -9,7 +9,8 @@ until its response is done; flipping the alias affects only later requests. Ever
 runs on the event loop, so resolve-and-count is atomic without locks; admin mutations are
 serialised by one asyncio lock. Unload first hides the version from new requests, then waits
 until its in-flight count drops to zero, then asks the engine to unload it.
-The manifest format and its checks live in `manifest.py`.
+The manifest format and its checks live in `manifest.py`, what a folder holds in `adapter_folders.py`,
+and the shared row's transitions in `alias_changes.py`.
 
 With `table` (the alias row in the store's database, `store/registry.py`) the database holds the
 alias, its history and the loaded set, so gateway replicas on one database agree: an admin call
@@ -25,22 +26,19 @@ import asyncio
 import json
 import logging
 import os
-import re
 import uuid
 from dataclasses import dataclass, field
 from itertools import count
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
-from openvlthinker.versions import FOLDER_PREFIX
-
+from .adapter_folders import relative_path, resolve_folder, versions_on_disk
+from .alias_changes import after_promote, after_rollback, after_unload
 from .errors import APIError, conflict, invalid, not_found
-from .manifest import ADAPTER_FILES, peek_manifest, read_manifest
+from .manifest import peek_manifest, read_manifest
 from .store.registry import AliasState, AliasTable
 
 log = logging.getLogger("serve.adapters")
-
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 
 
 @dataclass
@@ -132,27 +130,7 @@ class AdapterRegistry:
 
     def resolve_folder(self, version: str | None = None, path: str | None = None) -> tuple[str, Path]:
         """Map a version or a relative path to (version, folder) strictly inside the adapters dir."""
-        root = self.root.resolve()
-        if version is not None:
-            _check_version(version, "version")
-            rel, param = f"{FOLDER_PREFIX}{version}", "version"
-        else:
-            rel, param = str(path), "path"
-            if (not rel or PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute()
-                    or rel.startswith(("~", "\\")) or ".." in re.split(r"[\\/]", rel) or "\x00" in rel):
-                raise invalid("Adapter paths must be relative to the adapters folder, without '..'.", param,
-                              "invalid_adapter_path")
-        folder = (root / rel).resolve()
-        if folder == root or not folder.is_relative_to(root):  # also catches symlinks pointing outside
-            raise invalid("Adapter path resolves outside the adapters folder.", param, "invalid_adapter_path")
-        if not folder.is_dir():
-            raise not_found(f"No adapter folder {rel!r} in the adapters folder.", param, "adapter_not_found")
-        missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
-        if missing:
-            raise invalid(f"{rel} is not a PEFT adapter folder (missing {', '.join(missing)}).", param,
-                          "invalid_adapter")
-        name = folder.name[len(FOLDER_PREFIX):] if folder.name.startswith(FOLDER_PREFIX) else folder.name
-        return _check_version(name, param), folder
+        return resolve_folder(self.root, version, path)
 
     async def load(self, version: str | None = None, path: str | None = None) -> Version:
         async with self._lock:
@@ -189,7 +167,7 @@ class AdapterRegistry:
             if entry is None or entry.draining:
                 raise not_found(f"Version {version!r} is not loaded; load it first.", "version", "adapter_not_loaded")
             if self.table is not None:
-                await self._change(lambda s: _promoted(s, version))
+                await self._change(lambda s: after_promote(s, version))
             elif self.promoted != version:
                 self.history.append(self.promoted)
                 self.promoted = version
@@ -228,7 +206,7 @@ class AdapterRegistry:
             entry.draining = True  # new requests can no longer pin it
             if self.table is not None:
                 try:
-                    await self._change(lambda s: _unloaded(s, version))
+                    await self._change(lambda s: after_unload(s, version))
                 except BaseException:
                     entry.draining = False
                     raise
@@ -246,20 +224,14 @@ class AdapterRegistry:
 
     def describe(self) -> list[dict[str, Any]]:
         """Every version on disk or loaded, for GET /v1/adapters."""
-        found: dict[str, Path] = {}
-        if self.root.is_dir():
-            for folder in sorted(self.root.iterdir()):
-                if folder.is_dir() and all((folder / f).is_file() for f in ADAPTER_FILES):
-                    name = folder.name[len(FOLDER_PREFIX):] if folder.name.startswith(FOLDER_PREFIX) else folder.name
-                    if _VERSION.match(name):
-                        found[name] = folder
+        found = versions_on_disk(self.root)
         out = []
         for version in sorted(set(found) | set(self.loaded)):
             entry = self.loaded.get(version)
             folder = entry.path if entry else found[version]
             manifest = entry.manifest if entry else peek_manifest(folder)
             out.append({
-                "version": version, "name": self.model_name(version), "path": _relative(folder, self.root),
+                "version": version, "name": self.model_name(version), "path": relative_path(folder, self.root),
                 "loaded": entry is not None and not entry.draining, "promoted": version == self.promoted,
                 "engine_name": entry.engine_name if entry else None, "in_flight": entry.in_flight if entry else 0,
                 "parent": manifest.get("parent"), "metrics": manifest.get("metrics") or {},
@@ -315,7 +287,7 @@ class AdapterRegistry:
         target = state.history[-1] if state.history else None
         if target is not None and (target not in self.loaded or self.loaded[target].draining):
             await self._load(*self.resolve_folder(target))  # before the row changes: a failed load changes nothing
-        state = await self._change(_rolled_back)
+        state = await self._change(after_rollback)
         log.info("alias %s rolled back to %s", self.served_name, state.promoted or "base")
         return state.promoted
 
@@ -396,39 +368,3 @@ class AdapterRegistry:
         if self.loaded.get(entry.version) is entry:
             self.loaded.pop(entry.version)
         log.info("unloaded adapter %s (%s), as the store lists it no more", entry.version, entry.engine_name)
-
-
-def _promoted(state: AliasState, version: str) -> AliasState:
-    if version not in state.loaded:  # another replica unloaded it since
-        raise not_found(f"Version {version!r} is not loaded; load it first.", "version", "adapter_not_loaded")
-    if state.promoted == version:
-        return state
-    return state.change(promoted=version, history=state.history + (state.promoted,))
-
-
-def _rolled_back(state: AliasState) -> AliasState:
-    if not state.history and state.promoted is None:
-        raise conflict("Nothing to roll back: the alias already serves the base model.", None, "no_history")
-    target = state.history[-1] if state.history else None
-    loaded = state.loaded | {target} if target is not None else state.loaded
-    return state.change(promoted=target, history=state.history[:-1], loaded=loaded)
-
-
-def _unloaded(state: AliasState, version: str) -> AliasState:
-    if state.promoted == version:
-        raise conflict(f"Version {version} is promoted; promote another version or roll back first.",
-                       "version", "adapter_promoted")
-    return state.change(loaded=state.loaded - {version})
-
-
-def _check_version(name: str, param: str) -> str:
-    if not _VERSION.match(name):
-        raise invalid(f"Invalid version name {name[:80]!r} (letters, digits, '.', '_', '-').", param, "invalid_version")
-    return name
-
-
-def _relative(folder: Path, root: Path) -> str:
-    try:
-        return str(folder.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return folder.name
